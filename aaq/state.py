@@ -1,0 +1,48 @@
+"""The state that algorithms hand to each other along the pipeline."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    """A digest of the serialized model: the key of every per-model cache."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass
+class AlgorithmRecord:
+    """What one algorithm did, as it goes into report.json."""
+
+    name: str
+    params: dict[str, Any]
+    seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineState:
+    """Everything an algorithm may read or replace.
+
+    ``float_model`` is the user's model and is never modified (the pipeline checks
+    its digest after every algorithm). ``model`` is the current model and ``plan`` the
+    quantization description it was built from (``None`` until a quantization
+    algorithm sets one). ``statistics`` caches collected statistics by
+    ``(StatisticRequest, num_samples)`` so no statistic is collected twice.
+    ``targets`` maps each accuracy target an algorithm checked to whether it was met.
+    """
+
+    float_model: onnx.ModelProto
+    model: onnx.ModelProto
+    plan: Any = None
+    statistics: dict[Any, Any] = field(default_factory=dict)
+    records: list[AlgorithmRecord] = field(default_factory=list)
+    targets: dict[str, bool] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def targets_met(self) -> bool:
+        return all(self.targets.values())

@@ -1,0 +1,109 @@
+"""Tiny ONNX models built in code for the tests: seeded weights, a few layers each.
+
+``ModelBuilder.add_*`` returns the name of the output tensor, so a model reads as a
+chain of calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class ModelBuilder:
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._count = 0
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def add_input(self, name: str, shape: list, dtype: int = TensorProto.FLOAT) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
+        return name
+
+    def add_output(self, name: str, shape: list | None = None, dtype: int = TensorProto.FLOAT) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, dtype, shape))
+
+    def add_initializer(self, array: np.ndarray, prefix: str = "w") -> str:
+        name = self._name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def add_node(self, op: str, inputs: list[str], name: str | None = None, **attrs) -> str:
+        name = name or self._name(op.lower())
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+    def add_conv(self, x: str, in_ch: int, out_ch: int, kernel: int = 3, name: str | None = None,
+                 bias: bool = True, scale: float = 0.3, group: int = 1) -> str:
+        w = self.rng.normal(0, scale, (out_ch, in_ch // group, kernel, kernel)).astype(np.float32)
+        inputs = [x, self.add_initializer(w)]
+        if bias:
+            inputs.append(self.add_initializer(self.rng.normal(0, 0.1, out_ch).astype(np.float32), "b"))
+        return self.add_node("Conv", inputs, name, pads=[kernel // 2] * 4, group=group)
+
+    def add_gemm(self, x: str, in_f: int, out_f: int, name: str | None = None, scale: float = 0.3) -> str:
+        w = self.rng.normal(0, scale, (out_f, in_f)).astype(np.float32)
+        b = self.rng.normal(0, 0.1, out_f).astype(np.float32)
+        return self.add_node("Gemm", [x, self.add_initializer(w), self.add_initializer(b, "b")], name, transB=1)
+
+    def add_matmul(self, x: str, in_f: int, out_f: int, name: str | None = None, scale: float = 0.3) -> str:
+        w = self.rng.normal(0, scale, (in_f, out_f)).astype(np.float32)
+        return self.add_node("MatMul", [x, self.add_initializer(w)], name)
+
+    def add_relu(self, x: str) -> str:
+        return self.add_node("Relu", [x])
+
+    def build(self, opset: int = 13, name: str = "tiny") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="aaq-tests")
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
+
+
+def conv_net(seed: int = 0, batch: str | int = "N", opset: int = 13) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(3→8) -> Relu -> Conv(8→8) -> Relu -> Flatten -> Gemm(512→10) -> y[N,10]"""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [batch, 3, 8, 8])
+    x = mb.add_relu(mb.add_conv(x, 3, 8, name="conv1"))
+    x = mb.add_relu(mb.add_conv(x, 8, 8, name="conv2"))
+    x = mb.add_node("Flatten", [x], "flatten", axis=1)
+    y = mb.add_gemm(x, 8 * 8 * 8, 10, name="fc")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [batch, 10])
+    return mb.build(opset)
+
+
+def mlp(seed: int = 0, batch: str | int = "N", features: int = 16, hidden: int = 32,
+        classes: int = 4) -> onnx.ModelProto:
+    """x[N,F] -> MatMul(F→H) -> Relu -> MatMul(H→H) -> Relu -> Gemm(H→C) -> y[N,C]"""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [batch, features])
+    x = mb.add_relu(mb.add_matmul(x, features, hidden, name="mm1"))
+    x = mb.add_relu(mb.add_matmul(x, hidden, hidden, name="mm2"))
+    y = mb.add_gemm(x, hidden, classes, name="fc")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [batch, classes])
+    return mb.build()
+
+
+def labeled_data(model_fn, n: int = 64, seed: int = 1, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs for ``model_fn`` and the float model's own argmax as labels (top-1 = 1.0 in float)."""
+    import onnxruntime as ort
+
+    model = model_fn(**kwargs)
+    shape = [d.dim_value or n for d in model.graph.input[0].type.tensor_type.shape.dim]
+    shape[0] = n
+    x = np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {model.graph.input[0].name: x})[0]
+    return x, y.argmax(axis=1)
