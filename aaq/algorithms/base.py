@@ -49,6 +49,14 @@ class Algorithm(abc.ABC):
         """An instance for validated, default-filled params."""
         return cls(build_params(cls.Params, values))
 
+    @classmethod
+    def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
+        """Problems the schema cannot see (names that must exist elsewhere in ``spec``).
+
+        Returns ``(path inside params, message)`` pairs; runs before any model is loaded.
+        """
+        return []
+
     def statistics_needs(self, state: PipelineState) -> "StatisticsNeeds | None":
         """The statistics ``run`` reads from ``state.statistics``; ``None`` when it needs none."""
         return None

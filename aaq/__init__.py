@@ -1,0 +1,15 @@
+"""aaq: accuracy-aware post-training quantization for ONNX models."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from aaq.algorithms.base import Algorithm, register_algorithm  # noqa: E402
+from aaq.errors import AaqError, BadInputError, DataError, ModelError, PluginError, SpecError  # noqa: E402
+from aaq.pipeline import Pipeline  # noqa: E402
+from aaq.report import Result  # noqa: E402
+from aaq.state import PipelineState  # noqa: E402
+
+__all__ = [
+    "AaqError", "Algorithm", "BadInputError", "DataError", "ModelError", "Pipeline", "PipelineState",
+    "PluginError", "Result", "SpecError", "register_algorithm", "__version__",
+]

@@ -1,0 +1,3 @@
+from aaq.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Datasets: map-style access to model inputs and labels, the built-in types and their registry.
+
+Map-style on purpose: subsets (``stat_subset_size``, ``ranking_subset_size``, ...) are
+sorted index arrays drawn from a seeded generator, and a dataset only has to answer
+"give me sample i". A dataset that can also answer "give me these samples, stacked"
+(``batch``) lets the engine feed ONNX Runtime without a per-sample Python loop.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, Sequence, Union, runtime_checkable
+
+import jsonschema
+import numpy as np
+
+from aaq.errors import BadInputError, DataError, PluginError
+from aaq.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Labels = Union[list, np.ndarray, None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample: model inputs by input name, each WITHOUT the batch axis, and its label (or None)."""
+
+    inputs: dict[str, np.ndarray]
+    label: Any = None
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What the engine reads. Optional fast path, used when present::
+
+        batch(indices: np.ndarray) -> (dict[str, np.ndarray], labels)
+
+    giving the inputs of ``indices`` stacked along a new first axis and their labels
+    (a list or an array aligned with ``indices``, or None when there are none).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+def check_dataset_class(name: str, obj: object) -> None:
+    """Refuse, at registration, a dataset plugin without a valid ``schema`` and a ``from_spec``."""
+    if not isinstance(obj, type):
+        raise PluginError(f"a dataset plugin must be a class, got {obj!r}", name)
+    check_plugin_schema(name, obj)
+
+
+def check_plugin_schema(name: str, cls: type) -> None:
+    """Shared by the dataset and metric registries: options schema + ``from_spec`` classmethod."""
+    schema = getattr(cls, "schema", None)
+    if not isinstance(schema, dict):
+        raise PluginError("the class must define 'schema', the JSON Schema (a dict) of its options", name)
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PluginError(f"schema is not a valid JSON Schema: {exc.message}", name) from None
+    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        raise PluginError('schema must be {"type": "object", "additionalProperties": false, ...}', name)
+    if not callable(getattr(cls, "from_spec", None)):
+        raise PluginError("the class must define the classmethod 'from_spec'", name)
+
+
+datasets: Registry[type] = Registry("dataset", "aaq.datasets", builtins="aaq.engine.datasets",
+                                    check=check_dataset_class)
+
+
+def register_dataset(name: str) -> Callable[[type], type]:
+    """Class decorator: make the dataset usable from a spec as ``{"type": name, ...}``."""
+    return datasets.decorator(name)
+
+
+def plugin_options(entry: dict, schema: dict, drop: Sequence[str]) -> dict:
+    """A spec entry's options (every key but ``drop``) with top-level schema defaults filled, on a copy.
+
+    The spec layer fills defaults already; doing it here too keeps ``from_spec`` usable
+    on a hand-written engine section.
+    """
+    options = {k: v for k, v in entry.items() if k not in drop}
+    for key, prop in schema.get("properties", {}).items():
+        if key not in options and "default" in prop:
+            options[key] = copy.deepcopy(prop["default"])
+    return options
+
+
+def dataset_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.dataset") -> Dataset:
+    """The dataset of a spec entry ``{"type": ..., options}``; an unknown type names ``json_path``."""
+    cls = datasets.get(entry.get("type", ""), f"{json_path}.type")
+    return cls.from_spec(plugin_options(entry, cls.schema, ("type",)), Path(base_dir))
+
+
+def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[dict[str, np.ndarray], Labels]:
+    """The stacked inputs and labels of ``indices``, by the fast path when the dataset has one."""
+    fast = getattr(dataset, "batch", None)
+    if fast is not None:
+        return fast(indices)
+    samples = [dataset[int(i)] for i in indices]
+    inputs = {name: np.stack([s.inputs[name] for s in samples]) for name in samples[0].inputs}
+    labels = [s.label for s in samples]
+    return inputs, (None if all(lab is None for lab in labels) else labels)
+
+
+class ArrayDataset:
+    """In-memory arrays whose first axis is the sample axis; slicing is the batching."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | list | None = None,
+                 source: str = "arrays") -> None:
+        if not inputs:
+            raise DataError(f"{source}: a dataset needs at least one input array")
+        lengths = {name: (np.shape(a)[0] if np.ndim(a) else None) for name, a in inputs.items()}
+        if labels is not None:
+            lengths["labels"] = len(labels)
+        if None in lengths.values() or len(set(lengths.values())) != 1:
+            sizes = ", ".join(f"{k}: {v if v is not None else 'a scalar'}" for k, v in lengths.items())
+            raise DataError(f"{source}: every array needs the same number of samples on its first axis, "
+                            f"got {sizes}")
+        # C-contiguous once here, so that every contiguous slice fed to ONNX Runtime is a view.
+        self.inputs = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
+        self.labels = labels
+        self.source = source
+        self._len = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -self._len <= index < self._len:
+            raise DataError(f"index out of range for {self.source} ({self._len} samples)", index)
+        label = None if self.labels is None else self.labels[index]
+        return Sample({name: a[index] for name, a in self.inputs.items()}, label)
+
+    def batch(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], Labels]:
+        """A view for a run of consecutive indices, a gathered copy otherwise."""
+        n = len(indices)
+        if n and indices[-1] - indices[0] == n - 1 and (n == 1 or bool(np.all(np.diff(indices) == 1))):
+            sel: slice | np.ndarray = slice(int(indices[0]), int(indices[0]) + n)
+        else:
+            sel = np.asarray(indices)
+        inputs = {name: a[sel] for name, a in self.inputs.items()}
+        if self.labels is None:
+            return inputs, None
+        if isinstance(self.labels, np.ndarray):
+            return inputs, self.labels[sel]
+        return inputs, [self.labels[int(i)] for i in indices]
+
+
+@register_dataset("npz")
+class NpzDataset(ArrayDataset):
+    """Arrays of an ``.npz`` file: ``inputs`` maps each model input name to an array key.
+
+    The arrays are read into memory once (a compressed npz would otherwise be
+    decompressed again for every batch).
+    """
+
+    schema: ClassVar[dict] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path", "inputs"],
+        "properties": {
+            "path": {"type": "string", "description": "the .npz file, relative to the spec"},
+            "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"},
+                       "description": "model input name -> array key; first axis = samples"},
+            "labels": {"type": ["string", "null"], "default": None, "description": "array key of the labels"},
+        },
+    }
+
+    @classmethod
+    def from_spec(cls, options: dict, base_dir: Path) -> "NpzDataset":
+        path = Path(base_dir) / options["path"]
+        return cls.load(path, options["inputs"], options.get("labels"))
+
+    @classmethod
+    def load(cls, path: Path, inputs: dict[str, str], labels: str | None = None) -> "NpzDataset":
+        """Read ``path``; a missing file or key names both."""
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise BadInputError(f"dataset file {str(path)!r} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"dataset file {str(path)!r} cannot be read as .npz: {exc}") from None
+        if not hasattr(archive, "files"):
+            raise BadInputError(f"dataset file {str(path)!r} is a single array, not an .npz archive")
+        with archive:
+            keys = dict(inputs)
+            if labels is not None:
+                keys["labels"] = labels
+            for role, key in keys.items():
+                if key not in archive.files:
+                    what = "the labels" if role == "labels" else f"input {role!r}"
+                    raise DataError(f"{str(path)!r} has no array {key!r} (for {what}); "
+                                    f"its arrays: {', '.join(sorted(archive.files))}")
+            arrays = {name: archive[key] for name, key in inputs.items()}
+            label_array = archive[labels] if labels is not None else None
+        return cls(arrays, label_array, source=str(path))
+
+
+@register_dataset("python")
+class PythonDataset:
+    """A dataset made by user code: ``factory`` is ``"module:callable"``, called with ``kwargs``."""
+
+    schema: ClassVar[dict] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["factory"],
+        "properties": {
+            "factory": {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_][\\w.]*$",
+                        "description": "module:callable returning a Dataset; a module beside the spec works"},
+            "kwargs": {"type": "object", "default": {}},
+        },
+    }
+
+    @classmethod
+    def from_spec(cls, options: dict, base_dir: Path) -> Dataset:
+        ref = options["factory"]
+        factory = import_factory(ref, base_dir)
+        try:
+            dataset = factory(**options.get("kwargs", {}))
+        except BadInputError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"the dataset factory raised {type(exc).__name__}: {exc}", ref) from exc
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise PluginError(f"the factory must return a Dataset (__len__ and __getitem__), "
+                              f"got {type(dataset).__name__}", ref)
+        return dataset
+
+
+def import_factory(ref: str, base_dir: Path) -> Callable[..., Any]:
+    """The callable named ``"module:attr"``, importing ``module`` with ``base_dir`` on ``sys.path``.
+
+    ``base_dir`` is on the path only while importing, so a module beside the spec
+    works without the spec's folder staying importable afterwards.
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInputError(f"factory {ref!r}: expected 'module:callable'")
+    entry = str(Path(base_dir).resolve())
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        importlib.invalidate_caches()
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(f"cannot import module {module_name!r} (looked in {entry} and on sys.path): "
+                          f"{exc}", ref) from None
+    except Exception as exc:
+        raise PluginError(f"importing module {module_name!r} raised {type(exc).__name__}: {exc}",
+                          ref) from exc
+    finally:
+        if added:
+            sys.path.remove(entry)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PluginError(f"module {module_name!r} has no attribute {attr!r}", ref)
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise PluginError(f"{attr!r} in module {module_name!r} is not callable", ref)
+    return obj

@@ -1,0 +1,393 @@
+"""The Engine: runs ONNX models on a dataset with ONNX Runtime and scores them, caching everything.
+
+Almost all of aaq's time is spent here, so the hot path is: a cached session, a
+batch sliced out of the dataset (a view when the indices are consecutive), one
+``session.run``, vectorised metric scoring. Nothing is inferred twice for the same
+model and sample in one engine's life: metric entries are cached per (model digest,
+sample index) and the float model's raw outputs are kept for output distances.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from aaq.engine.datasets import Dataset, dataset_from_spec, fetch
+from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
+                                    metric_error)
+from aaq.engine.metrics import Metric, metric_from_spec
+from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
+from aaq.errors import BadInputError, DataError, ModelError, SpecError
+
+logger = logging.getLogger(__name__)
+
+StopHook = Callable[[Evaluation], bool]
+
+
+class Engine:
+    """ONNX Runtime inference over a map-style dataset, with per-sample metrics and caches.
+
+    ``dataset`` is what models are evaluated on; ``calibration_dataset`` (default: the
+    dataset) is what statistics are collected on. Sessions are cached by model
+    digest in an LRU of ``session_cache_size``.
+    """
+
+    def __init__(self, dataset: Dataset, metrics: Sequence[Metric], *, calibration_dataset: Dataset | None = None,
+                 batch_size: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 intra_op_threads: int = 0, graph_optimization_level: str = "all", progress: bool = True,
+                 session_cache_size: int = 8) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            raise BadInputError(f"metric names must be unique, got {names}")
+        unavailable = [p for p in providers if p not in ort.get_available_providers()]
+        if unavailable:
+            raise BadInputError(f"execution provider(s) {unavailable} are not available in this onnxruntime "
+                                f"(available: {', '.join(ort.get_available_providers())})")
+        self.dataset = dataset
+        self.calibration_dataset = calibration_dataset
+        self.metrics = list(metrics)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.history: list[EvaluationRecord] = []
+        self.session_runs = 0
+        self._size = len(dataset)
+        self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level),
+                                      providers, session_cache_size)
+        self._scores: dict[str, ScoreCache] = {}
+        self._float: tuple[bytes, str] | None = None
+        self._reference = OutputStore(self._size)
+        self._augmented: OrderedDict[tuple[str, tuple[str, ...]], tuple[bytes, str, set[str]]] = OrderedDict()
+
+    @classmethod
+    def from_spec(cls, engine_spec: dict, base_dir: Path, *, progress: bool = True) -> "Engine":
+        """An engine for the validated, default-filled ``engine`` section of a spec."""
+        if engine_spec.get("type", "onnxruntime") != "onnxruntime":
+            raise SpecError([("engine.type", f"must be 'onnxruntime', got {engine_spec['type']!r}")])
+        base_dir = Path(base_dir)
+        dataset = dataset_from_spec(engine_spec["dataset"], base_dir, "engine.dataset")
+        calibration = engine_spec.get("calibration_dataset")
+        if calibration is not None:
+            calibration = dataset_from_spec(calibration, base_dir, "engine.calibration_dataset")
+        metric_list = [metric_from_spec(entry, base_dir, f"engine.metrics[{i}]")
+                       for i, entry in enumerate(engine_spec.get("metrics", []))]
+        return cls(dataset, metric_list, calibration_dataset=calibration,
+                   batch_size=engine_spec.get("batch_size", 1),
+                   providers=tuple(engine_spec.get("providers", ("CPUExecutionProvider",))),
+                   intra_op_threads=engine_spec.get("intra_op_threads", 0),
+                   graph_optimization_level=engine_spec.get("graph_optimization_level", "all"),
+                   progress=progress)
+
+    # ------------------------------------------------------------------ sizes and subsets
+
+    @property
+    def num_samples(self) -> int:
+        return self._size
+
+    @property
+    def num_calibration_samples(self) -> int:
+        return len(self._calibration())
+
+    def calibration_indices(self, num_samples: int) -> np.ndarray:
+        """The first ``min(num_samples, len)`` calibration samples (POT's default)."""
+        return np.arange(min(max(num_samples, 0), len(self._calibration())), dtype=np.int64)
+
+    def subset(self, size: int, seed: int, *, among: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """``size`` sorted distinct indices drawn with ``np.random.default_rng(seed)``; all when too few."""
+        if size < 0:
+            raise BadInputError(f"a subset size must be >= 0, got {size}")
+        pool = np.arange(self._size, dtype=np.int64) if among is None else np.unique(
+            self._indices(among, self._size, "dataset"))
+        if size >= len(pool):
+            return pool.copy()
+        return np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
+
+    # ------------------------------------------------------------------ the float model
+
+    def set_float_model(self, model: onnx.ModelProto | bytes) -> None:
+        """The reference of agreement metrics and output distances; checks the data fits it.
+
+        The check (input names, rank, dtype, fixed dims) runs before any inference, on
+        the dataset and the calibration dataset.
+        """
+        data, digest = model_bytes(model)
+        entry = self._sessions.get(data, digest)
+        self._check_inputs(entry, self.dataset, "dataset")
+        if self.calibration_dataset is not None:
+            self._check_inputs(entry, self.calibration_dataset, "calibration dataset")
+        if self._float is None or self._float[1] != digest:
+            self._float = (data, digest)
+            self._reference = OutputStore(self._size)
+
+    @property
+    def float_digest(self) -> str | None:
+        return None if self._float is None else self._float[1]
+
+    # ------------------------------------------------------------------ raw inference
+
+    def run(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray, *,
+            outputs: Sequence[str] | None = None, calibration: bool = False,
+            progress_desc: str | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Yield ``(batch_indices, {tensor name: batched array})`` over ``indices``, in order.
+
+        ``outputs`` may name any tensor of the model (intermediate ones are added as
+        graph outputs of a copy). ``calibration=True`` reads the calibration dataset.
+        Errors in the arguments are raised here, before the first batch is asked for.
+        """
+        dataset, what = (self._calibration(), "calibration dataset") if calibration else (self.dataset, "dataset")
+        idx = self._indices(indices, len(dataset), what)
+        data, digest = model_bytes(model)
+        if outputs is None:
+            entry = self._session(data, digest, dataset, what)
+            names: Sequence[str] = entry.output_names
+            finite: Sequence[str] = names
+        else:
+            names = tuple(outputs)
+            data, digest, graph_outputs = self._with_outputs(data, digest, names)
+            entry = self._session(data, digest, dataset, what)
+            finite = [n for n in names if n in graph_outputs]
+
+        def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+            with self._bar(len(idx), progress_desc or "inference") as bar:
+                for bidx, out, _ in self._infer(entry, dataset, idx, names, finite):
+                    bar.update(len(bidx))
+                    yield bidx, out
+
+        return batches()
+
+    def outputs(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The graph outputs of ``model`` on ``indices``, stacked; the float model's come from its cache."""
+        idx = self._indices(indices, self._size, "dataset")
+        data, digest = model_bytes(model)
+        if self._float is not None and digest == self._float[1]:
+            self._fill_reference(idx)
+            return self._reference.get(idx)
+        parts = [out for _, out in self.run(data, idx, progress_desc="outputs")]
+        if not parts:
+            entry = self._sessions.get(data, digest)
+            return {n: np.empty((0,)) for n in entry.output_names}
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray | None = None, *,
+                 stop: StopHook | None = None, progress_desc: str | None = None) -> Evaluation:
+        """Every metric of ``model`` on ``indices`` (default: the whole dataset), served from cache when possible.
+
+        ``stop(partial)`` is called after each batch (and once before the first one
+        when cached samples already count) with an ``Evaluation`` over the samples
+        done so far; when it returns True the evaluation ends there, with
+        ``complete=False`` and ``stopped_early=True``.
+        """
+        started = time.perf_counter()
+        data, digest = model_bytes(model)
+        idx = np.arange(self._size, dtype=np.int64) if indices is None else self._indices(
+            indices, self._size, "dataset")
+        cache = self._cache(digest)
+        missing = _unique_in_order(idx[~cache.have[idx]])
+        inferred, stopped = 0, False
+        if missing.size and stop is not None and cache.have[idx].any():
+            stopped = bool(stop(self._partial(cache, digest, idx, 0, started)))
+        if missing.size and not stopped:
+            entry = self._session(data, digest, self.dataset, "dataset")
+            if self._is_float(digest):
+                self._reference_check()
+            elif any(m.reference for m in self.metrics):
+                self._fill_reference(missing)
+            with self._bar(len(missing), progress_desc or "evaluating") as bar:
+                for n in self._score_batches(entry, digest, cache, missing):
+                    inferred += n
+                    bar.update(n)
+                    if stop is not None and inferred < len(missing) and stop(
+                            self._partial(cache, digest, idx, inferred, started)):
+                        stopped = True
+                        break
+        done = idx[cache.have[idx]] if stopped else idx
+        values, per_sample = cache.evaluation_values(self.metrics, done)
+        result = Evaluation(values, per_sample, done, inferred, time.perf_counter() - started,
+                            complete=not stopped, stopped_early=stopped, model_digest=digest,
+                            requested=len(idx))
+        full = not stopped and np.unique(idx).size == self._size
+        self.history.append(EvaluationRecord(digest, bool(full), len(done), inferred, result.seconds,
+                                             not stopped, dict(values)))
+        logger.debug("evaluated %s on %d samples (%d inferred%s) in %.2f s: %s", digest[:12], len(done),
+                     inferred, ", stopped early" if stopped else "", result.seconds, values)
+        return result
+
+    # ------------------------------------------------------------------ internals
+
+    def _calibration(self) -> Dataset:
+        return self.calibration_dataset if self.calibration_dataset is not None else self.dataset
+
+    def _is_float(self, digest: str) -> bool:
+        return self._float is not None and digest == self._float[1]
+
+    def _cache(self, digest: str) -> ScoreCache:
+        cache = self._scores.get(digest)
+        if cache is None:
+            cache = self._scores[digest] = ScoreCache(self._size, self.metrics)
+        return cache
+
+    def _session(self, data: bytes, digest: str, dataset: Dataset, what: str) -> SessionEntry:
+        entry = self._sessions.get(data, digest)
+        self._check_inputs(entry, dataset, what)
+        return entry
+
+    def _reference_check(self) -> None:
+        if self._float is None and any(m.reference for m in self.metrics):
+            names = [m.name for m in self.metrics if m.reference]
+            raise BadInputError(f"metric(s) {names} compare with the float model: call "
+                                f"Engine.set_float_model first")
+
+    def _fill_reference(self, indices: np.ndarray) -> None:
+        """Run the float model where its outputs are not kept yet (scoring it on the way)."""
+        self._reference_check()
+        if self._float is None:
+            return
+        need = _unique_in_order(indices[~self._reference.have[indices]])
+        if need.size:
+            data, digest = self._float
+            entry = self._session(data, digest, self.dataset, "dataset")
+            with self._bar(len(need), "float model") as bar:
+                for n in self._score_batches(entry, digest, self._cache(digest), need):
+                    bar.update(n)
+
+    def _score_batches(self, entry: SessionEntry, digest: str, cache: ScoreCache,
+                       indices: np.ndarray) -> Iterator[int]:
+        """Infer and score ``indices`` batch by batch into ``cache``; yields each batch's size."""
+        is_float = self._is_float(digest)
+        names = entry.output_names
+        for bidx, out, labels in self._infer(entry, self.dataset, indices, names, names):
+            if is_float:
+                self._reference.put(bidx, out)
+                reference = out
+            else:
+                reference = self._reference.get(bidx) if any(m.reference for m in self.metrics) else None
+            for metric in self.metrics:
+                given = reference if metric.reference else labels
+                try:
+                    entries = metric.score(out, given)
+                except Exception as exc:  # any failure of user code must name the metric and sample
+                    raise metric_error(metric, exc, bidx, out, given) from exc
+                count = len(entries) if hasattr(entries, "__len__") else type(entries).__name__
+                if count != len(bidx):
+                    raise DataError(f"metric {metric.name!r} returned {count} entries for a batch of "
+                                    f"{len(bidx)} samples (one per sample expected)", int(bidx[0]))
+                cache.put(metric, bidx, np.asarray(entries, np.float64) if metric.per_sample else entries)
+            cache.have[bidx] = True
+            yield len(bidx)
+
+    def _infer(self, entry: SessionEntry, dataset: Dataset, indices: np.ndarray, names: Sequence[str],
+               finite: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Any]]:
+        """The hot loop: slice, run, check. Batches of ``batch_size`` unless the model fixes it."""
+        size = entry.fixed_batch or self.batch_size
+        input_names = [i.name for i in entry.inputs]
+        names = list(names)
+        run = entry.session.run
+        for start in range(0, len(indices), size):
+            bidx = indices[start:start + size]
+            inputs, labels = fetch(dataset, bidx)
+            feed = {n: inputs[n] for n in input_names}
+            pad = size - len(bidx) if entry.fixed_batch else 0
+            if pad:  # a model fixed at batch B > 1: repeat the last sample, drop its outputs below
+                feed = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in feed.items()}
+            try:
+                arrays = run(names, feed)
+            except Exception as exc:  # ORT's own exception types; the message says what it refused
+                raise DataError(f"ONNX Runtime failed on samples {int(bidx[0])}..{int(bidx[-1])}: {exc}",
+                                int(bidx[0])) from None
+            self.session_runs += 1
+            out = dict(zip(names, arrays))
+            if pad:
+                out = {n: a[:len(bidx)] for n, a in out.items()}
+            for name in finite:
+                check_finite(out[name], bidx, name)
+            yield bidx, out, labels
+
+    def _check_inputs(self, entry: SessionEntry, dataset: Dataset, what: str) -> None:
+        """Names, rank, dtype and fixed dims of the data against the model, once per (session, dataset)."""
+        if id(dataset) in entry.checked:
+            return
+        if len(dataset) == 0:
+            raise DataError(f"the {what} is empty")
+        inputs, _ = fetch(dataset, np.zeros(1, dtype=np.int64))
+        for info in entry.inputs:
+            if info.name not in inputs:
+                raise DataError(f"the {what} has no array for model input {info.name!r} (expected "
+                                f"{info.describe()}); it has: {', '.join(inputs) or 'nothing'}")
+            given = inputs[info.name]
+            expected = info.shape[1:]
+            fits = len(given.shape) - 1 == len(expected) and all(
+                e is None or e == g for e, g in zip(expected, given.shape[1:]))
+            if not fits or (info.dtype is not None and given.dtype != info.dtype):
+                per_sample = [("?" if d is None else d) for d in expected]
+                raise DataError(
+                    f"the {what} does not fit model input {info.name!r}: the model expects "
+                    f"{info.describe()} ({per_sample} per sample), the {what} gives "
+                    f"{list(given.shape[1:])} {given.dtype.name} per sample")
+        entry.checked.add(id(dataset))
+
+    def _with_outputs(self, data: bytes, digest: str, names: Sequence[str]) -> tuple[bytes, str, set[str]]:
+        """A model whose graph outputs include ``names`` (a copy when some are intermediate), its digest
+        and the original graph output names; cached, since the statistics pass asks the same again."""
+        key = (digest, tuple(names))
+        hit = self._augmented.get(key)
+        if hit is not None:
+            self._augmented.move_to_end(key)
+            return hit
+        model = onnx.load_from_string(data)
+        graph = model.graph
+        graph_outputs = {o.name for o in graph.output}
+        known = {t for node in graph.node for t in node.output} | {i.name for i in graph.input}
+        present = set(graph_outputs)
+        for name in names:
+            if name in present:
+                continue
+            if name not in known:
+                raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input)")
+            graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+        if present == graph_outputs:
+            hit = (data, digest, graph_outputs)
+        else:
+            hit = (*model_bytes(model), graph_outputs)
+        self._augmented[key] = hit
+        if len(self._augmented) > self._sessions.capacity:
+            self._augmented.popitem(last=False)
+        return hit
+
+    def _partial(self, cache: ScoreCache, digest: str, idx: np.ndarray, inferred: int,
+                 started: float) -> Evaluation:
+        done = idx[cache.have[idx]]
+        values, per_sample = cache.evaluation_values(self.metrics, done)
+        return Evaluation(values, per_sample, done, inferred, time.perf_counter() - started,
+                          complete=False, model_digest=digest, requested=len(idx))
+
+    def _indices(self, indices: Any, size: int, what: str) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise BadInputError(f"indices must be a 1-D sequence of integers, got {idx.dtype} of "
+                                f"shape {list(idx.shape)}")
+        idx = idx.astype(np.int64, copy=False)
+        bad = (idx < 0) | (idx >= size)
+        if bad.any():
+            first = int(idx[np.argmax(bad)])
+            raise DataError(f"index {first} is out of range: the {what} has {size} samples", first)
+        return idx
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True,
+                    disable=not self.progress or total == 0)
+
+
+def _unique_in_order(indices: np.ndarray) -> np.ndarray:
+    _, first = np.unique(indices, return_index=True)
+    return indices[np.sort(first)] if len(first) != len(indices) else indices

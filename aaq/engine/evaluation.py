@@ -1,0 +1,154 @@
+"""What an evaluation returns, and the per-sample caches behind "no sample inferred twice"."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from aaq.engine.metrics import Metric
+from aaq.errors import AaqError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """The metrics of one model on some samples.
+
+    ``per_sample[name]`` is aligned with ``indices`` (None for a metric that does not
+    decompose). ``samples_inferred`` counts the samples really run, not served from
+    the cache. An evaluation stopped by its ``stop`` hook has ``complete=False`` and
+    ``stopped_early=True``; its values and indices cover the samples done so far.
+    The ``partial`` evaluations handed to the hook look the same, with
+    ``stopped_early=False``.
+    """
+
+    values: dict[str, float]
+    per_sample: dict[str, np.ndarray | None]
+    indices: np.ndarray
+    samples_inferred: int
+    seconds: float
+    complete: bool = True
+    stopped_early: bool = False
+    model_digest: str = ""
+    requested: int = 0
+    """How many samples were asked for (``len(indices)`` when complete)."""
+
+
+@dataclass
+class EvaluationRecord:
+    """One line of ``Engine.history``, as it goes into report.json."""
+
+    model_digest: str
+    full: bool
+    samples: int
+    inferred: int
+    seconds: float
+    complete: bool = True
+    values: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ScoreCache:
+    """The metric entries of one model, by sample index: filled once, read by every evaluation."""
+
+    def __init__(self, size: int, metrics: Sequence[Metric]) -> None:
+        self.have = np.zeros(size, dtype=bool)
+        self.entries: dict[str, np.ndarray] = {
+            m.name: np.full(size, np.nan) if m.per_sample else np.empty(size, dtype=object) for m in metrics}
+
+    def put(self, metric: Metric, indices: np.ndarray, entries: Any) -> None:
+        store = self.entries[metric.name]
+        if metric.per_sample:
+            store[indices] = entries
+        else:  # objects (tuples, strings) must not be broadcast into the array
+            for i, entry in zip(indices, entries):
+                store[i] = entry
+
+    def evaluation_values(self, metrics: Sequence[Metric], indices: np.ndarray
+                          ) -> tuple[dict[str, float], dict[str, np.ndarray | None]]:
+        """Values and per-sample scores over ``indices`` (all of which must be cached)."""
+        values: dict[str, float] = {}
+        per_sample: dict[str, np.ndarray | None] = {}
+        for metric in metrics:
+            entries = self.entries[metric.name][indices]
+            if metric.per_sample:
+                per_sample[metric.name] = entries
+                values[metric.name] = float(metric.aggregate(entries))
+            else:
+                per_sample[metric.name] = None
+                values[metric.name] = float(metric.aggregate(list(entries)))
+        return values, per_sample
+
+
+class OutputStore:
+    """Rows of a model's outputs by sample index (the float model's, for output distances).
+
+    One preallocated array per output while every row has the same shape (untouched
+    pages of it cost no memory); rows of varying shape fall back to an object array.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.have = np.zeros(size, dtype=bool)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        for name, batch in outputs.items():
+            store = self.arrays.get(name)
+            if store is None:
+                store = self.arrays[name] = np.empty((self.size, *batch.shape[1:]), dtype=batch.dtype)
+            if store.dtype != object and store.shape[1:] != batch.shape[1:]:
+                ragged = np.empty(self.size, dtype=object)
+                for i in np.flatnonzero(self.have):
+                    ragged[i] = store[i]
+                store = self.arrays[name] = ragged
+            if store.dtype == object:
+                for i, row in zip(indices, batch):
+                    store[i] = row
+            else:
+                store[indices] = batch
+        self.have[indices] = True
+
+    def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, store in self.arrays.items():
+            out[name] = np.stack(list(store[indices])) if store.dtype == object else store[indices]
+        return out
+
+
+def check_finite(array: np.ndarray, indices: np.ndarray, name: str) -> None:
+    """A NaN or Inf output is a DataError naming the first bad sample (one float64 sum when all is well)."""
+    if array.dtype.kind != "f" or np.isfinite(array.sum(dtype=np.float64)):
+        return
+    rows = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if not rows.any():  # the float64 sum itself overflowed: every value is finite
+        return
+    j = int(np.argmax(rows))
+    raise DataError(f"the model output {name!r} holds NaN or Inf", int(indices[min(j, len(indices) - 1)]))
+
+
+def metric_error(metric: Metric, exc: Exception, indices: np.ndarray, outputs: dict[str, np.ndarray],
+                 labels: Any) -> DataError:
+    """A DataError naming the metric and the first sample of the batch on which it fails alone."""
+    detail = str(exc) if isinstance(exc, AaqError) else f"{type(exc).__name__}: {exc}"
+    culprit = int(indices[0])
+    for j in range(len(indices) if len(indices) > 1 else 0):
+        try:
+            metric.score({n: a[j:j + 1] for n, a in outputs.items()}, _row(labels, j))
+        except Exception:
+            culprit = int(indices[j])
+            break
+    return DataError(f"metric {metric.name!r} failed: {detail}", culprit)
+
+
+def _row(labels: Any, j: int) -> Any:
+    if labels is None:
+        return None
+    if isinstance(labels, dict):
+        return {n: a[j:j + 1] for n, a in labels.items()}
+    return labels[j:j + 1]

@@ -1,0 +1,127 @@
+"""What a run did, as a ``Result`` and as report.json; files are written atomically."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from aaq.state import AlgorithmRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class MetricOutcome:
+    """One metric of the float and of the final model, on the full dataset."""
+
+    float: float
+    quantized: float
+    higher_is_better: bool
+
+    @property
+    def drop(self) -> float:
+        """Positive when the final model is worse, whatever the metric's direction."""
+        diff = self.float - self.quantized
+        return diff if self.higher_is_better else -diff
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome of ``Pipeline.run``: the model, whether every target was met, and how it got there."""
+
+    model: onnx.ModelProto
+    model_name: str
+    target_met: bool
+    targets: dict[str, bool]
+    metrics: dict[str, MetricOutcome]
+    algorithms: list[AlgorithmRecord]
+    evaluations: list[Any]
+    seconds: float
+    spec: dict[str, Any]
+
+    @property
+    def model_filename(self) -> str:
+        return f"{self.model_name}.quantized.onnx"
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals."""
+        from aaq import __version__
+
+        evaluations = [_jsonable(e) for e in self.evaluations]
+        nodes = [n.op_type for n in self.model.graph.node]
+        return {
+            "aaq_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "target_met": self.target_met,
+            "targets": self.targets,
+            "model": {
+                "file": self.model_filename,
+                "nodes": len(nodes),
+                "quantize_linear": nodes.count("QuantizeLinear"),
+                "dequantize_linear": nodes.count("DequantizeLinear"),
+            },
+            "metrics": {name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()},
+            "algorithms": [_jsonable(r) for r in self.algorithms],
+            "evaluations": evaluations,
+            "totals": {
+                "seconds": self.seconds,
+                "evaluations": len(evaluations),
+                "samples_inferred": sum(int(e.get("samples_inferred", 0)) for e in evaluations),
+            },
+            "spec": self.spec,
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the model and report.json into ``out_dir``; returns the model's path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = out / self.model_filename
+        write_bytes_atomic(model_path, self.model.SerializeToString())
+        write_json_atomic(out / "report.json", self.report())
+        logger.info("wrote %s and %s", model_path, out / "report.json")
+        return model_path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
