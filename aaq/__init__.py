@@ -4,12 +4,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from aaq.algorithms.base import Algorithm, register_algorithm  # noqa: E402
+from aaq.engine.datasets import Dataset, Sample, register_dataset  # noqa: E402
+from aaq.engine.engine import Engine  # noqa: E402
+from aaq.engine.metrics import Metric, register_metric  # noqa: E402
 from aaq.errors import AaqError, BadInputError, DataError, ModelError, PluginError, SpecError  # noqa: E402
 from aaq.pipeline import Pipeline  # noqa: E402
 from aaq.report import Result  # noqa: E402
 from aaq.state import PipelineState  # noqa: E402
 
 __all__ = [
-    "AaqError", "Algorithm", "BadInputError", "DataError", "ModelError", "Pipeline", "PipelineState",
-    "PluginError", "Result", "SpecError", "register_algorithm", "__version__",
+    "AaqError", "Algorithm", "BadInputError", "DataError", "Dataset", "Engine", "Metric", "ModelError",
+    "Pipeline", "PipelineState", "PluginError", "Result", "Sample", "SpecError", "register_algorithm",
+    "register_dataset", "register_metric", "__version__",
 ]

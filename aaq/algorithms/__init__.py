@@ -1,4 +1,5 @@
 """Built-in algorithms; importing this package registers them."""
+from aaq.algorithms import default  # noqa: F401  (registers DefaultQuantization)
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
 
 __all__ = ["Algorithm", "algorithms", "register_algorithm", "run_algorithm"]

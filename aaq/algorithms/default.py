@@ -1,0 +1,183 @@
+"""DefaultQuantization: statistics, ranges, QDQ insertion and bias correction, as POT's algorithm did.
+
+Where preparation happens, and why it is correct: ``statistics_needs`` prepares
+the float model (opset >= 13, BatchNorm folded, see ``quantization.prepare``),
+finds the layers and quantizer sites on the *prepared* model and caches all of
+it on the instance, keyed by the float model's digest. Preparation keeps tensor
+names and values, so the requests it returns name tensors that the user's float
+model computes identically; the pipeline collects them there. The rare tensor a
+preparation step creates (an opset conversion may add nodes) is left out of the
+declared needs and collected by ``run`` on the prepared model itself. ``run``
+builds the plan over the prepared model, corrects biases, and applies the plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from aaq.algorithms.base import Algorithm, register_algorithm
+from aaq.errors import ModelError, SpecError
+from aaq.quantization.bias import fast_corrections, fast_requests, measured_corrections
+from aaq.quantization.ignored import resolve_ignored
+from aaq.quantization.layers import Layout, find_layout
+from aaq.quantization.plan import Plan, activation_requests, build_plan
+from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
+from aaq.quantization.presets import QuantConfig, resolve_config
+from aaq.quantization.qdq import apply_plan
+from aaq.spec.schemas import load_schema
+from aaq.state import PipelineState, model_digest
+from aaq.statistics.requests import StatisticRequest, StatisticsNeeds
+
+if TYPE_CHECKING:
+    from aaq.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = load_schema("DefaultQuantization")
+
+
+@dataclass(frozen=True)
+class DefaultQuantizationParams:
+    """Mirrors ``DefaultQuantization.schema.json`` (names and defaults; checked at registration)."""
+
+    preset: str = "performance"
+    stat_subset_size: int = 300
+    quantize_ops: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+    quantize_activation_matmul: bool = False
+    ignored: dict[str, list[str]] = field(default_factory=lambda: {"scope": [], "patterns": [], "operations": []})
+    weights: dict[str, Any] = field(default_factory=lambda: {
+        "bits": 8, "granularity": "perchannel",
+        "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
+    activations: dict[str, Any] = field(default_factory=lambda: {
+        "range_estimator": {"preset": "default",
+                            "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
+                            "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001}}})
+    bias_correction: bool = True
+    use_fast_bias: bool = True
+
+
+@dataclass
+class _Setup:
+    """What the float model and the params decide before any statistic is known."""
+
+    prepared: PreparedModel
+    ignored: dict[str, str]
+    layout: Layout
+    config: QuantConfig
+    requests: list[StatisticRequest]
+
+
+@register_algorithm("DefaultQuantization")
+class DefaultQuantization(Algorithm):
+    """Quantize every Conv/Gemm/MatMul (or ``quantize_ops``) to QDQ: int8 weights, uint8 activations."""
+
+    Params = DefaultQuantizationParams
+    schema = _SCHEMA
+
+    def __init__(self, params: DefaultQuantizationParams) -> None:
+        super().__init__(params)
+        self._setup_cache: tuple[str, _Setup] | None = None
+
+    @classmethod
+    def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
+        """``ignored`` names and op types must exist in the spec's model (loaded, not run)."""
+        ignored = params.get("ignored") or {}
+        if not any(ignored.get(key) for key in ("scope", "patterns", "operations")):
+            return []
+        try:
+            model = onnx.load(spec.resolved["model"]["path"])
+            prepared = prepare_model(model, cls._min_opset(params.get("weights") or {}))
+            resolve_ignored(prepared.model, ignored, prepared.removed_nodes)
+        except SpecError as exc:
+            return list(exc.problems)
+        except Exception:  # an unreadable model is reported by the model checks, not here
+            return []
+        return []
+
+    @staticmethod
+    def _min_opset(weights: dict[str, Any]) -> int:
+        """Per-channel DequantizeLinear needs opset 13; per-tensor Q/DQ, 10 (no conversion to risk)."""
+        per_tensor = weights.get("granularity", "perchannel") == "pertensor"
+        return PER_TENSOR_OPSET if per_tensor else PER_CHANNEL_OPSET
+
+    def statistics_needs(self, state: PipelineState) -> StatisticsNeeds:
+        setup = self._setup(state.float_model)
+        graph = state.float_model.graph
+        known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output}
+        return StatisticsNeeds(tuple(r for r in setup.requests if r.tensor in known),
+                               self.params.stat_subset_size)
+
+    def run(self, state: PipelineState, engine: "Engine") -> PipelineState:
+        setup = self._setup(state.float_model)
+        statistics = self._statistics(state, engine, setup)
+        prepared = setup.prepared
+        digests = frozenset({prepared.source_digest, model_digest(prepared.model)})
+        plan = build_plan(prepared.model, digests, setup.layout, setup.config, statistics)
+        plan = self._correct_biases(plan, statistics, engine)
+        model = apply_plan(state.float_model, plan)
+        self.summary = self._summary(setup, plan)
+        logger.info("%d layers quantized in %d groups (preset %s); %d ignored; %d biases corrected",
+                    len(plan.layers), len(plan.groups), self.params.preset, len(setup.ignored),
+                    self.summary["bias_corrections"])
+        return dataclasses.replace(state, model=model, plan=plan)
+
+    def _setup(self, float_model: onnx.ModelProto) -> _Setup:
+        digest = model_digest(float_model)
+        if self._setup_cache is not None and self._setup_cache[0] == digest:
+            return self._setup_cache[1]
+        p = self.params
+        prepared = prepare_model(float_model, self._min_opset(p.weights))
+        ignored = resolve_ignored(prepared.model, p.ignored, prepared.removed_nodes)
+        layout = find_layout(prepared.model, p.quantize_ops, activation_matmul=p.quantize_activation_matmul,
+                             ignored=ignored, elem_types=prepared.elem_types)
+        if not layout.layers:
+            why = "; ".join(f"{name}: {reason}" for name, reason in list(layout.skipped.items())[:5])
+            raise ModelError(f"nothing to quantize: the model has no {'/'.join(p.quantize_ops)} node that can "
+                             f"be quantized" + (f" ({why})" if why else ""))
+        config = resolve_config(p.preset, p.weights, p.activations)
+        requests = activation_requests(layout, config)
+        if p.bias_correction and p.use_fast_bias:
+            requests += fast_requests(layout, prepared.model)
+        setup = _Setup(prepared, ignored, layout, config, list(dict.fromkeys(requests)))
+        self._setup_cache = (digest, setup)
+        return setup
+
+    def _statistics(self, state: PipelineState, engine: "Engine", setup: _Setup) -> dict:
+        """Cached statistics of every request; the ones the pipeline could not collect, on the prepared model."""
+        from aaq.statistics.collector import collect_statistics
+
+        n = self.params.stat_subset_size
+        missing = [r for r in setup.requests if (r, n) not in state.statistics]
+        if missing:
+            logger.info("collecting %d statistics on the prepared model", len(missing))
+            collected = collect_statistics(engine, setup.prepared.model, missing, n)
+            state.statistics.update({(r, n): v for r, v in collected.items()})
+        return {r: state.statistics[(r, n)] for r in setup.requests}
+
+    def _correct_biases(self, plan: Plan, statistics: dict, engine: "Engine") -> Plan:
+        if not self.params.bias_correction:
+            return plan
+        if self.params.use_fast_bias:
+            return fast_corrections(plan, statistics)
+        return measured_corrections(plan, engine, self.params.stat_subset_size)
+
+    def _summary(self, setup: _Setup, plan: Plan) -> dict[str, Any]:
+        corrected = [layer.name for layer in plan.layers if layer.bias is not None]
+        return {
+            "preset": self.params.preset,
+            "layers_quantized": len(plan.layers),
+            "layers": [layer.name for layer in plan.layers],
+            "groups": len(plan.groups),
+            "activation_quantizers": len(plan.quantizers),
+            "output_quantizers": sum(q.site.output for q in plan.quantizers.values()),
+            "ignored": dict(setup.ignored),
+            "not_quantized": {name: reason for name, reason in setup.layout.skipped.items()
+                              if name not in setup.ignored},
+            "bias_corrections": len(corrected),
+            "bias_corrected_layers": corrected,
+            "preparation": setup.prepared.summary(),
+        }

@@ -1,0 +1,226 @@
+"""The quantization plan: what is quantized, how, with which ranges - as data, edited not mutated.
+
+A plan is built once from the prepared float model, its layout and the collected
+statistics; ``qdq.apply_plan(float_model, plan)`` turns it into a QDQ model.
+Reverting layers to float (AccuracyAwareQuantization) is ``plan.with_reverted(ids)``:
+a new plan, the float model untouched, no surgery on a quantized graph.
+
+The unit of reverting is a **group**: the layers that share an activation
+quantizer (one tensor read by several layers, possibly through Reshape-like ops),
+with all the quantizers they own. Reverting a group removes its weight
+quantizers, its activation quantizers and its bias corrections (the original bias
+is kept in the plan), and nothing else: every subset of groups gives a valid model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
+from aaq.quantization.presets import QuantConfig
+from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
+from aaq.statistics.requests import StatisticRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActivationQuantizer:
+    """A uint8 QuantizeLinear/DequantizeLinear pair on ``site.tensor``; ``[low, high]`` is its grid."""
+
+    site: QuantizerSite
+    scale: float
+    zero_point: int
+    low: float
+    high: float
+    symmetric: bool = True
+
+    @property
+    def tensor(self) -> str:
+        return self.site.tensor
+
+
+@dataclass(frozen=True, eq=False)
+class BiasCorrection:
+    """A corrected bias; ``original`` is the float bias (``None``: the layer had none)."""
+
+    slot: BiasSlot
+    original: np.ndarray | None
+    corrected: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """One layer: its weight quantizer (if it has a weight), its activation quantizers, its bias correction."""
+
+    layer: Layer
+    weight: QuantizedWeight | None
+    quantizers: tuple[str, ...]
+    bias: BiasCorrection | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+@dataclass(frozen=True)
+class Group:
+    """Layers reverted together and the activation quantizers they own; ``id`` is stable across edits."""
+
+    id: int
+    layers: tuple[str, ...]
+    quantizers: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Per-layer quantization records over ``model``, the prepared float model they apply to.
+
+    ``source_digests`` are the digests of the models ``apply_plan`` accepts as the
+    float model: the user's model the prepared one was made from, and the prepared
+    one. ``reverted`` holds the ids of groups left in float.
+    """
+
+    model: onnx.ModelProto
+    source_digests: frozenset[str]
+    layers: tuple[LayerPlan, ...]
+    quantizers: Mapping[str, ActivationQuantizer]
+    groups: tuple[Group, ...]
+    reverted: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantizers", MappingProxyType(dict(self.quantizers)))
+
+    @cached_property
+    def _layers_by_name(self) -> dict[str, LayerPlan]:
+        return {layer.name: layer for layer in self.layers}
+
+    @cached_property
+    def _group_by_layer(self) -> dict[str, Group]:
+        return {name: group for group in self.groups for name in group.layers}
+
+    @property
+    def quantized_groups(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.id not in self.reverted)
+
+    @property
+    def reverted_groups(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.id in self.reverted)
+
+    @property
+    def quantized_layers(self) -> tuple[LayerPlan, ...]:
+        names = {name for group in self.quantized_groups for name in group.layers}
+        return tuple(layer for layer in self.layers if layer.name in names)
+
+    def layer(self, name: str) -> LayerPlan:
+        try:
+            return self._layers_by_name[name]
+        except KeyError:
+            raise KeyError(f"no layer {name!r} in the plan") from None
+
+    def group_of(self, layer: str) -> Group:
+        """The group ``layer`` is reverted with."""
+        try:
+            return self._group_by_layer[layer]
+        except KeyError:
+            raise KeyError(f"no layer {layer!r} in the plan") from None
+
+    def with_reverted(self, group_ids: Iterable[int]) -> "Plan":
+        """A new plan with these groups (also) left in float."""
+        ids = self._known(group_ids)
+        return dataclasses.replace(self, reverted=self.reverted | ids)
+
+    def with_restored(self, group_ids: Iterable[int]) -> "Plan":
+        """A new plan with these groups quantized again (undoes ``with_reverted``)."""
+        ids = self._known(group_ids)
+        return dataclasses.replace(self, reverted=self.reverted - ids)
+
+    def with_layers(self, layers: Iterable[LayerPlan]) -> "Plan":
+        """A new plan with these layer records replacing the ones of the same name."""
+        new = {layer.name: layer for layer in layers}
+        unknown = set(new) - {layer.name for layer in self.layers}
+        if unknown:
+            raise KeyError(f"no layers {sorted(unknown)} in the plan")
+        return dataclasses.replace(self, layers=tuple(new.get(l.name, l) for l in self.layers))
+
+    def _known(self, group_ids: Iterable[int]) -> frozenset[int]:
+        ids = frozenset(int(i) for i in group_ids)
+        unknown = ids - {g.id for g in self.groups}
+        if unknown:
+            raise KeyError(f"no groups {sorted(unknown)} in the plan (ids 0..{len(self.groups) - 1})")
+        return ids
+
+    def describe(self) -> dict[str, Any]:
+        """The plan in JSON-able values, for report.json."""
+        def weight(layer: LayerPlan) -> dict[str, Any] | None:
+            if layer.weight is None:
+                return None
+            return {"bits": layer.weight.bits, "axis": layer.weight.axis, "scales": int(layer.weight.scale.size)}
+
+        return {
+            "groups": [{"id": g.id, "layers": list(g.layers), "quantizers": list(g.quantizers),
+                        "reverted": g.id in self.reverted} for g in self.groups],
+            "layers": [{"name": l.name, "op_type": l.layer.op_type, "weight": weight(l),
+                        "bias_corrected": l.bias is not None} for l in self.layers],
+            "activations": [{"tensor": q.tensor, "scale": q.scale, "zero_point": q.zero_point,
+                             "symmetric": q.symmetric, "range": [q.low, q.high], "output": q.site.output}
+                            for q in self.quantizers.values()],
+        }
+
+
+def make_groups(layout: Layout) -> tuple[Group, ...]:
+    """Connected components of layers linked by shared quantizers, numbered in graph order."""
+    parent = {layer.name: layer.name for layer in layout.layers}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for site in layout.sites:
+        first = root(site.owners[0])
+        for other in site.owners[1:]:
+            parent[root(other)] = first
+    members: dict[str, list[str]] = {}
+    for layer in layout.layers:
+        members.setdefault(root(layer.name), []).append(layer.name)
+    groups = []
+    for gid, names in enumerate(members.values()):
+        tensors = tuple(s.tensor for s in layout.sites if s.owners[0] in names)
+        groups.append(Group(gid, tuple(names), tensors))
+    return tuple(groups)
+
+
+def activation_requests(layout: Layout, config: QuantConfig) -> list[StatisticRequest]:
+    """The statistics the activation ranges of ``layout`` need."""
+    return [r for site in layout.sites for r in config.activations.requests(site.tensor, site.output)]
+
+
+def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: Layout, config: QuantConfig,
+               statistics: Mapping[StatisticRequest, np.ndarray]) -> Plan:
+    """The plan for ``layout`` with ranges from ``statistics`` (keyed by ``activation_requests``)."""
+    from aaq.quantization.layers import GraphIndex
+
+    index = GraphIndex(model.graph)
+    quantizers = {}
+    for site in layout.sites:
+        lo_request, hi_request = config.activations.requests(site.tensor, site.output)
+        params = activation_params(statistics[lo_request], statistics[hi_request], config.activations)
+        quantizers[site.tensor] = ActivationQuantizer(site, params.scale, params.zero_point, params.low,
+                                                      params.high, config.activations.symmetric)
+    layers = []
+    for layer in layout.layers:
+        weight = None
+        if layer.weight is not None:
+            axis = layer.weight_axis if config.weights.per_channel else None
+            weight = quantize_weight(index.weight_array(layer.weight), axis, config.weights)
+        layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
+    return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout))

@@ -1,0 +1,268 @@
+"""Make a float model ready for quantization, on a copy, without changing what it computes.
+
+What it does, in order, and why:
+
+1. ``onnx.checker`` - a model that does not check is refused with the checker's reason.
+2. an opset below ``min_opset`` is converted (``onnx.version_converter``): per-channel
+   ``DequantizeLinear(axis=...)`` only exists from opset 13 (ORT's own quantizer writes
+   an invalid model for such inputs), per-tensor Q/DQ from opset 10.
+3. ``Constant`` nodes become initializers and ``Identity`` of an initializer is
+   bypassed, so weights exported that way are seen as weights.
+4. Every node gets a unique name (layers, groups and ``ignored.scope`` use names).
+5. ``BatchNormalization`` right after a ``Conv`` is folded into the conv's weights and
+   bias, so the conv is quantized with the weights that really run.
+6. Shape inference, for tensor element types only; when it fails (it does on real
+   models) quantization goes on without it, assuming float tensors.
+
+Tensor names are kept: a folded conv takes over its BatchNormalization's output
+name, so every activation the prepared model computes has the same name and the
+same values (up to float rounding) in the original model. That is what lets the
+pipeline collect statistics on the user's float model for tensors of the prepared
+one.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from aaq.errors import ModelError
+from aaq.state import model_digest
+
+logger = logging.getLogger(__name__)
+
+PER_CHANNEL_OPSET = 13
+PER_TENSOR_OPSET = 10
+
+
+@dataclass
+class PreparedModel:
+    """The prepared float model and what preparation did, for the log and the report."""
+
+    model: onnx.ModelProto
+    source_digest: str
+    opset_from: int
+    folded_batchnorms: list[str] = field(default_factory=list)
+    shape_inference: bool = True
+    elem_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def removed_nodes(self) -> dict[str, str]:
+        """Nodes of the user's model that preparation removed, name -> op type."""
+        return {name: "BatchNormalization" for name in self.folded_batchnorms}
+
+    def summary(self) -> dict:
+        return {"opset_from": self.opset_from, "opset": _opset(self.model),
+                "folded_batchnorms": list(self.folded_batchnorms), "shape_inference": self.shape_inference}
+
+
+def prepare_model(model: onnx.ModelProto, min_opset: int = PER_CHANNEL_OPSET) -> PreparedModel:
+    """A prepared copy of ``model`` (which is not modified), at opset ``min_opset`` or above."""
+    digest = model_digest(model)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    _check(prepared)
+    opset_from = _opset(prepared)
+    if opset_from < min_opset:
+        prepared = _convert_opset(prepared, opset_from, min_opset)
+    _constants_to_initializers(prepared.graph)
+    _bypass_initializer_identities(prepared.graph)
+    _name_nodes(prepared.graph)
+    folded = fold_batchnorms(prepared.graph)
+    elem_types, inferred = _infer_types(prepared)
+    if folded:
+        logger.info("folded %d BatchNormalization node(s) into the convolutions before them", len(folded))
+    return PreparedModel(prepared, digest, opset_from, folded, inferred, elem_types)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelError("the model imports no default-domain (ai.onnx) opset")
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ModelError(f"the model does not pass the ONNX checker: {first}") from None
+    except ValueError as exc:  # larger than 2 GB: the in-memory checker cannot run
+        logger.debug("ONNX checker skipped: %s", exc)
+
+
+def _convert_opset(model: onnx.ModelProto, opset_from: int, opset_to: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    logger.info("converting the model from opset %d to %d (the Q/DQ nodes need it)", opset_from, opset_to)
+    try:
+        converted = version_converter.convert_version(model, opset_to)
+    except Exception as exc:  # the converter raises bare RuntimeErrors naming the failing op
+        hint = ""
+        if opset_to > PER_TENSOR_OPSET:
+            hint = (f"; per-tensor weights (weights.granularity \"pertensor\") need only opset "
+                    f"{PER_TENSOR_OPSET}")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ModelError(f"cannot convert the model from opset {opset_from} to {opset_to}: "
+                         f"{reason}{hint}") from None
+    return converted
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    outputs = {o.name for o in graph.output}
+    kept = []
+    for node in graph.node:
+        value = _constant_value(node) if node.output[0] not in outputs else None
+        if value is None:
+            kept.append(node)
+        else:
+            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    simple = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+              "value_ints": np.int64}
+    if attr.name in simple:
+        return np.asarray(helper.get_attribute_value(attr), dtype=simple[attr.name])
+    return None
+
+
+def _bypass_initializer_identities(graph: onnx.GraphProto) -> None:
+    initializers = {i.name for i in graph.initializer}
+    protected = {o.name for o in graph.output} | _names_used_in_subgraphs(graph)
+    alias = {}
+    kept = []
+    for node in graph.node:
+        if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in initializers
+                and node.output[0] not in protected):
+            alias[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    if not alias:
+        return
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every name read inside the subgraphs (If/Loop/Scan bodies) of ``graph``'s nodes, recursively."""
+    used: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used.update(name for n in sub.node for name in n.input)
+                used |= _names_used_in_subgraphs(sub)
+    return used
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            base = node.name or f"{node.op_type}_{index}"
+            name, k = base, 1
+            while name in seen:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+        seen.add(node.name)
+
+
+def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
+    """Fold every inference-mode ``BatchNormalization`` fed only by a ``Conv`` into it, in place.
+
+    Returns the names of the folded BatchNormalization nodes. New weight and bias
+    initializers are added (shared initializers are never rewritten); the conv takes
+    over the BatchNormalization's output name.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output} | _names_used_in_subgraphs(graph)
+    names = set(inits) | {o for n in graph.node for o in n.output}
+    folded: list[str] = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        conv = producer.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or uses.get(bn.input[0]) != 1 or bn.input[0] in outputs
+                or not all(name in inits for name in list(bn.input[1:]) + [i for i in conv.input[1:] if i])):
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:])
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        if weight.dtype != np.float32:
+            continue
+        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
+                and conv.input[2] else np.zeros(weight.shape[0]))
+        factor = scale / np.sqrt(var + eps)
+        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+        new_b = ((bias - mean) * factor + beta).astype(np.float32)
+        w_name = unique_name(f"{conv.name}.weight_bnfold", names)
+        b_name = unique_name(f"{conv.name}.bias_bnfold", names)
+        graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        folded.append(bn.name)  # node names are unique here (_name_nodes ran first)
+    if folded:
+        gone = set(folded)
+        kept = [n for n in graph.node if not (n.op_type == "BatchNormalization" and n.name in gone)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        drop_unused_initializers(graph)
+    return folded
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove initializers no node (or subgraph) reads and that are not graph inputs or outputs."""
+    used = {name for node in graph.node for name in node.input} | _names_used_in_subgraphs(graph)
+    used |= {o.name for o in graph.output} | {i.name for i in graph.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``... whichever ``taken`` lacks; the result is added to ``taken``."""
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}_{k}", k + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _infer_types(model: onnx.ModelProto) -> tuple[dict[str, int], bool]:
+    """Element type of every tensor shape inference can tell; ``({}, False)`` when it fails."""
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # any failure: quantize without it
+        logger.warning("shape inference failed (%s); going on without tensor types", str(exc).splitlines()[0])
+        return types, False
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types, True

@@ -1,0 +1,143 @@
+"""Plan -> QDQ model: a pure function of the float model and the plan.
+
+Standard ONNX only (QuantizeLinear / DequantizeLinear; opset >= 13 for per-channel
+weights, >= 10 otherwise): activations
+get a Q/DQ pair read by the layers the quantizer serves, weights are stored as
+int8 initializers behind a DequantizeLinear (per channel with ``axis``), corrected
+biases are new initializers. Groups the plan reverts get none of these, so their
+layers read exactly what they read in the float model.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from aaq.errors import ModelError
+from aaq.quantization.plan import ActivationQuantizer, LayerPlan, Plan
+from aaq.quantization.prepare import drop_unused_initializers, unique_name
+from aaq.state import model_digest
+
+logger = logging.getLogger(__name__)
+
+
+def apply_plan(float_model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """A new QDQ model for ``plan``; ``float_model`` (the user's model or the prepared one) is not modified.
+
+    The plan applies to the prepared model it holds; ``float_model`` is checked
+    to be the model the plan was made for, so a plan is never applied to another.
+    """
+    if float_model is not plan.model and model_digest(float_model) not in plan.source_digests:
+        raise ModelError("the plan was made for another model (its digest differs)")
+    model = onnx.ModelProto()
+    model.CopyFrom(plan.model)
+    _Rewriter(model.graph, plan).run()
+    return model
+
+
+class _Rewriter:
+    """Collects the new nodes, initializers and input rewirings, then rebuilds the node list once."""
+
+    def __init__(self, graph: onnx.GraphProto, plan: Plan) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.taken = ({n.name for n in graph.node} | {i.name for i in graph.initializer}
+                      | {i.name for i in graph.input} | {o for n in graph.node for o in n.output})
+        self.rewire: dict[str, dict[int, str]] = {}  # node -> input index -> new tensor
+        self.renamed_outputs: dict[str, str] = {}
+        self.prefix: list[onnx.NodeProto] = []
+        self.after: dict[str, list[onnx.NodeProto]] = {}
+        self.producer = {o: n.name for n in graph.node for o in n.output if o}
+
+    def run(self) -> None:
+        groups = self.plan.quantized_groups
+        for group in groups:
+            for tensor in group.quantizers:
+                self._activation(self.plan.quantizers[tensor])
+        names = {name for group in groups for name in group.layers}
+        for layer in self.plan.layers:
+            if layer.name in names:
+                self._weight(layer)
+                self._bias(layer)
+        self._rebuild()
+        drop_unused_initializers(self.graph)
+        logger.debug("QDQ model: %d groups quantized, %d reverted", len(groups), len(self.plan.reverted))
+
+    def _name(self, base: str) -> str:
+        return unique_name(base, self.taken)
+
+    def _initializer(self, array: np.ndarray, base: str) -> str:
+        name = self._name(base)
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def _activation(self, quantizer: ActivationQuantizer) -> None:
+        tensor, site = quantizer.tensor, quantizer.site
+        scale = self._initializer(np.array(quantizer.scale, dtype=np.float32), f"{tensor}_scale")
+        zero_point = self._initializer(np.array(quantizer.zero_point, dtype=np.uint8), f"{tensor}_zero_point")
+        source, dequantized = tensor, None
+        if site.graph_output:  # the graph output keeps its name and becomes the dequantized copy
+            source, dequantized = self._name(f"{tensor}_float"), tensor
+            self.renamed_outputs[tensor] = source
+        dequantized = self._qdq(tensor, scale, zero_point, source, dequantized)
+        if not site.graph_output:
+            for node, index in site.consumers:
+                self.rewire.setdefault(node, {})[index] = dequantized
+        for repeated, (node, index) in site.repeats:
+            self.rewire.setdefault(node, {})[index] = self._qdq(repeated, scale, zero_point)
+
+    def _qdq(self, tensor: str, scale: str, zero_point: str, source: str | None = None,
+             dequantized: str | None = None) -> str:
+        """A Q/DQ pair reading ``source`` (default ``tensor``), placed right after ``tensor``'s producer."""
+        source = source or tensor
+        dequantized = dequantized or self._name(f"{tensor}_dequantized")
+        quantized = self._name(f"{tensor}_quantized")
+        nodes = [
+            helper.make_node("QuantizeLinear", [source, scale, zero_point], [quantized],
+                             name=self._name(f"{tensor}_QuantizeLinear")),
+            helper.make_node("DequantizeLinear", [quantized, scale, zero_point], [dequantized],
+                             name=self._name(f"{tensor}_DequantizeLinear")),
+        ]
+        producer = self.producer.get(tensor)
+        (self.after.setdefault(producer, []) if producer is not None else self.prefix).extend(nodes)
+        return dequantized
+
+    def _weight(self, layer: LayerPlan) -> None:
+        if layer.weight is None:
+            return
+        weight, base = layer.weight, layer.layer.weight
+        values = self._initializer(weight.values, f"{base}_quantized")
+        scale = self._initializer(weight.scale, f"{base}_scale")
+        zero_point = self._initializer(weight.zero_point, f"{base}_zero_point")
+        dequantized = self._name(f"{base}_dequantized_{layer.name}")
+        attrs = {} if weight.axis is None else {"axis": weight.axis}
+        self.prefix.append(helper.make_node("DequantizeLinear", [values, scale, zero_point], [dequantized],
+                                            name=self._name(f"{layer.name}_weight_DequantizeLinear"), **attrs))
+        self.rewire.setdefault(layer.name, {})[layer.layer.weight_index] = dequantized
+
+    def _bias(self, layer: LayerPlan) -> None:
+        if layer.bias is None:
+            return
+        slot = layer.bias.slot
+        name = self._initializer(layer.bias.corrected.astype(np.float32),
+                                 f"{slot.initializer or layer.name}_bias_corrected")
+        self.rewire.setdefault(slot.node, {})[slot.index] = name
+
+    def _rebuild(self) -> None:
+        nodes = list(self.prefix)
+        for node in self.graph.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            for index, tensor in self.rewire.get(node.name, {}).items():
+                while len(new.input) <= index:  # an added optional input (a bias the layer lacked)
+                    new.input.append("")
+                new.input[index] = tensor
+            for i, out in enumerate(new.output):
+                if out in self.renamed_outputs:
+                    new.output[i] = self.renamed_outputs[out]
+            nodes.append(new)
+            nodes.extend(self.after.get(node.name, []))
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)

@@ -1,0 +1,102 @@
+"""Collect activation statistics in one streaming pass over the calibration samples.
+
+Every tensor the requests name is read out of one inference per batch
+(``engine.run(..., outputs=[...])``); each distinct reduction is computed once per
+batch and fed to the aggregators of every request that uses it. Nothing per
+sample is kept, so memory does not grow with ``num_samples`` (see
+``aggregators`` for the median's bound).
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import onnx
+
+from aaq.errors import DataError, ModelError
+from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
+from aaq.statistics.reducers import REDUCERS, reduce_batch
+from aaq.statistics.requests import StatisticRequest
+
+if TYPE_CHECKING:
+    from aaq.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+_ReductionKey = tuple[str, str, "float | None", "int | None"]
+
+
+def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Iterable[StatisticRequest],
+                       num_samples: int, progress: bool = True) -> dict[StatisticRequest, np.ndarray]:
+    """The value of every request over the first ``num_samples`` calibration samples.
+
+    Values are float64 arrays: a scalar for a per-tensor statistic, one value per
+    channel when the request has an ``axis``. A tensor the model does not have is a
+    ``ModelError`` naming it and the nearest tensor names. ``progress=False`` turns
+    the engine's progress bar off for this pass.
+    """
+    requests = list(dict.fromkeys(requests))
+    if not requests:
+        return {}
+    _check_requests(requests)
+    tensors = sorted({r.tensor for r in requests})
+    _check_tensors(model, tensors)
+    by_reduction: dict[_ReductionKey, list[StatisticRequest]] = defaultdict(list)
+    for request in requests:
+        by_reduction[(request.tensor, request.reducer, request.q, request.axis)].append(request)
+    aggregators = {request: make_aggregator(request.aggregator) for request in requests}
+
+    indices = engine.calibration_indices(num_samples)
+    seen = 0
+    shown = getattr(engine, "progress", None)
+    if not progress and shown:  # the engine draws the bar; silence it for this pass only
+        engine.progress = False
+    try:
+        for batch_indices, outputs in engine.run(model, indices, outputs=tensors, calibration=True,
+                                                 progress_desc="statistics"):
+            count = len(batch_indices)
+            seen += count
+            for (tensor, reducer, q, axis), users in by_reduction.items():
+                values = _reduce(outputs, tensor, count, reducer, q, axis, batch_indices)
+                for request in users:
+                    aggregators[request].update(values)
+    finally:
+        if shown is not None:
+            engine.progress = shown
+    if seen == 0:
+        raise DataError("no calibration samples to collect statistics on")
+    logger.debug("collected %d statistics of %d tensors on %d samples", len(requests), len(tensors), seen)
+    return {request: aggregators[request].result() for request in requests}
+
+
+def _reduce(outputs: dict[str, Any], tensor: str, count: int, reducer: str, q: float | None,
+            axis: int | None, batch_indices: Any) -> np.ndarray:
+    try:
+        return reduce_batch(np.asarray(outputs[tensor]), count, reducer, q=q, axis=axis)
+    except ValueError as exc:
+        first = int(np.asarray(batch_indices).ravel()[0]) if count else None
+        raise DataError(f"tensor {tensor!r}: cannot compute {reducer}: {exc}", first) from None
+
+
+def _check_requests(requests: list[StatisticRequest]) -> None:
+    """A request with an unknown reducer or aggregator is a programming error: fail before inference."""
+    for request in requests:
+        if request.reducer not in REDUCERS:
+            raise ValueError(f"{request}: unknown reducer; known: {', '.join(REDUCERS)}")
+        if request.aggregator not in AGGREGATORS:
+            raise ValueError(f"{request}: unknown aggregator; known: {', '.join(AGGREGATORS)}")
+        if request.reducer in ("quantile", "abs_quantile") and (request.q is None or not 0 <= request.q <= 1):
+            raise ValueError(f"{request}: a quantile reducer needs q in [0, 1]")
+
+
+def _check_tensors(model: onnx.ModelProto, tensors: list[str]) -> None:
+    graph = model.graph
+    known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output if o}
+    for tensor in tensors:
+        if tensor not in known:
+            near = difflib.get_close_matches(tensor, sorted(known), n=3)
+            hint = f" (nearest: {', '.join(map(repr, near))})" if near else ""
+            raise ModelError(f"the model has no tensor {tensor!r} to collect statistics on{hint}")
