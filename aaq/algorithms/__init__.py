@@ -3,3 +3,4 @@ from aaq.algorithms import default  # noqa: F401  (registers DefaultQuantization
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
 
 __all__ = ["Algorithm", "algorithms", "register_algorithm", "run_algorithm"]
+from aaq.algorithms import accuracy_aware  # noqa: F401

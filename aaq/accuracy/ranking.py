@@ -1,0 +1,333 @@
+"""Ranking: which samples show the quantization loss, and which group's revert wins most of it back.
+
+The ranking subset is the ``ranking_subset_size`` samples of the comparison set on
+which the current model loses most against the float model: the per-sample metric
+difference, or the output distance when the metric gives no per-sample values (or
+``ranking_method`` is ``output_distance``); ties are broken by a seeded draw. Each
+candidate group is then scored on that subset with the group reverted, higher =
+reverting it helps more: the metric itself (its sign flipped when lower is better),
+or minus the normalised MSE between its outputs and the float model's.
+
+Candidates whose scores differ by less than the noise (one sample's worth of a
+bounded metric, 1% of the best output distance) are ordered by how their revert changes
+the number of INT8/float boundaries: a group next to layers already in float keeps
+the INT8 regions whole, which ONNX Runtime runs faster.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from aaq.accuracy.drops import score_bounds
+
+logger = logging.getLogger(__name__)
+
+# Ops that run inside an INT8 region in ONNX Runtime's QDQ fusion (no dequantize needed around them):
+# walking through them finds a group's neighbours. Any other op that is not a layer runs in float.
+TRANSPARENT_OPS = frozenset({"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                             "Identity", "Split", "Slice", "Pad", "Resize", "DepthToSpace", "SpaceToDepth"})
+FLOAT = "<float>"
+_DISTANCE_TIE = 0.01
+
+
+def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-sample normalised MSE, ``|out - ref|^2 / |ref|^2``, averaged over the model outputs."""
+    parts = []
+    for name, ref in reference.items():
+        r = np.asarray(ref, np.float64).reshape(len(ref), -1)
+        o = np.asarray(outputs[name], np.float64).reshape(len(ref), -1)
+        energy = np.maximum(np.einsum("ij,ij->i", r, r), np.finfo(np.float64).tiny)
+        parts.append(np.einsum("ij,ij->i", o - r, o - r) / energy)
+    return np.mean(parts, axis=0)
+
+
+def hardest(indices: np.ndarray, loss: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The ``size`` indices of largest ``loss`` (ties by a seeded draw), sorted."""
+    if size >= len(indices):
+        return np.sort(np.asarray(indices, np.int64))
+    tiebreak = np.random.default_rng(seed).random(len(indices))
+    order = np.lexsort((tiebreak, -np.asarray(loss, np.float64)))
+    return np.sort(np.asarray(indices, np.int64)[order[:size]])
+
+
+def group_neighbours(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """For each group, the groups (or ``FLOAT`` for a float op, graph input or output) it borders.
+
+    ``model`` is the float graph whose node names the groups use. The walk passes
+    through ``TRANSPARENT_OPS`` that belong to no group, up the inputs and down the
+    outputs; one entry per border crossed.
+    """
+    owner = {node: gid for gid, nodes in groups.items() for node in nodes}
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    constants = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    by_name = {n.name: n for n in graph.node}
+    result: dict[str, list[str]] = {}
+    for gid, nodes in groups.items():
+        found: list[str] = []
+        seen = set(nodes)
+        stack = [(by_name[n], d) for n in nodes if n in by_name for d in ("up", "down")]
+        while stack:
+            node, direction = stack.pop()
+            if direction == "up":
+                nxt = [producer.get(t) for t in node.input if t and t not in constants]
+                ends = sum(1 for t in node.input if t and t not in constants and t not in producer)
+            else:
+                nxt = [r for t in node.output for r in readers.get(t, [])]
+                ends = sum(1 for t in node.output if t in outputs)
+            found += [FLOAT] * ends
+            for other in nxt:
+                if other is None or other.name in seen:
+                    continue
+                seen.add(other.name)
+                if other.name in owner:
+                    found.append(owner[other.name])
+                elif other.op_type in TRANSPARENT_OPS:
+                    stack.append((other, direction))
+                else:
+                    found.append(FLOAT)
+        result[gid] = found
+    return result
+
+
+def boundary_change(group: str, reverted: frozenset, neighbours: Mapping[str, Sequence[str]]) -> int:
+    """How many INT8/float boundaries reverting ``group`` adds (negative: removes)."""
+    return sum(-1 if (n == FLOAT or n in reverted) else 1 for n in neighbours.get(group, ()))
+
+
+def order_scores(scores: Mapping[str, float], tie: float, reverted: frozenset,
+                 neighbours: Mapping[str, Sequence[str]]) -> list[tuple[str, float]]:
+    """Best score first; among scores within ``tie`` of the best left, fewer new boundaries first.
+
+    The list is consumed in order, so each pick counts as float when the next is chosen.
+    """
+    left = dict(scores)
+    position = {g: i for i, g in enumerate(scores)}
+    ordered: list[tuple[str, float]] = []
+    assumed = set(reverted)
+    while left:
+        top = max(left.values())
+        close = [g for g, s in left.items() if s >= top - tie]
+        pick = min(close, key=lambda g: (boundary_change(g, frozenset(assumed), neighbours), -left[g], position[g]))
+        ordered.append((pick, left.pop(pick)))
+        assumed.add(pick)
+    return ordered
+
+
+@dataclass
+class RankingCounts:
+    """What ranking cost: subset evaluations, samples inferred, seconds."""
+
+    evaluations: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+
+class GroupRanker:
+    """Scores candidate groups on the hardest samples of the current model, on the engine.
+
+    ``build(reverted)`` returns the model with those groups in float;
+    ``comparison`` are the indices whose per-sample losses choose the subset (all
+    samples, or ``metric_subset_ratio`` of them when every baseline is given).
+    """
+
+    def __init__(self, engine: Any, build: Callable[[frozenset], onnx.ModelProto], float_model: onnx.ModelProto,
+                 *, method: str, subset_size: int, comparison: np.ndarray, seed: int, workers: int,
+                 neighbours: Mapping[str, Sequence[str]]) -> None:
+        self.engine, self.build, self.float_model = engine, build, float_model
+        self.method, self.subset_size, self.comparison = method, subset_size, np.asarray(comparison, np.int64)
+        self.seed, self.workers, self.neighbours = seed, workers, neighbours
+        self.metrics = {m.name: m for m in engine.metrics}
+        self.counts = RankingCounts()
+        self._subsets: dict[tuple, np.ndarray] = {}
+        self._pool: _WorkerPool | None = None
+
+    def reset(self, neighbours: Mapping[str, Sequence[str]]) -> None:
+        """Forget the ranking subsets: the models ``build`` returns have changed (a new plan)."""
+        self.neighbours = neighbours
+        self._subsets.clear()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @property
+    def by_distance(self) -> bool:
+        """Whether groups are scored by output distance (else by the metric on the subset)."""
+        return self.method == "output_distance"
+
+    def picks_by_distance(self, metric: str) -> bool:
+        """Whether the subset is picked by output distance: asked for, or the metric has no per-sample values."""
+        return self.by_distance or not self.metrics[metric].per_sample
+
+    def subset(self, reverted: frozenset, metric: str) -> np.ndarray:
+        """The ranking subset for the model with ``reverted`` groups in float (cached)."""
+        key = (reverted, metric)
+        if key not in self._subsets:
+            model = self.build(reverted)
+            idx = self.comparison
+            if self.picks_by_distance(metric):
+                loss = output_distance(self.engine.outputs(self.float_model, idx), self._outputs(model, idx))
+            else:
+                ref = self._evaluate(self.float_model, idx).per_sample[metric]
+                cur = self._evaluate(model, idx).per_sample[metric]
+                loss = ref - cur if self.metrics[metric].higher_is_better else cur - ref
+            self._subsets[key] = hardest(idx, loss, self.subset_size, self.seed)
+            logger.debug("ranking subset for %s: %d samples", metric, len(self._subsets[key]))
+        return self._subsets[key]
+
+    def rank(self, reverted: frozenset, candidates: Sequence[str], metric: str) -> list[tuple[str, float]]:
+        """Candidates, best first: reverting the first helps ``metric`` most on the ranking subset."""
+        if not candidates:
+            return []
+        subset = self.subset(reverted, metric)
+        distance = self.by_distance
+        scores = None
+        if self.workers > 1 and len(candidates) > 1:
+            try:
+                scores = self._parallel_scores(reverted, candidates, metric, subset, distance)
+            except Exception as exc:  # a broken pool or a plugin that fails in a worker: this process decides
+                logger.warning("parallel ranking failed (%s: %s); ranking in this process from now on",
+                               type(exc).__name__, exc)
+                self.close()
+                self.workers = 1
+        if scores is None:
+            scores = {g: self.score(self.build(reverted | {g}), metric, subset, distance) for g in candidates}
+        if distance:
+            tie = _DISTANCE_TIE * abs(max(scores.values()))  # 1% of the best (smallest) distance
+        else:
+            bounds = score_bounds(self.metrics[metric])
+            tie = (bounds[1] - bounds[0]) / len(subset) if bounds is not None else 0.0
+        return order_scores(scores, tie, reverted, self.neighbours)
+
+    def score(self, model: onnx.ModelProto, metric: str, subset: np.ndarray, distance: bool) -> float:
+        """Higher is better: the metric on ``subset`` (sign-flipped when lower is better), or -distance."""
+        if distance:
+            reference = self.engine.outputs(self.float_model, subset)
+            return -float(np.mean(output_distance(reference, self._outputs(model, subset))))
+        value = self._evaluate(model, subset).values[metric]
+        return value if self.metrics[metric].higher_is_better else -value
+
+    def _evaluate(self, model: onnx.ModelProto, indices: np.ndarray) -> Any:
+        ev = self.engine.evaluate(model, indices, progress_desc="ranking")
+        self._count(ev.samples_inferred, ev.seconds)
+        return ev
+
+    def _outputs(self, model: onnx.ModelProto, indices: np.ndarray) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        out = self.engine.outputs(model, indices)
+        self._count(len(indices), time.perf_counter() - started)
+        return out
+
+    def _count(self, samples: int, seconds: float) -> None:
+        self.counts.evaluations += 1
+        self.counts.samples += int(samples)
+        self.counts.seconds += seconds
+
+    def _parallel_scores(self, reverted: frozenset, candidates: Sequence[str], metric: str, subset: np.ndarray,
+                         distance: bool) -> dict[str, float]:
+        if self._pool is None:
+            self._pool = _WorkerPool.start(self.engine, self.float_model, self.workers)
+        started = time.perf_counter()
+        context = self._pool.context(self.engine, subset)
+        futures = {g: self._pool.submit(context, self.build(reverted | {g}), metric, distance) for g in candidates}
+        scores = {}
+        for g, future in futures.items():
+            value, inferred = future.result()
+            scores[g] = value if distance or self.metrics[metric].higher_is_better else -value
+            self.counts.evaluations += 1
+            self.counts.samples += inferred
+        self.counts.seconds += time.perf_counter() - started
+        return scores
+
+
+class _WorkerPool:
+    """Worker processes that score candidate models on a ranking subset, each with its own engine.
+
+    A subset's inputs and labels are written once to a scratch file that the
+    workers read and keep; each task then carries only the candidate model's bytes.
+    Processes are spawned, not forked: a forked ONNX Runtime thread pool can hang.
+    """
+
+    def __init__(self, executor: ProcessPoolExecutor, scratch: tempfile.TemporaryDirectory) -> None:
+        self.executor, self.scratch = executor, scratch
+        self._contexts: dict[bytes, str] = {}
+
+    @classmethod
+    def start(cls, engine: Any, float_model: onnx.ModelProto, workers: int) -> "_WorkerPool":
+        metrics_blob = pickle.dumps(list(engine.metrics))  # a metric that cannot be pickled: the caller falls back
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                       initializer=_worker_init,
+                                       initargs=(metrics_blob, float_model.SerializeToString(), engine.batch_size,
+                                                 threads))
+        logger.info("ranking with %d worker processes (%d threads each)", workers, threads)
+        return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
+
+    def context(self, engine: Any, subset: np.ndarray) -> str:
+        key = np.asarray(subset, np.int64).tobytes()
+        if key not in self._contexts:
+            from aaq.engine.datasets import fetch
+
+            inputs, labels = fetch(engine.dataset, subset)
+            path = Path(self.scratch.name) / f"subset{len(self._contexts)}.pkl"
+            path.write_bytes(pickle.dumps((dict(inputs), labels)))
+            self._contexts[key] = str(path)
+        return self._contexts[key]
+
+    def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool):
+        return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
+
+    def reset(self, neighbours: Mapping[str, Sequence[str]]) -> None:
+        """Forget the ranking subsets: the models ``build`` returns have changed (a new plan)."""
+        self.neighbours = neighbours
+        self._subsets.clear()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.scratch.cleanup()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int) -> None:
+    _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
+                   threads=threads, context=None, engine=None)
+
+
+def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
+    """In a worker: the candidate's metric on the subset (or its output distance), and samples inferred."""
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.engine import Engine
+
+    if _WORKER["context"] != context:
+        inputs, labels = pickle.loads(Path(context).read_bytes())
+        engine = Engine(ArrayDataset(inputs, labels), _WORKER["metrics"], batch_size=_WORKER["batch_size"],
+                        intra_op_threads=_WORKER["threads"], progress=False)
+        engine.set_float_model(_WORKER["float"])
+        _WORKER.update(context=context, engine=engine)
+    engine = _WORKER["engine"]
+    every = np.arange(engine.num_samples)
+    if distance:
+        ref = engine.outputs(_WORKER["float"], every)
+        return -float(np.mean(output_distance(ref, engine.outputs(model_bytes, every)))), len(every)
+    ev = engine.evaluate(model_bytes, every)
+    return float(ev.values[metric]), int(ev.samples_inferred)

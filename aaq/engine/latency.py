@@ -1,0 +1,77 @@
+"""Latency of a model against a reference: medians of interleaved runs on one fixed batch.
+
+Runs alternate between the two models (a b, b a, a b, ...) so that clock-speed
+drift, cache warmth and other processes weigh on both alike; the median ignores the
+odd descheduled run. Sessions are built once, outside the timed region.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from aaq.engine.session import model_bytes, session_options
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Median milliseconds per batch of the reference (float) and the candidate (quantized) model."""
+
+    reference_ms: float
+    candidate_ms: float
+    runs: int
+    batch_size: int
+
+    @property
+    def ratio(self) -> float:
+        """candidate / reference: below 1 the candidate is faster."""
+        return self.candidate_ms / self.reference_ms if self.reference_ms > 0 else float("inf")
+
+    @property
+    def slower(self) -> bool:
+        return self.candidate_ms > self.reference_ms
+
+    def statement(self) -> str:
+        """One plain sentence for the log and the report."""
+        how = "SLOWER than" if self.slower else "faster than"
+        return (f"the final model is {how} the float model: {self.candidate_ms:.3f} ms vs "
+                f"{self.reference_ms:.3f} ms per batch of {self.batch_size} (x{self.ratio:.2f}, "
+                f"median of {self.runs} interleaved runs)")
+
+    def as_dict(self) -> dict:
+        return {"float_ms": self.reference_ms, "final_ms": self.candidate_ms, "ratio": self.ratio,
+                "slower_than_float": self.slower, "runs": self.runs, "batch_size": self.batch_size,
+                "statement": self.statement()}
+
+
+def compare_latency(reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes,
+                    inputs: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3,
+                    options: ort.SessionOptions | None = None,
+                    providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyComparison:
+    """Time both models on ``inputs`` (one batch), interleaved, and return their medians."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    options = options or session_options()
+    sessions = [ort.InferenceSession(model_bytes(m)[0], options, providers=list(providers))
+                for m in (reference, candidate)]
+    feeds = [{i.name: inputs[i.name] for i in s.get_inputs()} for s in sessions]
+    for _ in range(warmup):
+        for s, feed in zip(sessions, feeds):
+            s.run(None, feed)
+    times: list[list[float]] = [[], []]
+    for r in range(runs):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            started = time.perf_counter()
+            sessions[k].run(None, feeds[k])
+            times[k].append(time.perf_counter() - started)
+    batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    result = LatencyComparison(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3), runs, batch)
+    logger.debug("latency: %s", result.statement())
+    return result

@@ -1,0 +1,256 @@
+"""AccuracyAwareQuantization end to end on a tiny real model with one layer INT8 destroys.
+
+``sensitive_mlp``: x[N,16] -> Gemm g1 -> Relu -> Gemm g2 -> Relu -> Gemm fc -> y[N,4].
+g1's bias puts 1000 on channel 0, which g2 reads with zero weights: the float model
+does not care, but g2's per-tensor input quantizer must stretch to 1000 and rounds
+every other value to zero. Only reverting g2's group (which owns that quantizer)
+brings the accuracy back.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from aaq import Pipeline, SpecError
+from aaq.algorithms.base import algorithms, run_algorithm
+from aaq.engine.engine import Engine
+from aaq.engine.metrics import Metric
+from aaq.spec.validate import load_spec, semantic_problems
+from aaq.state import PipelineState, model_digest
+from models import ModelBuilder, labeled_data
+
+AAQ = "AccuracyAwareQuantization"
+
+
+def sensitive_mlp(seed: int = 0, batch: str | int = "N") -> onnx.ModelProto:
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [batch, 16])
+    h = mb.add_relu(mb.add_gemm(x, 16, 32, name="g1"))
+    h = mb.add_relu(mb.add_gemm(h, 32, 32, name="g2"))
+    y = mb.add_gemm(h, 32, 4, name="fc")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [batch, 4])
+    inits = {i.name: i for i in mb.initializers}
+    g1, g2 = (next(n for n in mb.nodes if n.name == name) for name in ("g1", "g2"))
+    bias = numpy_helper.to_array(inits[g1.input[2]]).copy()
+    bias[0] = 1000.0
+    inits[g1.input[2]].CopyFrom(numpy_helper.from_array(bias, g1.input[2]))
+    weight = numpy_helper.to_array(inits[g2.input[1]]).copy()
+    weight[:, 0] = 0.0
+    inits[g2.input[1]].CopyFrom(numpy_helper.from_array(weight, g2.input[1]))
+    return mb.build()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sensitive")
+    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
+    x, y = labeled_data(sensitive_mlp, n=256)
+    np.savez(root / "data.npz", x=x, y=y)
+    return root
+
+
+def spec_for(root: Path, params: dict | None = None, *, alone: bool = False, dq: dict | None = None) -> dict:
+    algos = [] if alone else [{"name": "DefaultQuantization", "params": dq or {}}]
+    algos.append({"name": AAQ, "params": {"maximal_drop": 0.05, **(params or {})}})
+    return {"model": {"path": str(root / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"},
+                                   "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32},
+            "compression": {"algorithms": algos}}
+
+
+def run(root: Path, params: dict | None = None, **kwargs):
+    result = Pipeline(spec_for(root, params, **kwargs), progress=False).run()
+    return result, result.algorithms[-1].summary
+
+
+def assert_runs_in_float(model: onnx.ModelProto, float_model: onnx.ModelProto, layer: str) -> None:
+    """No Q/DQ feeds ``layer``: its inputs are what they are in the float model, its weight the float weight."""
+    node = next(n for n in model.graph.node if n.name == layer)
+    original = next(n for n in float_model.graph.node if n.name == layer)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert list(node.input) == list(original.input)
+    assert all(producers.get(t) not in ("DequantizeLinear", "QuantizeLinear") for t in node.input)
+    readers = [n.op_type for n in model.graph.node for t in n.input if t == node.input[0]]
+    assert "QuantizeLinear" not in readers
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    floats = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    np.testing.assert_array_equal(inits[node.input[1]], floats[original.input[1]])
+
+
+def test_after_default_quantization_exactly_the_sensitive_layer_is_reverted(files: Path) -> None:
+    result, summary = run(files)
+    assert result.target_met and summary["target_met"]
+    assert [r["layers"] for r in summary["reverted"]] == [["g2"]]
+    assert [r.name for r in result.algorithms] == ["DefaultQuantization", AAQ]  # no second quantization
+    assert_runs_in_float(result.model, sensitive_mlp(), "g2")
+    for quantized in ("g1", "fc"):
+        node = next(n for n in result.model.graph.node if n.name == quantized)
+        assert any(t.endswith("_dequantized_" + quantized) for t in node.input)
+    top1 = summary["metrics"]["top1"]
+    assert top1["drop"] <= 0.05 and top1["final"] == pytest.approx(result.metrics["top1"].quantized)
+    assert summary["reverted"][0]["drops_after"]["top1"] == pytest.approx(top1["drop"])
+    assert summary["evaluations"]["full_stopped_early"] >= 1
+    assert summary["latency"]["batch_size"] == 32 and "float model" in summary["latency"]["statement"]
+    import onnxruntime as ort
+    ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_alone_it_runs_its_base_algorithm_with_base_params(files: Path) -> None:
+    result, summary = run(files, {"base_params": {"stat_subset_size": 64}}, alone=True)
+    assert [r.name for r in result.algorithms] == ["DefaultQuantization", AAQ]
+    assert result.algorithms[0].params["stat_subset_size"] == 64
+    assert summary["base_params"]["stat_subset_size"] == 64
+    assert result.target_met and [r["layers"] for r in summary["reverted"]] == [["g2"]]
+
+
+@pytest.mark.parametrize("params", [
+    pytest.param({"search": "bisection"}, id="bisection"),
+    pytest.param({"ranking_method": "output_distance"}, id="output_distance"),
+    pytest.param({"early_stop": False}, id="no-early-stop"),
+    pytest.param({"use_prev_if_drop_increase": False, "seed": 3, "ranking_subset_size": 40}, id="other-knobs"),
+])
+def test_every_search_setting_finds_the_same_layer(files: Path, params: dict) -> None:
+    result, summary = run(files, params)
+    assert result.target_met and [r["layers"] for r in summary["reverted"]] == [["g2"]]
+    if params.get("early_stop") is False:
+        assert summary["evaluations"]["full_stopped_early"] == 0
+
+
+def test_early_stop_saves_samples_without_changing_the_outcome(files: Path) -> None:
+    _, early = run(files)
+    _, full = run(files, {"early_stop": False})
+    assert early["metrics"] == full["metrics"] and early["reverted"] == full["reverted"]
+    assert early["evaluations"]["full_samples_inferred"] <= full["evaluations"]["full_samples_inferred"]
+
+
+def test_target_not_met_returns_the_best_model_and_says_so(files: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        result, summary = run(files, {"maximal_drop": 0.0, "max_iter_num": 0})
+    assert not result.target_met and result.targets == {"top1": False}
+    assert summary["groups_reverted"] == 0 and "max_iter_num" in summary["stop_reason"]
+    assert any("target NOT met" in r.getMessage() for r in caplog.records)
+
+
+def test_baselines_skip_the_float_evaluation_and_ratio_picks_the_comparison(files: Path) -> None:
+    spec = load_spec(spec_for(files, {"metrics": [{"name": "top1", "baseline_value": 1.0}],
+                                      "metric_subset_ratio": 0.25, "ranking_subset_size": 16}))
+    engine = Engine.from_spec(spec.resolved["engine"], spec.base_dir, progress=False)
+    float_model = onnx.load(str(files / "model.onnx"))
+    engine.set_float_model(float_model)
+    state = PipelineState(float_model, float_model)
+    for entry in spec.resolved["compression"]["algorithms"]:
+        state = run_algorithm(algorithms.get(entry["name"]).from_spec(entry["params"]), state, engine,
+                              progress=False)
+    float_runs = [h for h in engine.history if h.model_digest == model_digest(float_model)]
+    assert float_runs and all(h.samples <= 64 for h in float_runs)  # only the 25% comparison subset
+    assert state.targets == {"top1": True}
+    assert state.metrics["float"] == {"top1": 1.0}
+
+
+def test_mixed_preset_and_tuning_are_kept_only_when_they_lower_the_drop(files: Path) -> None:
+    result, summary = run(files, {"convert_to_mixed_preset": True, "tune_hyperparams": True})
+    alternatives = summary["alternatives"]
+    assert alternatives["mixed_preset"]["tried"][0]["params"] == {"preset": "mixed"}
+    for what in ("mixed_preset", "tune_hyperparams"):
+        record = alternatives.get(what)
+        if record and record["kept"] is not None:
+            assert record["objective_after"] < record["objective_before"]
+    assert len(alternatives["tune_hyperparams"]["tried"]) >= 3
+    assert result.target_met
+
+
+def test_parallel_ranking_scores_like_one_process(files: Path) -> None:
+    _, one = run(files)
+    _, two = run(files, {"workers": 2})
+    assert [(r["group"], r["score"]) for r in one["reverted"]] == [(r["group"], r["score"]) for r in two["reverted"]]
+
+
+def test_spec_problems_are_found_before_any_run(files: Path) -> None:
+    spec = load_spec(spec_for(files, {"metrics": [{"name": "top5"}], "base_params": {"preset": "mixed"}}))
+    problems = dict(semantic_problems(spec))
+    assert "no metric 'top5' in engine.metrics" in problems["compression.algorithms[1].params.metrics[0].name"]
+    assert "would not be used" in problems["compression.algorithms[1].params.base_params"]
+    with pytest.raises(SpecError, match="base_params.stat_subset_size"):
+        Pipeline(spec_for(files, {"base_params": {"stat_subset_size": 0}}, alone=True), progress=False)
+    with pytest.raises(SpecError, match="use_prev_if_drop_increase: applies to search 'greedy' only"):
+        Pipeline(spec_for(files, {"search": "bisection", "use_prev_if_drop_increase": False}), progress=False)
+    with pytest.raises(SpecError, match="metric_subset_ratio: is only used when every watched metric"):
+        Pipeline(spec_for(files, {"metric_subset_ratio": 0.3}), progress=False)
+    with pytest.raises(SpecError, match="unknown algorithm 'Nope'"):
+        Pipeline(spec_for(files, {"base_algorithm": "Nope"}, alone=True), progress=False)
+
+
+class MacroRecall(Metric):
+    """Mean per-class recall: not a mean over samples, so it declares ``per_sample = False``."""
+
+    per_sample = False
+
+    def __init__(self) -> None:
+        self.name = "macro_recall"
+
+    def score(self, outputs, labels):
+        pred = next(iter(outputs.values())).argmax(axis=1)
+        return list(zip(pred.tolist(), np.asarray(labels).tolist()))
+
+    def aggregate(self, entries) -> float:
+        pairs = np.array(list(entries))
+        return float(np.mean([np.mean(pairs[pairs[:, 1] == c, 0] == c) for c in np.unique(pairs[:, 1])]))
+
+
+def run_direct(engine: Engine, model: onnx.ModelProto, params: dict):
+    """DefaultQuantization then AAQ through ``run_algorithm``, on a hand-built engine."""
+    from aaq.spec.validate import fill_defaults
+
+    engine.set_float_model(model)
+    state = PipelineState(model, model)
+    for name, values in (("DefaultQuantization", {}), (AAQ, params)):
+        cls = algorithms.get(name)
+        algo = cls.from_spec(fill_defaults(values, cls.schema))
+        state = run_algorithm(algo, state, engine, progress=False)
+    return state, algo.summary
+
+
+def test_several_metrics_including_one_without_per_sample_values(files: Path) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.metrics import Accuracy
+
+    data = np.load(files / "data.npz")
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [Accuracy(), MacroRecall()], batch_size=32,
+                    progress=False)
+    state, summary = run_direct(engine, sensitive_mlp(), {"maximal_drop": 0.05})
+    assert state.targets == {"top1": True, "macro_recall": True}
+    assert [r["layers"] for r in summary["reverted"]] == [["g2"]]
+    assert set(summary["metrics"]) == {"top1", "macro_recall"}
+
+
+def test_output_distance_ranking_needs_no_labels(files: Path) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.metrics import Agreement
+
+    data = np.load(files / "data.npz")
+    engine = Engine(ArrayDataset({"x": data["x"]}), [Agreement("top1")], batch_size=32, progress=False)
+    state, summary = run_direct(engine, sensitive_mlp(), {"maximal_drop": 0.05, "ranking_method": "output_distance"})
+    assert state.targets == {"agreement_top1": True}
+    assert [r["layers"] for r in summary["reverted"]] == [["g2"]]
+    assert summary["reverted"][0]["score"] < 0  # minus a distance
+
+
+def test_workers_fall_back_to_this_process_when_a_metric_cannot_travel(files: Path, caplog) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.metrics import Accuracy
+
+    metric = Accuracy()
+    metric.hook = lambda: None  # lambdas do not pickle
+    data = np.load(files / "data.npz")
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [metric], batch_size=32, progress=False)
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        state, summary = run_direct(engine, sensitive_mlp(), {"maximal_drop": 0.05, "workers": 2})
+    assert any("parallel ranking failed" in r.getMessage() for r in caplog.records)
+    assert state.targets == {"top1": True} and [r["layers"] for r in summary["reverted"]] == [["g2"]]
