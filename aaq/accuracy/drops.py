@@ -154,22 +154,10 @@ class StopRule:
 def score_bounds(metric: Any) -> Interval | None:
     """The per-sample score range of ``metric`` when its value is their plain mean, else None.
 
-    A metric may declare ``bounds = (low, high)``; the built-in accuracy and agreement
-    (top-1, cosine) metrics are known. A metric whose ``aggregate`` is not the mean
-    gets None: its partial values bound nothing.
+    Metrics declare it (``Metric.bounds``); a metric that gives no per-sample values
+    bounds nothing.
     """
-    if not getattr(metric, "per_sample", False):
+    if not getattr(metric, "per_sample", False) or getattr(metric, "bounds", None) is None:
         return None
-    from aaq.engine.metrics import Accuracy, Agreement, Metric
-
-    if type(metric).aggregate is not Metric.aggregate:
-        return None
-    declared = getattr(metric, "bounds", None)
-    if declared is not None:
-        low, high = declared
-        return float(low), float(high)
-    if isinstance(metric, Accuracy):
-        return 0.0, 1.0
-    if isinstance(metric, Agreement):
-        return {"top1": (0.0, 1.0), "cosine": (-1.0, 1.0)}.get(metric.measure)
-    return None
+    low, high = metric.bounds
+    return float(low), float(high)

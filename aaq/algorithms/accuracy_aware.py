@@ -85,11 +85,11 @@ def _base_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
         return [("base_algorithm", algorithms.unknown_message(name))]
     import jsonschema
 
-    from aaq.spec.validate import _describe  # one sentence per fault, the same as every other param
+    from aaq.spec.validate import describe_error  # one sentence per fault, as for every other param
 
     schema = algorithms.get(name).schema
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [_describe(e, ("base_params",)) for e in validator.iter_errors(params.get("base_params") or {})]
+    problems = [describe_error(e, ("base_params",)) for e in validator.iter_errors(params.get("base_params") or {})]
     props = schema.get("properties", {})
     if params.get("convert_to_mixed_preset") and "mixed" not in props.get("preset", {}).get("enum", []):
         problems.append(("convert_to_mixed_preset", f"{name} has no preset 'mixed' to convert to"))
@@ -411,7 +411,8 @@ class _Work:
             fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
             size = min(fixed or self.engine.batch_size, self.engine.num_samples)
             inputs, _ = fetch(self.engine.dataset, np.arange(size))
-            latency = compare_latency(self.state.float_model, self.build(reverted), inputs)
+            latency = compare_latency(self.state.float_model, self.build(reverted), inputs,
+                                      options=self.engine.session_options, providers=self.engine.providers)
         except Exception as exc:  # latency is information, never a reason to fail the run
             logger.warning("latency not measured: %s", exc)
             return None

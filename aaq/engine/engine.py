@@ -67,6 +67,15 @@ class Engine:
         self._reference = OutputStore(self._size)
         self._augmented: OrderedDict[tuple[str, tuple[str, ...]], tuple[bytes, str, set[str]]] = OrderedDict()
 
+    @property
+    def session_options(self) -> ort.SessionOptions:
+        """The options every session of this engine is built with (threads, optimization level)."""
+        return self._sessions.options
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._sessions.providers)
+
     @classmethod
     def from_spec(cls, engine_spec: dict, base_dir: Path, *, progress: bool = True) -> "Engine":
         """An engine for the validated, default-filled ``engine`` section of a spec."""

@@ -45,6 +45,11 @@ class Metric(abc.ABC):
     Splitting the accumulation this way is what keeps such metrics cacheable. Their
     ``Evaluation.per_sample`` is None and ranking falls back to output distances.
 
+    ``bounds = (low, high)`` declares that every per-sample score lies in that range
+    and the value is their mean: then a partial evaluation bounds the final value
+    exactly, which is what lets AccuracyAwareQuantization stop an evaluation early.
+    Leave it None when either is not true.
+
     ``outputs`` is ``{graph output name: batched array}`` in the model's output order.
     ``labels`` are the dataset's labels of the batch (a list or array aligned with
     the batch, or None), except for a metric with ``reference = True``: it gets the
@@ -55,6 +60,7 @@ class Metric(abc.ABC):
     higher_is_better: bool = True
     per_sample: bool = True
     reference: ClassVar[bool] = False
+    bounds: tuple[float, float] | None = None
     schema: ClassVar[dict] = {"type": "object", "additionalProperties": False, "properties": {}}
 
     @classmethod
@@ -123,6 +129,8 @@ class Accuracy(Metric):
         "type": "object", "additionalProperties": False,
         "properties": {"top_k": {"type": "integer", "minimum": 1, "default": 1}, "output": _OUTPUT_OPTION},
     }
+
+    bounds = (0.0, 1.0)
 
     def __init__(self, top_k: int = 1, output: str | None = None) -> None:
         self.name = f"top{top_k}"
@@ -207,6 +215,7 @@ class Agreement(Metric):
             raise BadInputError(f"agreement measure must be top1, cosine or nmse, got {measure!r}")
         self.name = f"agreement_{measure}"
         self.measure = measure
+        self.bounds = {"top1": (0.0, 1.0), "cosine": (-1.0, 1.0)}.get(measure)
         self.output = output
         self.higher_is_better = measure != "nmse"
 

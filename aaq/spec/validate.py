@@ -65,13 +65,13 @@ def schema_problems(raw: dict[str, Any]) -> Iterator[Problem]:
     """Every schema violation in ``raw``, envelope first, as ``(json path, message)``."""
     envelope = load_schema("spec")
     errors = sorted(jsonschema.Draft202012Validator(envelope).iter_errors(raw), key=_error_order)
-    yield from (_describe(error, ()) for error in errors)
+    yield from (describe_error(error, ()) for error in errors)
     for schema, node, prefix in _sections(raw):
         if not prefix:  # the envelope, checked above
             continue
         validator = jsonschema.Draft202012Validator(schema)
         for error in sorted(validator.iter_errors(node), key=_error_order):
-            yield _describe(error, prefix)
+            yield describe_error(error, prefix)
     yield from _plugin_lookup_problems(raw)
 
 
@@ -225,7 +225,7 @@ def _error_order(error: jsonschema.ValidationError) -> tuple:
     return tuple(str(p) for p in error.absolute_path), error.validator
 
 
-def _describe(error: jsonschema.ValidationError, prefix: tuple) -> Problem:
+def describe_error(error: jsonschema.ValidationError, prefix: tuple = ()) -> Problem:
     """One sentence for one violation: rule, value given and, where it helps, the fix."""
     path = format_path(prefix + tuple(error.absolute_path))
     kind, rule, value = error.validator, error.validator_value, error.instance
