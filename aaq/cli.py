@@ -37,6 +37,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         logging.getLogger("aaq").removeHandler(file_handler)
         file_handler.close()
+    for record in result.algorithms:
+        if record.summary.get("headline"):
+            print(f"{record.name}: {record.summary['headline']}")
     for name, m in result.metrics.items():
         print(f"{name}: float {m.float:.4f}  quantized {m.quantized:.4f}  drop {m.drop:+.4f}")
     print(f"model: {model_path}")

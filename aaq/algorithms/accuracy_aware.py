@@ -152,6 +152,7 @@ class AccuracyAwareQuantization(Algorithm):
         state.metrics["float"] = dict(float_values)
         state.metrics[NAME] = dict(final)
         self.summary = work.summary(result, float_values, time.perf_counter() - started)
+        self.summary["headline"] = _headline(self.summary)
         if result.met:
             logger.info("target met with %d of %d groups in float", len(result.reverted),
                         len(work.plan.quantized_groups))
@@ -418,6 +419,21 @@ class _Work:
             return None
         (logger.warning if latency.slower else logger.info)("%s", latency.statement())
         return latency.as_dict()
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """One line for the console: the outcome, what went back to float, and the speed against float."""
+    total = summary["groups_quantized"] + summary["groups_reverted"]
+    layers = [", ".join(r["layers"]) for r in summary["reverted"]]
+    shown = "; ".join(layers[:6]) + (f"; ... ({len(layers) - 6} more)" if len(layers) > 6 else "")
+    outcome = "target met" if summary["target_met"] else f"target NOT met ({summary['stop_reason']})"
+    line = f"{outcome}; {summary['groups_reverted']} of {total} groups reverted to float" + \
+        (f": {shown}" if shown else "")
+    latency = summary.get("latency")
+    if latency:
+        slower = " (SLOWER than float)" if latency["slower_than_float"] else ""
+        line += f"; latency x{latency['ratio']:.2f} of float{slower}"
+    return line
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

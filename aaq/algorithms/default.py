@@ -120,9 +120,10 @@ class DefaultQuantization(Algorithm):
         plan = self._correct_biases(plan, statistics, engine)
         model = apply_plan(state.float_model, plan)
         self.summary = self._summary(setup, plan)
-        logger.info("%d layers quantized in %d groups (preset %s); %d ignored; %d biases corrected",
-                    len(plan.layers), len(plan.groups), self.params.preset, len(setup.ignored),
-                    self.summary["bias_corrections"])
+        self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
+                                    f"(preset {self.params.preset}); {len(setup.ignored)} ignored; "
+                                    f"{self.summary['bias_corrections']} biases corrected")
+        logger.info("%s", self.summary["headline"])
         return dataclasses.replace(state, model=model, plan=plan)
 
     def _setup(self, float_model: onnx.ModelProto) -> _Setup:

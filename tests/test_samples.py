@@ -1,0 +1,65 @@
+"""The samples' own code: the plugin algorithm and the OCR metric plugin, on data made here."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aaq import Pipeline
+from aaq.algorithms.base import algorithms
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@pytest.fixture(scope="module")
+def edge_float():
+    sys.path.insert(0, str(SAMPLES / "custom_algorithm"))
+    try:
+        import aaq_edge_float
+    finally:
+        sys.path.pop(0)
+    if "KeepEdgesFloat" not in algorithms:
+        algorithms.register("KeepEdgesFloat", aaq_edge_float.KeepEdgesFloat, source="module aaq_edge_float")
+    return aaq_edge_float
+
+
+def test_keep_edges_float_reverts_the_first_and_last_layers(edge_float) -> None:
+    result = Pipeline(SAMPLES / "custom_algorithm" / "spec.json", progress=False).run()
+    assert result.algorithms[-1].summary["reverted"] == [["conv1"], ["fc"]]
+    ops = [(n.op_type, n.name) for n in result.model.graph.node]
+    quantized_inputs = {n.name for n in result.model.graph.node if n.op_type in ("Conv", "Gemm")
+                        and any("dequantized" in i for i in n.input)}
+    assert quantized_inputs == {"conv2"}, ops
+    assert result.metrics["top1"].drop < 0.02
+
+
+def _ocr():
+    sys.path.insert(0, str(SAMPLES / "text_recognition"))
+    try:
+        import ocr_metrics
+    finally:
+        sys.path.pop(0)
+    return ocr_metrics
+
+
+@pytest.mark.parametrize("a, b, distance", [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1),
+                                            ("kitten", "sitting", 3), ("", "xyz", 3), ("ab", "ba", 2)])
+def test_edit_distance(a: str, b: str, distance: int) -> None:
+    assert _ocr().edit_distance(a, b) == distance
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks(tmp_path: Path) -> None:
+    ocr = _ocr()
+    charset_file = tmp_path / "charset.txt"
+    charset_file.write_text("<blank>\na\nb\n \n")
+    charset = ocr.load_charset(charset_file)
+    assert charset == ["<blank>", "a", "b", " "]
+    steps = [1, 1, 0, 1, 2, 2, 3, 0, 0, 2]                # a a _ a b b ' ' _ _ b  ->  "aab b"
+    logits = np.eye(4)[np.array(steps)][None]
+    assert ocr.ctc_greedy(logits, charset) == ["aab b"]
+    metric = ocr.CharacterAccuracy(charset=charset_file)
+    assert metric.score({"y": logits}, ["aabb"]).tolist() == [1.0]      # spaces ignored
+    assert metric.score({"y": logits}, ["aaab"]).tolist() == [0.75]
+    assert ocr.LineAccuracy(charset=charset_file).score({"y": logits}, ["aab c"]).tolist() == [0.0]
