@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from aaq.engine import Accuracy, Agreement, MeanSquaredError, Metric, metrics, register_metric
+from aaq.engine import Accuracy, Agreement, MeanSquaredError, Metric, metric_from_spec, metrics, register_metric
 from aaq.engine.datasets import check_plugin_schema
 from aaq.errors import BadInputError, DataError, PluginError
 
@@ -127,14 +127,16 @@ def test_python_metric_factory(tmp_path):
 
 
 def test_registration_refuses_broken_metric_plugins():
-    with pytest.raises(PluginError, match="subclass of aaq.engine.Metric"):
-        @register_metric("aaq_test_not_a_metric")
-        class NotAMetric:
-            schema: ClassVar[dict] = {"type": "object", "additionalProperties": False}
+    @register_metric("aaq_test_not_a_metric")
+    class NotAMetric:  # a builder may register; what it builds must be a Metric
+        schema: ClassVar[dict] = {"type": "object", "additionalProperties": False}
 
-            @classmethod
-            def from_spec(cls, name, options, base_dir):
-                return None
+        @classmethod
+        def from_spec(cls, name, options, base_dir):
+            return None
+
+    with pytest.raises(PluginError, match="from_spec must return an aaq.engine.Metric, got NoneType"):
+        metric_from_spec({"name": "m", "type": "aaq_test_not_a_metric"}, Path("."))
 
     with pytest.raises(PluginError, match="must define 'schema'"):
         @register_metric("aaq_test_no_schema")

@@ -83,9 +83,14 @@ class Metric(abc.ABC):
 
 
 def check_metric_class(name: str, obj: object) -> None:
-    """Refuse, at registration, a metric that is not a ``Metric`` with a schema and ``from_spec``."""
-    if not (isinstance(obj, type) and issubclass(obj, Metric)):
-        raise PluginError("a metric plugin must be a subclass of aaq.engine.Metric", name)
+    """Refuse, at registration, a metric type without an options schema and ``from_spec``.
+
+    A metric type is usually a ``Metric`` subclass; a builder of metrics (such as
+    ``python``) only needs ``schema`` and ``from_spec``: what ``from_spec`` returns
+    is checked to be a ``Metric`` when the spec is read.
+    """
+    if not isinstance(obj, type):
+        raise PluginError("a metric plugin must be a class (a Metric subclass, or a builder with from_spec)", name)
     check_plugin_schema(name, obj)
 
 
@@ -101,7 +106,11 @@ def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
 def metric_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.metrics[0]") -> Metric:
     """The metric of a spec entry ``{"name": ..., "type": ..., options}``."""
     cls = metrics.get(entry.get("type", ""), f"{json_path}.type")
-    return cls.from_spec(entry["name"], plugin_options(entry, cls.schema, ("name", "type")), Path(base_dir))
+    metric = cls.from_spec(entry["name"], plugin_options(entry, cls.schema, ("name", "type")), Path(base_dir))
+    if not isinstance(metric, Metric):
+        raise PluginError(f"from_spec must return an aaq.engine.Metric, got {type(metric).__name__}",
+                          entry.get("type", ""))
+    return metric
 
 
 def select_output(outputs: dict[str, np.ndarray], output: str | None, metric: str) -> np.ndarray:
@@ -238,8 +247,8 @@ class Agreement(Metric):
 
 
 @register_metric("python")
-class PythonMetric(Metric):
-    """A metric made by user code: ``factory`` (``"module:callable"``) returns a Metric instance."""
+class PythonMetric:
+    """Builds the metric user code makes: ``factory`` (``"module:callable"``) returns a Metric instance."""
 
     schema: ClassVar[dict] = {
         "type": "object", "additionalProperties": False, "required": ["factory"],
@@ -266,6 +275,3 @@ class PythonMetric(Metric):
                               f"got {type(metric).__name__}", ref)
         metric.name = name
         return metric
-
-    def score(self, outputs: dict[str, np.ndarray], labels: Any) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError("PythonMetric only builds the factory's metric")
