@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from aaq.accuracy.alternatives import merge_params, mixed_preset_stages, tuning_stages
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop, score_bounds
 from aaq.accuracy.ranking import FLOAT, GroupRanker, group_neighbours
 from aaq.accuracy.search import Measurement, SearchResult, bisection_search, greedy_search
@@ -261,9 +262,9 @@ class _Work:
         start = self._complete(start)
         logger.info("quantized model: drops %s", _drops(self.targets, start))
         if self.p.convert_to_mixed_preset:
-            start = self._try_alternative("mixed_preset", start, self._mixed_candidates())
+            start = self._try_alternative("mixed_preset", start, mixed_preset_stages(self.base_params))
         if self.p.tune_hyperparams and not self.targets.met(start.point()):
-            start = self._try_alternative("tune_hyperparams", start, self._tuning_candidates())
+            start = self._try_alternative("tune_hyperparams", start, tuning_stages(self.base_params))
         if self.targets.met(start.point()):
             return SearchResult([], start, True, stop_reason="target met")
         candidates = [g.id for g in self.plan.quantized_groups]
@@ -288,7 +289,7 @@ class _Work:
             subset = self.ranker.subset(frozenset(), metric)
             distance = self.ranker.by_distance
             now = self.ranker.score(self.build(frozenset()), metric, subset, distance)
-            algos = [(o, algorithms.get(self.p.base_algorithm).from_spec(_merge(self.base_params, o)))
+            algos = [(o, algorithms.get(self.p.base_algorithm).from_spec(merge_params(self.base_params, o)))
                      for o in stage]
             self._collect_once([a for _, a in algos])
             scored = []
@@ -316,9 +317,9 @@ class _Work:
             current = self._complete(trial)
             record.setdefault("objective_before", before)
             record["objective_after"] = self.targets.objective(current.point())
-            self.base_params = _merge(self.base_params, overrides)
+            self.base_params = merge_params(self.base_params, overrides)
             self.ranker.reset(self._neighbours())
-            record["kept"] = _merge(record["kept"] or {}, overrides)
+            record["kept"] = merge_params(record["kept"] or {}, overrides)
             logger.info("%s: kept %s, drops now %s", what, overrides, _drops(self.targets, current))
         self.alternatives[what] = record
         return current
@@ -341,31 +342,6 @@ class _Work:
                 collected = collect_statistics(self.engine, self.state.float_model, list(requests), n,
                                                progress=bool(getattr(self.engine, "progress", False)))
                 stats.update({(r, n): v for r, v in collected.items()})
-
-    def _mixed_candidates(self) -> list[list[dict]]:
-        if self.base_params.get("preset") == "mixed":
-            logger.info("convert_to_mixed_preset: the base algorithm already uses the mixed preset")
-            return []
-        return [[{"preset": "mixed"}]]
-
-    def _tuning_candidates(self) -> list[list[dict]]:
-        """POT's grid, coordinate-wise: activation range estimators, then bias correction.
-
-        With symmetric activations (preset performance) the lower bound only decides
-        the sign, so only the upper bound's estimator is searched there.
-        """
-        mixed = self.base_params.get("preset") == "mixed"
-
-        def options(kind: str) -> list[dict | None]:
-            return [None] + [{"type": kind, "aggregator": "mean", "outlier_prob": q} for q in (1e-3, 1e-4)]
-
-        ranges = [{"activations": {"range_estimator": {k: v for k, v in (("min", low), ("max", high)) if v}}}
-                  for low in (options("quantile") if mixed else [None])
-                  for high in options("quantile" if mixed else "abs_quantile") if low or high]
-        current = (self.base_params.get("bias_correction"), self.base_params.get("use_fast_bias"))
-        bias = [{"bias_correction": b, "use_fast_bias": f} for b, f in ((True, True), (True, False), (False, True))
-                if (b, f) != current and not (current[0] is False and b is False)]
-        return [ranges, bias]
 
     # ---------------------------------------------------------------- report
 
@@ -434,13 +410,6 @@ def _headline(summary: dict[str, Any]) -> str:
         slower = " (SLOWER than float)" if latency["slower_than_float"] else ""
         line += f"; latency x{latency['ratio']:.2f} of float{slower}"
     return line
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def _passed(targets: Targets, m: Measurement) -> bool:
