@@ -44,7 +44,7 @@ def test_an_opset_11_model_with_batchnorm_quantizes_and_runs() -> None:
     f, q = run(model, x), run(qdq, x)
     assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
     assert algorithm.summary["preparation"] == {"opset_from": 11, "opset": 13, "folded_batchnorms": ["bn0", "bn1"],
-                                                "shape_inference": True}
+                                                "simplified": {}, "shape_inference": True}
     assert model.SerializeToString() == before
 
 
@@ -129,3 +129,80 @@ def test_pertensor_weights_need_no_opset_conversion(monkeypatch: pytest.MonkeyPa
     onnx.checker.check_model(state.model, full_check=True)
     f, q = run(conv_bn_net(), images(32)), run(state.model, images(32))
     assert np.abs(f - q).max() < 0.1 * np.abs(f).max()
+
+
+def _affine_net(kind: str) -> onnx.ModelProto:
+    """Convs with per-channel / scalar affine ops around them, the way PP-LCNet and SE blocks export."""
+    mb = ModelBuilder(7)
+    rng = np.random.default_rng(8)
+    x = mb.add_input("x", ["N", 4, 8, 8])
+
+    def const(shape, low=0.5, high=1.5):
+        return mb.add_initializer(rng.uniform(low, high, shape).astype(np.float32), "c")
+
+    if kind == "after_conv":  # Conv -> Mul(per channel, constant first) -> Add(Reshape(bias)) -> Sub -> Div
+        h = mb.add_conv(x, 4, 6, name="conv", bias=False)
+        h = mb.add_node("Mul", [const((6, 1, 1)), h], "mul")
+        shape = mb.add_initializer(np.array([1, 6, 1, 1], np.int64), "shape")
+        h = mb.add_node("Add", [h, mb.add_node("Reshape", [const((6,), -1, 1), shape], "reshape")], "add")
+        h = mb.add_node("Div", [mb.add_node("Sub", [h, const((1,))], "sub"), const(())], "div")
+    elif kind == "before_1x1":  # Mul -> Add (per input channel) -> Conv 1x1, no padding: both fold
+        h = mb.add_node("Add", [mb.add_node("Mul", [x, const((1, 4, 1, 1))], "mul"), const((4, 1, 1), -1, 1)], "add")
+        h = mb.add_conv(h, 4, 6, kernel=1, name="conv")
+    elif kind == "before_padded":  # Add -> Mul -> padded grouped Conv: only the Mul folds
+        h = mb.add_node("Mul", [mb.add_node("Add", [x, const((1,), -1, 1)], "add"), const((1, 4, 1, 1))], "mul")
+        h = mb.add_conv(h, 4, 8, kernel=3, name="conv", group=2)
+    else:  # Mul -> Add -> padded Conv: the shift cannot fold, so nothing does
+        h = mb.add_node("Add", [mb.add_node("Mul", [x, const((1,))], "mul"), const((1,), -1, 1)], "add")
+        h = mb.add_conv(h, 4, 6, kernel=3, name="conv")
+    mb.add_output(h, ["N", None, 8, 8])
+    return mb.build(13)
+
+
+@pytest.mark.parametrize("kind, removed, kept", [
+    ("after_conv", {"mul", "add", "reshape", "sub"}, ["Conv"]),
+    ("before_1x1", {"mul", "add"}, ["Conv"]),
+    ("before_padded", {"mul"}, ["Add", "Conv"]),
+    ("shift_before_padded", set(), ["Mul", "Add", "Conv"]),
+])
+def test_affine_ops_around_convs_fold_exactly(kind: str, removed: set, kept: list) -> None:
+    model = _affine_net(kind)
+    before = model.SerializeToString()
+    x = np.random.default_rng(0).normal(0, 1, (4, 4, 8, 8)).astype(np.float32)
+    prepared = prepare_model(model)
+    assert set(prepared.simplified) == removed | ({"div"} if kind == "after_conv" else set())
+    assert set(prepared.simplified) <= set(prepared.removed_nodes)
+    assert [n.op_type for n in prepared.model.graph.node] == kept
+    np.testing.assert_allclose(run(prepared.model, x), run(model, x), rtol=1e-4, atol=1e-5)
+    assert prepared.model.graph.node[-1].output[0] == model.graph.output[0].name
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("form", ["div", "sixth", "div_first"])
+def test_a_decomposed_hardswish_becomes_one_op_and_keeps_its_output_name(form: str) -> None:
+    from test_quantization_latency import conv_hardswish_conv
+
+    model = conv_hardswish_conv(form=form, opset=11)
+    x = np.random.default_rng(0).normal(0, 2, (4, 16, 8, 8)).astype(np.float32)
+    prepared = prepare_model(model)
+    assert prepared.summary()["opset"] == 14
+    kinds = [n.op_type for n in prepared.model.graph.node]
+    assert kinds == ["Conv", "HardSwish", "Conv"]
+    hardswish = prepared.model.graph.node[1]
+    original_outputs = {o for n in model.graph.node for o in n.output}
+    assert hardswish.output[0] in original_outputs
+    assert sorted(prepared.simplified.values()) == (["Add", "Clip", "Div"] if form == "div_first" else ["Add", "Clip", "Mul"])
+    np.testing.assert_allclose(run(prepared.model, x), run(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_hardswish_whose_parts_are_read_elsewhere_is_left_alone() -> None:
+    from test_quantization_latency import add_hardswish
+
+    mb = ModelBuilder(0)
+    x = mb.add_input("x", ["N", 4])
+    y = add_hardswish(mb, x)
+    mb.add_output(y, ["N", 4])
+    mb.add_output(mb.nodes[1].output[0], ["N", 4])  # the Clip is a graph output too
+    prepared = prepare_model(mb.build(13))
+    assert [n.op_type for n in prepared.model.graph.node] == ["Add", "Clip", "Mul", "Div"]
+    assert prepared.summary()["opset"] == 13

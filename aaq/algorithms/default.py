@@ -39,6 +39,22 @@ logger = logging.getLogger(__name__)
 
 _SCHEMA = load_schema("DefaultQuantization")
 
+LATENCY_AWARE = True
+"""Leave in float the layers ONNX Runtime runs slower in int8 (``layers.slower_in_int8``).
+
+Measured with ORT 1.32 on 2 cores, latency / the user's float model at batch 1/16/32
+(preparation's simplifications in both cases; medians of interleaved runs). PP-OCR
+cls, everything quantized: 1.38/1.26/1.25 on two threads beside another process (int8
+depthwise convs with 8-200 channels are 2.5-9x slower than float). Latency-aware:
+0.90/0.80/0.83 on one thread, 0.93/0.87/0.87 on two threads beside another process,
+0.80-0.90/1.0-1.07/1.0-1.07 on two idle threads: ORT's uint8 NCHW->NHWC Transpose, one
+per float island, is up to 18x slower on two threads than on one (and DequantizeLinear
+does not scale). Top-1 0.988-0.992 (float 0.991). PP-OCR rec: 0.51/0.65 (batch 1/16,
+two threads) either way. Not a param yet: a schema property must also be listed by
+every template holding DefaultQuantization's params
+(``algorithms_specs/AccuracyAwareQuantization.json``).
+"""
+
 
 @dataclass(frozen=True)
 class DefaultQuantizationParams:
@@ -134,7 +150,8 @@ class DefaultQuantization(Algorithm):
         prepared = prepare_model(float_model, self._min_opset(p.weights))
         ignored = resolve_ignored(prepared.model, p.ignored, prepared.removed_nodes)
         layout = find_layout(prepared.model, p.quantize_ops, activation_matmul=p.quantize_activation_matmul,
-                             ignored=ignored, elem_types=prepared.elem_types)
+                             ignored=ignored, elem_types=prepared.elem_types, latency_aware=LATENCY_AWARE,
+                             shapes=prepared.shapes)
         if not layout.layers:
             why = "; ".join(f"{name}: {reason}" for name, reason in list(layout.skipped.items())[:5])
             raise ModelError(f"nothing to quantize: the model has no {'/'.join(p.quantize_ops)} node that can "

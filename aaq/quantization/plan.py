@@ -170,9 +170,15 @@ class Plan:
             "layers": [{"name": l.name, "op_type": l.layer.op_type, "weight": weight(l),
                         "bias_corrected": l.bias is not None} for l in self.layers],
             "activations": [{"tensor": q.tensor, "scale": q.scale, "zero_point": q.zero_point,
-                             "symmetric": q.symmetric, "range": [q.low, q.high], "output": q.site.output}
+                             "symmetric": q.symmetric, "range": [q.low, q.high], "output": q.site.output,
+                             "clamp": None if q.site.clamp is None else [_finite(v) for v in q.site.clamp]}
                             for q in self.quantizers.values()],
         }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an open end of a clamp is ``None``."""
+    return value if np.isfinite(value) else None
 
 
 def make_groups(layout: Layout) -> tuple[Group, ...]:
@@ -201,7 +207,25 @@ def make_groups(layout: Layout) -> tuple[Group, ...]:
 
 def activation_requests(layout: Layout, config: QuantConfig) -> list[StatisticRequest]:
     """The statistics the activation ranges of ``layout`` need."""
-    return [r for site in layout.sites for r in config.activations.requests(site.tensor, site.output)]
+    return [r for site in layout.sites for r in site_requests(site, config)]
+
+
+def site_requests(site: QuantizerSite, config: QuantConfig) -> tuple[StatisticRequest, StatisticRequest]:
+    """The min-side and max-side statistics of one quantizer's range.
+
+    A clamped output quantizer (``QuantizerSite.clamp``) needs the true minimum and
+    maximum (not ``abs_max``): its range is the observed one cut to the clamp.
+    """
+    if site.clamp is not None:
+        return (StatisticRequest(site.tensor, "min", "min"), StatisticRequest(site.tensor, "max", "max"))
+    return config.activations.requests(site.tensor, site.output)
+
+
+def clamped_range(lo: float, hi: float, clamp: tuple[float, float]) -> tuple[float, float]:
+    """The observed ``[lo, hi]`` cut to ``clamp``; a range entirely outside it collapses onto its edge."""
+    low, high = clamp
+    lo, hi = min(max(lo, low), high), max(min(hi, high), low)
+    return lo, max(hi, lo)
 
 
 def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: Layout, config: QuantConfig,
@@ -212,10 +236,16 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
     index = GraphIndex(model.graph)
     quantizers = {}
     for site in layout.sites:
-        lo_request, hi_request = config.activations.requests(site.tensor, site.output)
-        params = activation_params(statistics[lo_request], statistics[hi_request], config.activations)
+        lo_request, hi_request = site_requests(site, config)
+        lo, hi = float(statistics[lo_request]), float(statistics[hi_request])
+        scheme = config.activations
+        if site.clamp is not None:
+            lo, hi = clamped_range(lo, hi, site.clamp)
+            if lo < 0 and -lo != hi:  # a cut range is not symmetric any more: its own zero point
+                scheme = dataclasses.replace(scheme, symmetric=False)
+        params = activation_params(lo, hi, scheme)
         quantizers[site.tensor] = ActivationQuantizer(site, params.scale, params.zero_point, params.low,
-                                                      params.high, config.activations.symmetric)
+                                                      params.high, scheme.symmetric)
     layers = []
     for layer in layout.layers:
         weight = None

@@ -12,6 +12,11 @@ Activations are stored as **uint8** in both presets. Measured with ONNX Runtime
   VNNI (measured: 4 chained 3x3 convs, 0.69 ms either way), and it is the u8s8 form
   ORT documents as the fast one on x86 without VNNI.
 
+An output quantizer whose readers are all flat outside a range (hard-swish below -3,
+HardSigmoid, Clip: ``layers.consumer_clamp``) is cut to that range and, when the cut
+range is not symmetric, gets its own zero point in either preset: uint8 with any
+zero point runs the same kernels.
+
 Weights are int8, symmetric, narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` (zero point 0,
 as ORT's integer kernels require), per output channel by default.
 """

@@ -1,0 +1,206 @@
+"""What makes a quantized model fast in ONNX Runtime: structural properties of the optimized graphs.
+
+Timings are in the docstrings where each choice is made (``layers.slower_in_int8``,
+``layers.consumer_clamp``, ``simplify``); these tests check the graph properties the
+choices rely on, on tiny models built in code, with ORT's portable optimization
+level (no hardware-specific NCHWc nodes).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from aaq.quantization.layers import GraphIndex, find_layout
+from aaq.quantization.prepare import prepare_model
+from models import ModelBuilder
+from test_default_quantization import quantize, run
+
+
+def optimized(model: onnx.ModelProto) -> onnx.GraphProto:
+    """The graph ONNX Runtime really runs (``ORT_ENABLE_EXTENDED``: QDQ fusions, no NCHWc)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath).graph
+
+
+def ops(graph: onnx.GraphProto) -> list[str]:
+    return [n.op_type for n in graph.node]
+
+
+def readers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def qdq_pairs(graph: onnx.GraphProto) -> list[str]:
+    """QuantizeLinear nodes read by a DequantizeLinear: a round trip ORT left in the graph."""
+    return [q.name for q in graph.node if q.op_type == "QuantizeLinear"
+            and any(r.op_type == "DequantizeLinear" for r in readers(graph, q.output[0]))]
+
+
+def add_hardswish(mb: ModelBuilder, x: str, form: str = "div") -> str:
+    """The hard-swish as exporters write it: ``x * Clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``, or ``/ 6`` first)."""
+    three, zero, six = (mb.add_initializer(np.array(v, np.float32), "c") for v in (3.0, 0.0, 6.0))
+    clip = mb.add_node("Clip", [mb.add_node("Add", [x, three]), zero, six])
+    if form == "div":
+        return mb.add_node("Div", [mb.add_node("Mul", [x, clip]), six])
+    if form == "sixth":
+        return mb.add_node("Mul", [mb.add_node("Mul", [clip, x]), mb.add_initializer(np.array(1 / 6, np.float32), "c")])
+    return mb.add_node("Mul", [x, mb.add_node("Div", [clip, six])])
+
+
+def conv_hardswish_conv(seed: int = 0, opset: int = 13, form: str = "div", bias: float = 0.0) -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv(16->32, 3x3) -> hard-swish (decomposed) -> Conv(32->32, 1x1) -> y"""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_conv(x, 16, 32, name="conv1")
+    if bias:
+        h = mb.add_node("Add", [h, mb.add_initializer(np.array(bias, np.float32), "c")], "shift")
+    y = mb.add_conv(add_hardswish(mb, h, form), 32, 32, kernel=1, name="conv2")
+    mb.add_output(y, ["N", 32, 8, 8])
+    return mb.build(opset)
+
+
+def inputs(n: int = 64, channels: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, channels, 8, 8)).astype(np.float32)
+
+
+def test_conv_hardswish_conv_runs_as_two_integer_convs_with_one_dequantization_between() -> None:
+    """The decomposed hard-swish left 4 float ops and 2 DequantizeLinear (one per reader of x) between the convs."""
+    model, x = conv_hardswish_conv(), inputs()
+    state, algorithm = quantize(model, x)
+    assert algorithm.summary["preparation"]["opset"] == 14
+    assert "HardSwish" in ops(state.model.graph)
+    graph = optimized(state.model)
+    kinds = ops(graph)
+    assert kinds.count("QLinearConv") == 2
+    assert not {"Conv", "FusedConv", "Clip", "Div", "Add"} & set(kinds)
+    assert qdq_pairs(graph) == []
+    first = next(n for n in graph.node if n.op_type == "QLinearConv")
+    assert [n.op_type for n in readers(graph, first.output[0])] == ["DequantizeLinear"]
+    f, q = run(model, x), run(state.model, x)
+    assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
+
+
+def test_below_opset_14_the_hardswish_is_x_times_hardsigmoid() -> None:
+    model, x = conv_hardswish_conv(form="sixth"), inputs(8)
+    prepared = prepare_model(model, min_opset=10)
+    kinds = ops(prepared.model.graph)
+    assert "HardSwish" not in kinds and kinds.count("HardSigmoid") == 1 and kinds.count("Mul") == 1
+    np.testing.assert_allclose(run(prepared.model, x), run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_output_quantizer_before_a_hardswish_spends_no_levels_below_minus_3() -> None:
+    """hard-swish is 0 below -3: the grid covers [-3, max], not the symmetric [-M, M] of the raw conv output."""
+    model, x = conv_hardswish_conv(bias=-6.0), inputs()
+    state, _ = quantize(model, x)
+    site = next(q for q in state.plan.quantizers.values() if q.site.output and q.site.clamp is not None)
+    assert site.site.clamp == (-3.0, float("inf"))
+    assert -3.0 - site.scale <= site.low < -2.9 and site.zero_point not in (0, 128)
+    f = run(model, x)
+    assert np.abs(f - run(state.model, x)).max() < 0.05 * np.abs(f).max()
+
+
+def block(channels: int, dw_relu: bool = False) -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv 1x1 (16->C) -> Relu -> depthwise 3x3 (C) -> [Relu | hard-swish] -> Conv 1x1 (C->16) -> y"""
+    mb = ModelBuilder(3)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_relu(mb.add_conv(x, 16, channels, kernel=1, name="expand"))
+    h = mb.add_conv(h, channels, channels, kernel=3, name="dw", group=channels)
+    h = mb.add_relu(h) if dw_relu else add_hardswish(mb, h)
+    y = mb.add_conv(h, channels, 16, kernel=1, name="project")
+    mb.add_output(y, ["N", 16, 8, 8])
+    return mb.build()
+
+
+def test_a_small_depthwise_conv_stays_float_between_integer_convs() -> None:
+    """ORT's int8 depthwise kernel is 2-9x slower than float below 64 channels or off multiples of 16."""
+    model, x = block(24), inputs()
+    state, algorithm = quantize(model, x)
+    assert [layer.name for layer in state.plan.layers] == ["expand", "project"]
+    assert "depthwise conv with 24 channels" in algorithm.summary["not_quantized"]["dw"]
+    kinds = ops(optimized(state.model))
+    assert kinds.count("QLinearConv") == 2 and kinds.count("Conv") == 1
+    f = run(model, x)
+    assert np.abs(f - run(state.model, x)).max() < 0.05 * np.abs(f).max()
+
+
+def test_a_large_depthwise_conv_is_quantized() -> None:
+    state, _ = quantize(block(64), inputs())
+    assert [layer.name for layer in state.plan.layers] == ["expand", "dw", "project"]
+    assert ops(optimized(state.model)).count("QLinearConv") == 3
+
+
+def test_a_float_layer_between_a_dequantize_and_a_quantize_is_quantized_per_channel() -> None:
+    """ORT would quantize its float weights itself (per tensor) and run it in int8: aaq does it, per channel."""
+    state, _ = quantize(block(24, dw_relu=True), inputs())
+    assert [layer.name for layer in state.plan.layers] == ["expand", "dw", "project"]
+    assert state.plan.layer("dw").weight.scale.shape == (24,)
+    kinds = ops(optimized(state.model))
+    assert kinds.count("QLinearConv") == 3 and "Conv" not in kinds
+
+
+def squeeze_excitation() -> onnx.ModelProto:
+    """x -> Conv 1x1 (16->32) -> Relu -> GAP -> Conv(32->8) -> Relu -> Conv(8->32) -> HardSigmoid -> Mul -> Conv -> y"""
+    mb = ModelBuilder(5)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_relu(mb.add_conv(x, 16, 32, kernel=1, name="expand"))
+    gate = mb.add_node("GlobalAveragePool", [h], "gap")
+    gate = mb.add_relu(mb.add_conv(gate, 32, 8, kernel=1, name="se1"))
+    gate = mb.add_node("HardSigmoid", [mb.add_conv(gate, 8, 32, kernel=1, name="se2")], "gate", alpha=0.2, beta=0.5)
+    y = mb.add_conv(mb.add_node("Mul", [h, gate], "scale"), 32, 16, kernel=1, name="project")
+    mb.add_output(y, ["N", 16, 8, 8])
+    return mb.build()
+
+
+def test_the_convs_of_a_squeeze_excitation_block_stay_float() -> None:
+    """On a 1x1 image int8 saves nothing and brings a Q, a DQ and two NHWC transposes per block."""
+    model, x = squeeze_excitation(), inputs()
+    state, algorithm = quantize(model, x)
+    assert [layer.name for layer in state.plan.layers] == ["expand", "project"]
+    assert all("1x1 image" in algorithm.summary["not_quantized"][name] for name in ("se1", "se2"))
+    graph = optimized(state.model)
+    assert ops(graph).count("QLinearConv") == 2
+    f = run(model, x)
+    assert np.abs(f - run(state.model, x)).max() < 0.05 * np.abs(f).max()
+
+
+def test_without_latency_awareness_every_conv_is_a_layer() -> None:
+    prepared = prepare_model(squeeze_excitation())
+    layout = find_layout(prepared.model, ["Conv"], shapes=prepared.shapes)
+    assert [layer.name for layer in layout.layers] == ["expand", "se1", "se2", "project"]
+    layout = find_layout(prepared.model, ["Conv"], shapes=prepared.shapes, latency_aware=True)
+    assert [layer.name for layer in layout.layers] == ["expand", "project"]
+
+
+def test_a_float_bias_fuses_like_an_int32_bias_behind_a_dequantize() -> None:
+    """ORT 1.32 quantizes a float bias itself (WeightBiasQuantization): same QLinearConv, same speed (measured)."""
+    model, x = block(64), inputs()
+    state, _ = quantize(model, x)
+    index = GraphIndex(state.model.graph)
+    convs = [n for n in state.model.graph.node if n.op_type == "Conv"]
+    assert all(index.is_constant(n.input[2]) for n in convs)  # float initializers, no DequantizeLinear
+    assert not [n for n in optimized(state.model).node if n.op_type in ("Conv", "FusedConv")]
+
+
+def test_clip_and_hardsigmoid_readers_clamp_the_output_quantizer() -> None:
+    from aaq.quantization.layers import consumer_clamp
+
+    mb = ModelBuilder(0)
+    x = mb.add_input("x", ["N", 4])
+    low, high = mb.add_initializer(np.array(0.0, np.float32), "c"), mb.add_initializer(np.array(6.0, np.float32), "c")
+    mb.add_node("Clip", [x, low, high], "relu6")
+    mb.add_node("HardSigmoid", [x], "hsig", alpha=0.25, beta=0.5)
+    mb.add_node("Clip", [x, "", high], "upper")
+    mb.add_node("Sigmoid", [x], "sigmoid")
+    index = GraphIndex(helper.make_graph(mb.nodes, "g", mb.inputs, [], mb.initializers))
+    clamps = {name: consumer_clamp(index.nodes[name], index) for name in ("relu6", "hsig", "upper", "sigmoid")}
+    assert clamps == {"relu6": (0.0, 6.0), "hsig": (-2.0, 2.0), "upper": (float("-inf"), 6.0), "sigmoid": None}
