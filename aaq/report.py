@@ -74,7 +74,7 @@ class Result:
             "totals": {
                 "seconds": self.seconds,
                 "evaluations": len(evaluations),
-                "samples_inferred": sum(int(e.get("samples_inferred", 0)) for e in evaluations),
+                "samples_inferred": sum(int(e.get("inferred", 0)) for e in evaluations),
             },
             "spec": self.spec,
         }
