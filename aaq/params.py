@@ -20,12 +20,7 @@ def check_params_class(name: str, params_cls: type, schema: Mapping[str, Any]) -
     """Refuse a plugin whose params dataclass and schema disagree; the message names the mismatch."""
     if not dataclasses.is_dataclass(params_cls):
         raise PluginError(f"Params must be a dataclass, got {params_cls!r}", name)
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise PluginError(f"schema is not a valid JSON Schema: {exc.message}", name) from None
-    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
-        raise PluginError('schema must be {"type": "object", "additionalProperties": false, ...}', name)
+    check_options_schema(name, schema)
     props = schema.get("properties", {})
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     only_schema = sorted(set(props) - set(fields))
@@ -44,6 +39,16 @@ def check_params_class(name: str, params_cls: type, schema: Mapping[str, Any]) -
                     f"{'none' if default is _MISSING else repr(default)}", name)
         elif default is _MISSING and key not in required:
             raise PluginError(f"param {key!r} has no default and is not required in the schema", name)
+
+
+def check_options_schema(name: str, schema: Mapping[str, Any]) -> None:
+    """Refuse a plugin schema that is not a valid, closed JSON Schema object: unknown keys must be errors."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PluginError(f"schema is not a valid JSON Schema: {exc.message}", name) from None
+    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        raise PluginError('schema must be {"type": "object", "additionalProperties": false, ...}', name)
 
 
 def build_params(params_cls: type, values: Mapping[str, Any]) -> Any:

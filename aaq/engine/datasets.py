@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence, Union, runtime_checkable
 
-import jsonschema
 import numpy as np
 
 from aaq.errors import BadInputError, DataError, PluginError
+from aaq.params import check_options_schema
 from aaq.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ def check_plugin_schema(name: str, cls: type) -> None:
     schema = getattr(cls, "schema", None)
     if not isinstance(schema, dict):
         raise PluginError("the class must define 'schema', the JSON Schema (a dict) of its options", name)
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise PluginError(f"schema is not a valid JSON Schema: {exc.message}", name) from None
-    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
-        raise PluginError('schema must be {"type": "object", "additionalProperties": false, ...}', name)
+    check_options_schema(name, schema)
     if not callable(getattr(cls, "from_spec", None)):
         raise PluginError("the class must define the classmethod 'from_spec'", name)
 
