@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("traceback", exc_info=True)
         print(f"aaq: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (``aaq list | head``): nothing left to say
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("aaq: interrupted; nothing half-written was left", file=sys.stderr)
         return 130
