@@ -169,6 +169,7 @@ class Engine:
                 for bidx, out, _ in self._infer(entry, dataset, idx, names, finite):
                     bar.update(len(bidx))
                     yield bidx, out
+                    del out  # see _infer: keep at most one batch of outputs alive
 
         return batches()
 
@@ -320,6 +321,7 @@ class Engine:
             for name in finite:
                 check_finite(out[name], bidx, name)
             yield bidx, out, labels
+            del arrays, out, feed  # drop this batch before the next runs: one batch in memory, not two
 
     def _check_inputs(self, entry: SessionEntry, dataset: Dataset, what: str) -> None:
         """Names, rank, dtype and fixed dims of the data against the model, once per (session, dataset)."""

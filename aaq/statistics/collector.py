@@ -63,6 +63,7 @@ def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Itera
                 values = _reduce(outputs, tensor, count, reducer, q, axis, batch_indices)
                 for request in users:
                     aggregators[request].update(values)
+            outputs = values = None  # the exported tensors are large: free them before the next batch
     finally:
         if shown is not None:
             engine.progress = shown
