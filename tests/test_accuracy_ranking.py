@@ -80,3 +80,35 @@ def test_compare_latency_times_both_models_interleaved() -> None:
     assert result.as_dict()["ratio"] == pytest.approx(result.candidate_ms / result.reference_ms)
     with pytest.raises(ValueError):
         compare_latency(mlp(), mlp(), {"x": x}, runs=0)
+
+
+def test_wide_metric_bounds_do_not_let_the_boundary_tiebreak_override_scores() -> None:
+    """Per-sample bounds wider than the spread of group scores must not turn every score into a tie."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from aaq.accuracy.ranking import FLOAT, GroupRanker
+    from aaq.engine.metrics import Metric
+
+    class Wide(Metric):
+        bounds = (-4.39, 1.74)
+
+        def score(self, outputs, labels):
+            return np.zeros(0)
+
+    metric = Wide()
+    metric.name = "m"
+    n = 300
+
+    def evaluate(model, idx, progress_desc=None):
+        per = np.ones(len(idx))
+        per[:10] = {"g_good": 0.9, "g_bad": 0.5}.get(next(iter(model), None), 0.0) if model else 0.0
+        return SimpleNamespace(values={"m": per.mean()}, per_sample={"m": per}, samples_inferred=len(idx),
+                               seconds=0.0)
+
+    ranker = GroupRanker(SimpleNamespace(metrics=[metric], evaluate=evaluate), lambda r: frozenset(r), None,
+                         method="metric", subset_size=n, comparison=np.arange(n), seed=0, workers=1,
+                         neighbours={"g_good": ["x", "y"], "g_bad": [FLOAT, FLOAT]})
+    ranker.subset = lambda reverted, m: np.arange(n)
+    assert [g for g, _ in ranker.rank(frozenset(), ["g_good", "g_bad"], "m")] == ["g_good", "g_bad"]

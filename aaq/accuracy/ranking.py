@@ -215,6 +215,10 @@ class GroupRanker:
         else:
             bounds = score_bounds(self.metrics[metric])
             tie = (bounds[1] - bounds[0]) / len(subset) if bounds is not None else 0.0
+            # One sample's worth of score can exceed the whole spread of scores (wide per-sample
+            # bounds): then the boundary tie-break would decide the order, not the scores.
+            spread = max(scores.values()) - min(scores.values()) if scores else 0.0
+            tie = min(tie, 0.1 * spread)
         return order_scores(scores, tie, reverted, self.neighbours)
 
     def score(self, model: onnx.ModelProto, metric: str, subset: np.ndarray, distance: bool) -> float:
