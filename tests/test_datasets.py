@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import sys
 import textwrap
 from typing import ClassVar
@@ -9,6 +10,7 @@ import pytest
 
 from aaq.engine import ArrayDataset, Dataset, NpzDataset, PythonDataset, Sample, datasets, register_dataset
 from aaq.engine.datasets import fetch
+from aaq.engine.npz import StoredArray
 from aaq.errors import BadInputError, DataError, PluginError, SpecError
 
 
@@ -81,6 +83,48 @@ def test_npz_from_spec_resolves_paths_against_the_spec(tmp_path, arrays):
     np.testing.assert_array_equal(labels, y[:3])
     unlabeled = cls.from_spec({"path": "data/val.npz", "inputs": {"input": "images"}, "labels": None}, tmp_path)
     assert unlabeled[0].label is None
+
+
+def test_uncompressed_npz_streams_rows_from_the_file(tmp_path, arrays):
+    x, y = arrays
+    path = tmp_path / "val.npz"
+    np.savez(path, images=x, classes=y, masks=np.asfortranarray(x))
+    ds = NpzDataset.load(path, {"x": "images", "m": "masks"}, "classes")
+    assert isinstance(ds.inputs["x"], StoredArray)  # rows are read per batch, never the whole array
+    assert isinstance(ds.inputs["m"], np.ndarray)  # Fortran order: not a byte range per row, read whole
+    for indices in (np.arange(10), np.array([2, 3, 4]), np.array([7, 1, 2, 3, 9]), np.array([], dtype=int)):
+        inputs, labels = ds.batch(indices)
+        np.testing.assert_array_equal(inputs["x"], x[indices])
+        np.testing.assert_array_equal(inputs["m"], x[indices])
+        np.testing.assert_array_equal(labels, y[indices])
+        assert inputs["x"].flags.c_contiguous and inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(ds[-1].inputs["x"], x[9])
+    np.testing.assert_array_equal(ds.inputs["x"][1:8:3], x[1:8:3])
+    with pytest.raises(DataError, match="sample 10: index out of range"):
+        ds[10]
+    clone = pickle.loads(pickle.dumps(ds))  # what a worker process receives: the path, not the data
+    assert len(pickle.dumps(ds.inputs["x"])) < x.nbytes
+    np.testing.assert_array_equal(clone.batch(np.array([5, 6]))[0]["x"], x[5:7])
+
+
+def test_compressed_npz_is_read_into_memory(tmp_path, arrays):
+    x, _ = arrays
+    np.savez_compressed(tmp_path / "val.npz", images=x)
+    ds = NpzDataset.load(tmp_path / "val.npz", {"x": "images"})
+    assert isinstance(ds.inputs["x"], np.ndarray)
+    np.testing.assert_array_equal(ds.batch(np.array([4, 0]))[0]["x"], x[[4, 0]])
+
+
+def test_stored_rows_cut_short_say_so(tmp_path, arrays):
+    x, _ = arrays
+    path = tmp_path / "val.npz"
+    np.savez(path, images=x)
+    ds = NpzDataset.load(path, {"x": "images"})
+    stored = ds.inputs["x"]
+    with open(path, "r+b") as f:
+        f.truncate(stored.offset + 2 * x[0].nbytes)
+    with pytest.raises(OSError, match="ended early"):
+        ds.batch(np.arange(5))
 
 
 def test_npz_missing_file_or_key_names_both(tmp_path, arrays):

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence, Union, runtime_c
 
 import numpy as np
 
+from aaq.engine.npz import StoredArray, stored_member
 from aaq.errors import BadInputError, DataError, PluginError
 from aaq.params import check_options_schema
 from aaq.registry import Registry
@@ -108,7 +109,7 @@ def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[dict[str, np.ndarray],
 class ArrayDataset:
     """In-memory arrays whose first axis is the sample axis; slicing is the batching."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray | list | None = None,
+    def __init__(self, inputs: dict[str, np.ndarray | StoredArray], labels: np.ndarray | list | None = None,
                  source: str = "arrays") -> None:
         if not inputs:
             raise DataError(f"{source}: a dataset needs at least one input array")
@@ -120,7 +121,9 @@ class ArrayDataset:
             raise DataError(f"{source}: every array needs the same number of samples on its first axis, "
                             f"got {sizes}")
         # C-contiguous once here, so that every contiguous slice fed to ONNX Runtime is a view.
-        self.inputs = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
+        # Rows read from a file (StoredArray) come out contiguous already.
+        self.inputs = {name: a if isinstance(a, StoredArray) else np.ascontiguousarray(a)
+                       for name, a in inputs.items()}
         self.labels = labels
         self.source = source
         self._len = next(iter(lengths.values()))
@@ -153,8 +156,10 @@ class ArrayDataset:
 class NpzDataset(ArrayDataset):
     """Arrays of an ``.npz`` file: ``inputs`` maps each model input name to an array key.
 
-    The arrays are read into memory once (a compressed npz would otherwise be
-    decompressed again for every batch).
+    Inputs stored uncompressed (``np.savez``) are read from the file batch by batch, so
+    memory does not grow with the number of samples. A compressed member would have to
+    be decompressed again for every batch, so it is read into memory once instead
+    (logged); labels are always read into memory.
     """
 
     schema: ClassVar[dict] = {
@@ -194,7 +199,13 @@ class NpzDataset(ArrayDataset):
                     what = "the labels" if role == "labels" else f"input {role!r}"
                     raise DataError(f"{str(path)!r} has no array {key!r} (for {what}); "
                                     f"its arrays: {', '.join(sorted(archive.files))}")
-            arrays = {name: archive[key] for name, key in inputs.items()}
+            arrays: dict[str, np.ndarray | StoredArray] = {}
+            for name, key in inputs.items():
+                stored = stored_member(path, archive.zip, key)
+                if stored is None:
+                    logger.info("%s: array %r is compressed (or not row-addressable), reading it into memory; "
+                                "save it with np.savez (not savez_compressed) to stream it", path, key)
+                arrays[name] = archive[key] if stored is None else stored
             label_array = archive[labels] if labels is not None else None
         return cls(arrays, label_array, source=str(path))
 
