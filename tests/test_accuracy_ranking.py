@@ -6,7 +6,8 @@ import pytest
 from onnx import helper
 
 from aaq.accuracy.ranking import FLOAT, boundary_change, group_neighbours, hardest, order_scores, output_distance
-from aaq.engine.latency import compare_latency
+from aaq.engine import ArrayDataset, Engine
+from aaq.engine.latency import MIN_RUNS, compare_latency
 from models import ModelBuilder, conv_net, mlp
 
 
@@ -18,7 +19,18 @@ def test_hardest_takes_the_largest_losses_and_breaks_ties_by_seed() -> None:
     ties = [tuple(hardest(indices, np.zeros(10), 4, seed=s)) for s in range(5)]
     assert ties[0] == tuple(hardest(indices, np.zeros(10), 4, seed=0))  # seeded: reproducible
     assert len(set(ties)) > 1  # and really drawn
-    assert list(hardest(indices, loss, 50, seed=0)) == list(indices)
+    # a large size: the 3 changed samples and ceil(3 / 4) = 1 unchanged one, not every sample
+    roomy = hardest(indices, loss, 50, seed=0)
+    assert len(roomy) == 4 and {11, 14, 17} < set(roomy)
+
+
+def test_hardest_keeps_samples_the_quantized_model_gets_better_after_those_it_loses() -> None:
+    indices = np.arange(12)
+    loss = np.array([0.5, -0.2, 0, 0, 0.1, -0.6, 0, 0, 0, 0, 0, 0.3])
+    assert list(hardest(indices, loss, 3, seed=0)) == [0, 4, 11]  # losses first, whatever the gains' size
+    assert list(hardest(indices, loss, 4, seed=0)) == [0, 4, 5, 11]  # then the largest gain
+    picked = hardest(indices, loss, 100, seed=1)
+    assert {0, 1, 4, 5, 11} < set(picked) and len(picked) == 5 + 2  # ceil(5 / 4) unchanged samples
 
 
 def test_output_distance_is_normalised_per_sample() -> None:
@@ -80,6 +92,17 @@ def test_compare_latency_times_both_models_interleaved() -> None:
     assert result.as_dict()["ratio"] == pytest.approx(result.candidate_ms / result.reference_ms)
     with pytest.raises(ValueError):
         compare_latency(mlp(), mlp(), {"x": x}, runs=0)
+
+
+def test_compare_latency_reuses_sessions_and_keeps_to_its_budget() -> None:
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    engine = Engine(ArrayDataset({"x": x}), [], batch_size=8, progress=False)
+    engine.evaluate(mlp())
+    session = engine.session(mlp())
+    assert engine.session(mlp()) is session and engine._sessions.created == 1  # the evaluation's session
+    result = compare_latency(session, engine.session(mlp(hidden=256)), {"x": x}, runs=50, budget_seconds=0.0)
+    assert result.runs == MIN_RUNS  # the budget is spent at once: only the minimum is timed
+    assert compare_latency(session, session, {"x": x}, runs=7, budget_seconds=60.0).runs == 7
 
 
 def test_wide_metric_bounds_do_not_let_the_boundary_tiebreak_override_scores() -> None:

@@ -210,6 +210,19 @@ def test_agreement_runs_the_float_model_once_when_needed(data):
     assert engine.evaluate(conv_net(), [0, 1, 2]).samples_inferred == 0  # scored on the way
 
 
+def test_float_outputs_are_kept_only_where_something_reads_them(engine, data):
+    x, _ = data
+    model = conv_net()
+    engine.set_float_model(model)
+    engine.evaluate(model)  # accuracy needs labels, not the float outputs: none are stored
+    assert not engine._reference.have.any() and not engine._reference.arrays
+    runs = engine.session_runs
+    np.testing.assert_allclose(engine.outputs(model, [3, 4])["y"], direct(model, x[[3, 4]]), rtol=1e-5, atol=1e-6)
+    assert engine.session_runs == runs + 1 and engine._reference.have.sum() == 2
+    engine.outputs(model, [4, 3])
+    assert engine.session_runs == runs + 1  # asked again: served from the store
+
+
 def test_session_cache_is_bounded(data):
     x, y = data
     engine = Engine(ArrayDataset({"x": x}, y), [Accuracy()], progress=False, session_cache_size=2)

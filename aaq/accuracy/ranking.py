@@ -1,9 +1,10 @@
 """Ranking: which samples show the quantization loss, and which group's revert wins most of it back.
 
-The ranking subset is the ``ranking_subset_size`` samples of the comparison set on
-which the current model loses most against the float model: the per-sample metric
-difference, or the output distance when the metric gives no per-sample values (or
-``ranking_method`` is ``output_distance``); ties are broken by a seeded draw. Each
+The ranking subset is at most ``ranking_subset_size`` samples of the comparison set
+on which the current model differs from the float model, those where it loses most
+first: the per-sample metric difference, or the output distance when the metric gives
+no per-sample values (or ``ranking_method`` is ``output_distance``); a quarter as many
+samples on which they agree join them, and ties are broken by a seeded draw (``hardest``). Each
 candidate group is then scored on that subset with the group reverted, higher =
 reverting it helps more: the metric itself (its sign flipped when lower is better),
 or minus the normalised MSE between its outputs and the float model's.
@@ -39,6 +40,7 @@ TRANSPARENT_OPS = frozenset({"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "T
                              "Identity", "Split", "Slice", "Pad", "Resize", "DepthToSpace", "SpaceToDepth"})
 FLOAT = "<float>"
 _DISTANCE_TIE = 0.01
+UNCHANGED_SHARE = 0.25  # samples on which both models agree, per changed sample, kept in a ranking subset
 
 
 def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -53,12 +55,28 @@ def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, n
 
 
 def hardest(indices: np.ndarray, loss: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """The ``size`` indices of largest ``loss`` (ties by a seeded draw), sorted."""
-    if size >= len(indices):
-        return np.sort(np.asarray(indices, np.int64))
-    tiebreak = np.random.default_rng(seed).random(len(indices))
-    order = np.lexsort((tiebreak, -np.asarray(loss, np.float64)))
-    return np.sort(np.asarray(indices, np.int64)[order[:size]])
+    """The ranking subset of ``indices``, sorted: the samples on which the two models differ, and a few more.
+
+    Up to ``size`` samples of nonzero ``loss``: where the quantized model loses, largest
+    loss first, then where it gains (a revert can lose those). Samples on which both
+    models agree say nothing about which revert wins the loss back, so they are not
+    padded up to ``size`` (POT does, and pays for their inference in every candidate's
+    score); ``UNCHANGED_SHARE`` of them per changed sample stay in, to see a revert that
+    breaks them. When no sample differs (a metric that is not a mean of per-sample
+    values), ``size`` samples are drawn. Ties go by a seeded draw.
+    """
+    idx = np.asarray(indices, np.int64)
+    loss = np.asarray(loss, np.float64)
+    tiebreak = np.random.default_rng(seed).random(len(idx))
+    changed = np.flatnonzero(loss != 0)
+    same = np.flatnonzero(loss == 0)
+    if changed.size == 0:
+        return np.sort(idx[same[np.argsort(tiebreak[same], kind="stable")][:size]])
+    order = np.lexsort((tiebreak[changed], -np.abs(loss[changed]), loss[changed] < 0))
+    picked = changed[order[:size]]
+    extra = min(size - len(picked), int(np.ceil(UNCHANGED_SHARE * len(picked))))
+    unchanged = same[np.argsort(tiebreak[same], kind="stable")][:max(extra, 0)]
+    return np.sort(idx[np.concatenate([picked, unchanged])])
 
 
 def group_neighbours(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -298,11 +316,6 @@ class _WorkerPool:
 
     def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool):
         return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
-
-    def reset(self, neighbours: Mapping[str, Sequence[str]]) -> None:
-        """Forget the ranking subsets: the models ``build`` returns have changed (a new plan)."""
-        self.neighbours = neighbours
-        self._subsets.clear()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

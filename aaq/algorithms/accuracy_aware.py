@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME = "AccuracyAwareQuantization"
+LATENCY_BUDGET_SECONDS = 1.0  # timed rounds of the final latency check, after its first few
 
 
 @dataclass(frozen=True)
@@ -388,8 +389,10 @@ class _Work:
             fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
             size = min(fixed or self.engine.batch_size, self.engine.num_samples)
             inputs, _ = fetch(self.engine.dataset, np.arange(size))
-            latency = compare_latency(self.state.float_model, self.build(reverted), inputs,
-                                      options=self.engine.session_options, providers=self.engine.providers)
+            # The engine's sessions ran both models already: warm, and no second build.
+            latency = compare_latency(self.engine.session(self.state.float_model),
+                                      self.engine.session(self.build(reverted)), inputs, warmup=1,
+                                      budget_seconds=LATENCY_BUDGET_SECONDS)
         except Exception as exc:  # latency is information, never a reason to fail the run
             logger.warning("latency not measured: %s", exc)
             return None

@@ -4,7 +4,10 @@ Almost all of aaq's time is spent here, so the hot path is: a cached session, a
 batch sliced out of the dataset (a view when the indices are consecutive), one
 ``session.run``, vectorised metric scoring. Nothing is inferred twice for the same
 model and sample in one engine's life: metric entries are cached per (model digest,
-sample index) and the float model's raw outputs are kept for output distances.
+sample index), and the float model's raw outputs are kept for the samples whose
+outputs something reads (a metric that compares with the float model, an output
+distance), not for every sample the float model is scored on: on a model with large
+outputs that store would be the biggest thing in memory.
 """
 from __future__ import annotations
 
@@ -186,6 +189,10 @@ class Engine:
             return {n: np.empty((0,)) for n in entry.output_names}
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
+    def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+        """The engine's ONNX Runtime session for ``model``: the cached one when it was run before."""
+        return self._sessions.get(*model_bytes(model)).session
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray | None = None, *,
@@ -267,20 +274,25 @@ class Engine:
             data, digest = self._float
             entry = self._session(data, digest, self.dataset, "dataset")
             with self._bar(len(need), "float model") as bar:
-                for n in self._score_batches(entry, digest, self._cache(digest), need):
+                for n in self._score_batches(entry, digest, self._cache(digest), need, keep_reference=True):
                     bar.update(n)
 
-    def _score_batches(self, entry: SessionEntry, digest: str, cache: ScoreCache,
-                       indices: np.ndarray) -> Iterator[int]:
-        """Infer and score ``indices`` batch by batch into ``cache``; yields each batch's size."""
+    def _score_batches(self, entry: SessionEntry, digest: str, cache: ScoreCache, indices: np.ndarray, *,
+                       keep_reference: bool = False) -> Iterator[int]:
+        """Infer and score ``indices`` batch by batch into ``cache``; yields each batch's size.
+
+        The float model's outputs are stored when ``keep_reference`` or a metric compares with them.
+        """
         is_float = self._is_float(digest)
+        compares = any(m.reference for m in self.metrics)
         names = entry.output_names
         for bidx, out, labels in self._infer(entry, self.dataset, indices, names, names):
             if is_float:
-                self._reference.put(bidx, out)
+                if keep_reference or compares:
+                    self._reference.put(bidx, out)
                 reference = out
             else:
-                reference = self._reference.get(bidx) if any(m.reference for m in self.metrics) else None
+                reference = self._reference.get(bidx) if compares else None
             for metric in self.metrics:
                 given = reference if metric.reference else labels
                 try:

@@ -19,6 +19,8 @@ from aaq.engine.session import model_bytes, session_options
 
 logger = logging.getLogger(__name__)
 
+MIN_RUNS = 5  # interleaved rounds always timed, whatever the budget
+
 
 @dataclass(frozen=True)
 class LatencyComparison:
@@ -51,27 +53,39 @@ class LatencyComparison:
                 "statement": self.statement()}
 
 
-def compare_latency(reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes,
+def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
+                    candidate: onnx.ModelProto | bytes | ort.InferenceSession,
                     inputs: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3,
-                    options: ort.SessionOptions | None = None,
+                    budget_seconds: float | None = None, options: ort.SessionOptions | None = None,
                     providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyComparison:
-    """Time both models on ``inputs`` (one batch), interleaved, and return their medians."""
+    """Time both models on ``inputs`` (one batch), interleaved, and return their medians.
+
+    Sessions given are used as they are (an engine's cached ones: no build cost);
+    models are loaded with ``options``. ``budget_seconds`` bounds the timed rounds
+    after the first ``MIN_RUNS``: on a slow model the median of fewer rounds is still
+    a median, and the check must not cost more than the search it reports on.
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     options = options or session_options()
-    sessions = [ort.InferenceSession(model_bytes(m)[0], options, providers=list(providers))
+    sessions = [m if isinstance(m, ort.InferenceSession) else
+                ort.InferenceSession(model_bytes(m)[0], options, providers=list(providers))
                 for m in (reference, candidate)]
     feeds = [{i.name: inputs[i.name] for i in s.get_inputs()} for s in sessions]
     for _ in range(warmup):
         for s, feed in zip(sessions, feeds):
             s.run(None, feed)
     times: list[list[float]] = [[], []]
+    started = time.perf_counter()
     for r in range(runs):
+        if budget_seconds is not None and r >= MIN_RUNS and time.perf_counter() - started > budget_seconds:
+            break
         for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-            started = time.perf_counter()
+            t = time.perf_counter()
             sessions[k].run(None, feeds[k])
-            times[k].append(time.perf_counter() - started)
+            times[k].append(time.perf_counter() - t)
     batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
-    result = LatencyComparison(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3), runs, batch)
+    result = LatencyComparison(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
+                               len(times[0]), batch)
     logger.debug("latency: %s", result.statement())
     return result
