@@ -32,7 +32,10 @@ inferred (aaq: its report; NNCF: counted in validation_fn); wall time (aaq: the
 ``Pipeline.run`` call; NNCF: data and model loading plus the
 ``quantize_with_accuracy_control`` call, not the interpreter start or imports);
 and the final model's batch latency against float (median of interleaved rounds,
-SessionOptions ``intra_op_num_threads=2`` for every model, a fixed batch).
+SessionOptions ``intra_op_num_threads=2`` for every model, a fixed batch), twice:
+with ONNX Runtime's default spinning threads, and with spinning off (aaq's engine
+default; NNCF's validation_fn gets the same options). On 2 vCPUs spinning makes
+ppocr_cls 1.6x slower and its timings noisy; "faster than float" must hold in both.
 
 Targets (the issue): aaq meets the drop wherever NNCF does; aaq's float groups <=
 NNCF's; aaq's wall time <= 0.5 x NNCF's; aaq's final model faster than float on
@@ -232,10 +235,11 @@ def quick_data(info: dict, out: Path) -> Path:
     return path
 
 
-def session(model: bytes | str, threads: int = 2) -> ort.InferenceSession:
+def session(model: bytes | str, threads: int = 2, spinning: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -265,9 +269,10 @@ def layer_census(path: Path) -> dict[str, int]:
     return {"layers": len(layers), "float_layers": len(layers) - len(quantized)}
 
 
-def latency(models: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, warmup: int = 3) -> dict[str, Any]:
+def latency(models: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, spinning: bool,
+            warmup: int = 3) -> dict[str, Any]:
     """Median ms per batch of each model: every round runs each model once, the order rotating each round."""
-    sessions = {k: session(str(p)) for k, p in models.items()}
+    sessions = {k: session(str(p), spinning=spinning) for k, p in models.items()}
     names = list(sessions)
     for _ in range(warmup):
         for k in names:
@@ -448,10 +453,12 @@ def run_case(case: str, args: argparse.Namespace, python: Path) -> dict[str, Any
     quiet = wait_quiet(args.max_wait)
     models = {"float": float_model, **{t: Path(r["model"]) for t, r in runs.items()}}
     feed = {"x": data["x__x"][:BATCH[case]]}
-    lat = latency(models, feed, args.rounds)
+    lat = latency(models, feed, args.rounds, spinning=True)
     lat["quiet"] = quiet
+    lat["no_spinning"] = latency(models, feed, args.rounds, spinning=False)
     for t, r in runs.items():
         r["latency_ratio"] = lat["median_ms"][t] / lat["median_ms"]["float"]
+        r["latency_ratio_no_spinning"] = lat["no_spinning"]["median_ms"][t] / lat["no_spinning"]["median_ms"]["float"]
     return {"case": case, "n_eval": n_eval, "n_calib": n_calib, "ranking_subset_size": ranking,
             "data": str(data_path), "nncf_model": str(nncf_model), "metric_bounds": list(scorer.bounds),
             "float": float_eval, "float_census": layer_census(float_model), "runs": runs, "latency": lat}
@@ -468,7 +475,7 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
         for tool, r in runs.items():
             if tool == "nncf":
                 continue
-            t: dict[str, Any] = {"faster_than_float": r["latency_ratio"] < 1.0}
+            t: dict[str, Any] = {"faster_than_float": max(r["latency_ratio"], r["latency_ratio_no_spinning"]) < 1.0}
             if nncf is not None:
                 t["met_where_nncf_met"] = r["met"] or not nncf["met"]
                 t["float_groups_le_nncf"] = r["groups_reverted"] <= nncf["groups_reverted"]
@@ -480,13 +487,14 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(cases: list[dict[str, Any]]) -> str:
     head = ["case", "tool", "met", "float", "final", "drop", "groups fp", "layers fp", "full ev", "subset ev",
-            "samples", "wall s", "lat ms", "lat/float"]
+            "samples", "wall s", "lat ms", "lat/float", "no-spin ms", "no-spin/float"]
     rows = []
     for c in cases:
         lat = c["latency"]["median_ms"]
+        lat0 = c["latency"]["no_spinning"]["median_ms"]
         rows.append([c["case"], "float", "", f"{c['float']['metric']:.4f}", "", "", "",
                      f"{c['float_census']['float_layers']}/{c['float_census']['layers']}", "", "", "", "",
-                     f"{lat['float']:.1f}", "1.00"])
+                     f"{lat['float']:.1f}", "1.00", f"{lat0['float']:.1f}", "1.00"])
         for tool, r in c["runs"].items():
             e = r["evaluations"]
             full = f"{e['full']}" + (f" ({e['full_stopped_early']} early)" if e.get("full_stopped_early") else "")
@@ -495,7 +503,7 @@ def table(cases: list[dict[str, Any]]) -> str:
                          f"{r['common_eval']['metric']:.4f}", f"{r['drop']:+.4f}", groups,
                          f"{r['census']['float_layers']}/{r['census']['layers']}", full, str(e["subset"]),
                          str(r["samples_inferred"]), f"{r['wall_seconds']:.1f}", f"{lat[tool]:.1f}",
-                         f"{r['latency_ratio']:.2f}"])
+                         f"{r['latency_ratio']:.2f}", f"{lat0[tool]:.1f}", f"{r['latency_ratio_no_spinning']:.2f}"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -569,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     print("met: drop <= 0.01 by one common evaluation of each final model on the full evaluation set; "
           "groups fp: tool's own groups reverted / groups; layers fp: Conv/Gemm/MatMul without a DQ input; "
           "full ev (early: stopped early) / subset ev: evaluations; samples: samples inferred in evaluations; "
-          f"lat: median ms per batch ({args.rounds} interleaved rounds, 2 threads)")
+          f"lat: median ms per batch ({args.rounds} interleaved rounds, 2 threads, ONNX Runtime's default "
+          f"spinning threads); no-spin: the same with spinning off (aaq's engine default)")
     print("where the time goes (s; aaq 'other' = AAQ's own latency check, model building, report; "
           "NNCF 'other' = data and model loading):")
     print(breakdown(cases))

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # The session options of aaq's engine (spinning off), so that both tools' evaluations run alike.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     counts = {"full": 0, "subset": 0, "full_samples": 0, "subset_samples": 0, "sessions": 0,
               "full_seconds": 0.0, "subset_seconds": 0.0}
     last: dict = {"model": None, "session": None}

@@ -299,7 +299,7 @@ class _WorkerPool:
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                        initializer=_worker_init,
                                        initargs=(metrics_blob, float_model.SerializeToString(), engine.batch_size,
-                                                 threads))
+                                                 threads, _spinning(engine)))
         logger.info("ranking with %d worker processes (%d threads each)", workers, threads)
         return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
 
@@ -325,9 +325,15 @@ class _WorkerPool:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int) -> None:
+def _spinning(engine: Any) -> bool:
+    """Whether the engine's sessions let ONNX Runtime's threads spin (its workers do as it does)."""
+    options = getattr(engine, "session_options", None)
+    return options is not None and options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int, spinning: bool) -> None:
     _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
-                   threads=threads, context=None, engine=None)
+                   threads=threads, spinning=spinning, context=None, engine=None)
 
 
 def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
@@ -338,7 +344,7 @@ def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool)
     if _WORKER["context"] != context:
         inputs, labels = pickle.loads(Path(context).read_bytes())
         engine = Engine(ArrayDataset(inputs, labels), _WORKER["metrics"], batch_size=_WORKER["batch_size"],
-                        intra_op_threads=_WORKER["threads"], progress=False)
+                        intra_op_threads=_WORKER["threads"], allow_spinning=_WORKER["spinning"], progress=False)
         engine.set_float_model(_WORKER["float"])
         _WORKER.update(context=context, engine=engine)
     engine = _WORKER["engine"]

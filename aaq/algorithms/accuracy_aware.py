@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME = "AccuracyAwareQuantization"
-LATENCY_BUDGET_SECONDS = 1.0  # timed rounds of the final latency check, after its first few
+# The final latency check may take this share of the run so far (at least its first few rounds):
+# a 2 s run on a small model gets a few rounds, a long one on a big model gets more.
+LATENCY_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -376,11 +378,11 @@ class _Work:
                 "subset_samples_inferred": self.ranker.counts.samples,
                 "samples_inferred": self.full["samples"] + self.ranker.counts.samples,
                 "seconds": self.full["seconds"] + self.ranker.counts.seconds},
-            "latency": self._latency(frozenset(result.reverted)),
+            "latency": self._latency(frozenset(result.reverted), LATENCY_SHARE * seconds),
             "seconds": seconds,
         }
 
-    def _latency(self, reverted: frozenset) -> dict[str, Any] | None:
+    def _latency(self, reverted: frozenset, budget_seconds: float) -> dict[str, Any] | None:
         from aaq.engine.datasets import fetch
         from aaq.engine.latency import compare_latency
 
@@ -392,7 +394,7 @@ class _Work:
             # The engine's sessions ran both models already: warm, and no second build.
             latency = compare_latency(self.engine.session(self.state.float_model),
                                       self.engine.session(self.build(reverted)), inputs, warmup=1,
-                                      budget_seconds=LATENCY_BUDGET_SECONDS)
+                                      budget_seconds=budget_seconds)
         except Exception as exc:  # latency is information, never a reason to fail the run
             logger.warning("latency not measured: %s", exc)
             return None

@@ -44,8 +44,8 @@ class Engine:
 
     def __init__(self, dataset: Dataset, metrics: Sequence[Metric], *, calibration_dataset: Dataset | None = None,
                  batch_size: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 intra_op_threads: int = 0, graph_optimization_level: str = "all", progress: bool = True,
-                 session_cache_size: int = 8) -> None:
+                 intra_op_threads: int = 0, graph_optimization_level: str = "all", allow_spinning: bool = False,
+                 progress: bool = True, session_cache_size: int = 8) -> None:
         if batch_size < 1:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
         names = [m.name for m in metrics]
@@ -63,7 +63,7 @@ class Engine:
         self.history: list[EvaluationRecord] = []
         self.session_runs = 0
         self._size = len(dataset)
-        self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level),
+        self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level, allow_spinning),
                                       providers, session_cache_size)
         self._scores: dict[str, ScoreCache] = {}
         self._float: tuple[bytes, str] | None = None
@@ -96,7 +96,7 @@ class Engine:
                    providers=tuple(engine_spec.get("providers", ("CPUExecutionProvider",))),
                    intra_op_threads=engine_spec.get("intra_op_threads", 0),
                    graph_optimization_level=engine_spec.get("graph_optimization_level", "all"),
-                   progress=progress)
+                   allow_spinning=engine_spec.get("allow_spinning", False), progress=progress)
 
     # ------------------------------------------------------------------ sizes and subsets
 

@@ -74,8 +74,16 @@ def model_bytes(model: onnx.ModelProto | bytes) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def session_options(intra_op_threads: int = 0, graph_optimization_level: str = "all") -> ort.SessionOptions:
-    """The options every session of an engine shares (the benchmark's bare loop uses them too)."""
+def session_options(intra_op_threads: int = 0, graph_optimization_level: str = "all",
+                    allow_spinning: bool = False) -> ort.SessionOptions:
+    """The options every session of an engine shares (the benchmark's bare loop uses them too).
+
+    Spinning is off unless asked for: ONNX Runtime's intra-op threads otherwise busy-wait
+    between ops, taking the core from the thread that has work (the next op, or the
+    metric scoring the last batch). On 2 vCPUs that made PP-OCR cls 1.6x slower at
+    batch 64 (50 vs 31 ms) and its timings noisy; PP-OCR rec, whose ops are long,
+    is the same either way.
+    """
     if graph_optimization_level not in OPTIMIZATION_LEVELS:
         raise ValueError(f"graph_optimization_level must be one of {', '.join(OPTIMIZATION_LEVELS)}, "
                          f"got {graph_optimization_level!r}")
@@ -84,6 +92,7 @@ def session_options(intra_op_threads: int = 0, graph_optimization_level: str = "
     options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization_level]
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     return options
 
 
