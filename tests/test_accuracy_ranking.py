@@ -135,3 +135,27 @@ def test_wide_metric_bounds_do_not_let_the_boundary_tiebreak_override_scores() -
                          neighbours={"g_good": ["x", "y"], "g_bad": [FLOAT, FLOAT]})
     ranker.subset = lambda reverted, m: np.arange(n)
     assert [g for g, _ in ranker.rank(frozenset(), ["g_good", "g_bad"], "m")] == ["g_good", "g_bad"]
+
+
+def test_subset_by_output_distance_streams_and_matches_a_direct_computation() -> None:
+    """The distance pick equals numpy on the two models' outputs, and keeps no outputs of the whole set."""
+    from aaq.accuracy.ranking import GroupRanker
+    from aaq.engine import Agreement
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    reference, candidate = mlp(), mlp(seed=1)
+    engine = Engine(ArrayDataset({"x": x}), [Agreement("cosine")], batch_size=8, progress=False)
+    engine.set_float_model(reference)
+    ranker = GroupRanker(engine, lambda reverted: candidate, reference, method="output_distance", subset_size=6,
+                         comparison=np.arange(40), seed=0, workers=1, neighbours={})
+    picked = ranker.subset(frozenset(), "agreement_cosine")
+
+    def run(model):
+        import onnxruntime as ort
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    expected = output_distance({"y": run(reference)}, {"y": run(candidate)})
+    assert list(picked) == sorted(np.argsort(-expected)[:6])
+    assert not engine._reference.have.any()  # 40 samples compared, no float outputs kept for them
+    assert ranker.counts.samples == 80  # both models inferred on the comparison set, and counted

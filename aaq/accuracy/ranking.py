@@ -202,7 +202,7 @@ class GroupRanker:
             model = self.build(reverted)
             idx = self.comparison
             if self.picks_by_distance(metric):
-                loss = output_distance(self.engine.outputs(self.float_model, idx), self._outputs(model, idx))
+                loss = self._distances(model, idx)
             else:
                 ref = self._evaluate(self.float_model, idx).per_sample[metric]
                 cur = self._evaluate(model, idx).per_sample[metric]
@@ -251,6 +251,20 @@ class GroupRanker:
         ev = self.engine.evaluate(model, indices, progress_desc="ranking")
         self._count(ev.samples_inferred, ev.seconds)
         return ev
+
+    def _distances(self, model: onnx.ModelProto, indices: np.ndarray) -> np.ndarray:
+        """Per-sample output distance of ``model`` to the float model, computed a batch at a time.
+
+        Neither model's outputs over the whole comparison set are held: on a model with
+        large outputs (a CTC recogniser: 1 MB per sample) they would be the biggest
+        thing in memory. The float model is run again for it, and counted.
+        """
+        started = time.perf_counter()
+        pairs = zip(self.engine.run(self.float_model, indices, progress_desc="float outputs"),
+                    self.engine.run(model, indices, progress_desc="outputs"))
+        parts = [output_distance(reference, outputs) for (_, reference), (_, outputs) in pairs]
+        self._count(2 * len(indices), time.perf_counter() - started)
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def _outputs(self, model: onnx.ModelProto, indices: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
