@@ -397,6 +397,20 @@ def test_from_spec_with_npz_and_python_plugins(tmp_path, data):
     assert engine.evaluate(conv_net()).values == {"acc": 1.0, "hits": 2.0}
 
 
+def test_onnx_runtime_threads_spin_only_when_the_spec_asks(tmp_path, data):
+    x, _ = data
+    np.savez(tmp_path / "val.npz", images=x)
+    spinning = "session.intra_op.allow_spinning"
+    spec = {"dataset": {"type": "npz", "path": "val.npz", "inputs": {"x": "images"}},
+            "metrics": [{"name": "a", "type": "agreement"}]}
+    default = Engine.from_spec(spec, tmp_path, progress=False)
+    assert default.session_options.get_session_config_entry(spinning) == "0"
+    asked = Engine.from_spec({**spec, "allow_spinning": True, "intra_op_threads": 1}, tmp_path, progress=False)
+    assert asked.session_options.get_session_config_entry(spinning) == "1"
+    assert asked.session_options.intra_op_num_threads == 1
+    assert asked.session(conv_net()).get_session_options().get_session_config_entry(spinning) == "1"
+
+
 def test_a_dataset_without_the_batch_fast_path_works(data):
     x, y = data
 
