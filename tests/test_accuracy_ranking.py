@@ -7,7 +7,7 @@ from onnx import helper
 
 from aaq.accuracy.ranking import FLOAT, boundary_change, group_neighbours, hardest, order_scores, output_distance
 from aaq.engine import ArrayDataset, Engine
-from aaq.engine.latency import MIN_RUNS, compare_latency
+from aaq.engine.latency import MIN_RUNS, LatencyComparison, compare_latency
 from models import ModelBuilder, conv_net, mlp
 
 
@@ -89,9 +89,19 @@ def test_compare_latency_times_both_models_interleaved() -> None:
     assert result.reference_ms > 0 and result.candidate_ms > 0 and result.batch_size == 8 and result.runs == 5
     assert result.slower == (result.candidate_ms > result.reference_ms)
     assert ("SLOWER" in result.statement()) == result.slower
+    low, high = result.spread
+    assert 0 < low <= high and result.as_dict()["ratio_quartiles"] == [low, high]
+    assert (("within this machine's timing noise" in result.statement()) == (low <= 1 <= high))
     assert result.as_dict()["ratio"] == pytest.approx(result.candidate_ms / result.reference_ms)
     with pytest.raises(ValueError):
         compare_latency(mlp(), mlp(), {"x": x}, runs=0)
+
+
+def test_latency_statement_says_when_the_ratio_is_within_the_noise() -> None:
+    tie = LatencyComparison(10.0, 10.2, 20, 8, (0.95, 1.09))
+    assert tie.slower and "SLOWER" in tie.statement() and "within this machine's timing noise" in tie.statement()
+    clear = LatencyComparison(10.0, 10.6, 20, 8, (1.03, 1.08))
+    assert "SLOWER" in clear.statement() and "x1.03-x1.08" in clear.statement() and "noise" not in clear.statement()
 
 
 def test_compare_latency_reuses_sessions_and_keeps_to_its_budget() -> None:
@@ -153,7 +163,8 @@ def test_subset_by_output_distance_streams_and_matches_a_direct_computation() ->
 
     def run(model):
         import onnxruntime as ort
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
 
     expected = output_distance({"y": run(reference)}, {"y": run(candidate)})
     assert list(picked) == sorted(np.argsort(-expected)[:6])

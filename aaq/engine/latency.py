@@ -30,6 +30,9 @@ class LatencyComparison:
     candidate_ms: float
     runs: int
     batch_size: int
+    spread: tuple[float, float] = (float("nan"), float("nan"))
+    """Quartiles of the per-round ratios (each round times both models back to back): how far
+    the machine's noise moves the ratio, so that x1.02 within x0.95-x1.09 reads as a tie."""
 
     @property
     def ratio(self) -> float:
@@ -43,14 +46,18 @@ class LatencyComparison:
     def statement(self) -> str:
         """One plain sentence for the log and the report."""
         how = "SLOWER than" if self.slower else "faster than"
+        low, high = self.spread
+        within = "" if np.isnan(low) else (
+            f"; per-round ratios x{low:.2f}-x{high:.2f}" + (", so within this machine's timing noise"
+                                                             if low <= 1.0 <= high else ""))
         return (f"the final model is {how} the float model: {self.candidate_ms:.3f} ms vs "
                 f"{self.reference_ms:.3f} ms per batch of {self.batch_size} (x{self.ratio:.2f}, "
-                f"median of {self.runs} interleaved runs)")
+                f"median of {self.runs} interleaved runs{within})")
 
     def as_dict(self) -> dict:
         return {"float_ms": self.reference_ms, "final_ms": self.candidate_ms, "ratio": self.ratio,
-                "slower_than_float": self.slower, "runs": self.runs, "batch_size": self.batch_size,
-                "statement": self.statement()}
+                "slower_than_float": self.slower, "ratio_quartiles": list(self.spread), "runs": self.runs,
+                "batch_size": self.batch_size, "statement": self.statement()}
 
 
 def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
@@ -85,7 +92,9 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
             sessions[k].run(None, feeds[k])
             times[k].append(time.perf_counter() - t)
     batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    ratios = np.asarray(times[1]) / np.maximum(np.asarray(times[0]), 1e-12)
+    quartiles = (float(np.quantile(ratios, 0.25)), float(np.quantile(ratios, 0.75)))
     result = LatencyComparison(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
-                               len(times[0]), batch)
+                               len(times[0]), batch, quartiles)
     logger.debug("latency: %s", result.statement())
     return result
