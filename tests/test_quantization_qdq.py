@@ -73,9 +73,11 @@ def test_conv_net_outputs_are_within_a_few_output_steps(preset: str) -> None:
     assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
 
 
-def test_weights_have_one_scale_per_output_channel_equal_to_absmax_over_127() -> None:
+@pytest.mark.parametrize("reduce_range, levels", [(False, 127), (True, 63)])
+def test_weights_have_one_scale_per_output_channel_equal_to_absmax_over_the_levels(reduce_range: bool,
+                                                                                    levels: int) -> None:
     model = conv_net()
-    state, _ = quantize(model, images(16))
+    state, _ = quantize(model, images(16), weights={"reduce_range": reduce_range})
     weights = initializers(model)
     qdq = initializers(state.model)
     for layer, axis in (("conv1", 0), ("conv2", 0), ("fc", 0)):
@@ -86,15 +88,15 @@ def test_weights_have_one_scale_per_output_channel_equal_to_absmax_over_127() ->
         scale, zero_point, values = qdq[node.input[1]], qdq[node.input[2]], qdq[node.input[0]]
         absmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
         assert scale.shape == (w.shape[0],)
-        np.testing.assert_allclose(scale, absmax / 127, rtol=1e-6)
+        np.testing.assert_allclose(scale, absmax / levels, rtol=1e-6)
         assert zero_point.dtype == np.int8 and not zero_point.any()
-        assert values.dtype == np.int8 and np.abs(values).max() == 127
+        assert values.dtype == np.int8 and np.abs(values).max() == levels
 
 
 def test_matmul_weights_are_per_column() -> None:
     model = mlp()
     x = np.random.default_rng(0).normal(0, 1, (32, 16)).astype(np.float32)
-    state, _ = quantize(model, x)
+    state, _ = quantize(model, x, weights={"reduce_range": False})
     node = weight_dq(state.model, "mm1")
     w = initializers(model)[state.plan.layer("mm1").layer.weight]
     assert helper.get_attribute_value(node.attribute[0]) == 1
@@ -219,7 +221,8 @@ def test_range_estimator_params_set_the_activation_range(preset, estimator, expe
 
 def test_weight_abs_quantile_clips_each_channel() -> None:
     model = conv_net()
-    state, _ = quantize(model, images(8), weights={"range_estimator": {"max": {"type": "abs_quantile",
+    state, _ = quantize(model, images(8), weights={"reduce_range": False,
+                                                   "range_estimator": {"max": {"type": "abs_quantile",
                                                                               "outlier_prob": 0.1}}})
     w = initializers(model)[state.plan.layer("conv2").layer.weight]
     expected = np.quantile(np.abs(w).reshape(w.shape[0], -1), 0.9, axis=1) / 127

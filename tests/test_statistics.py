@@ -22,6 +22,8 @@ class FakeEngine:
     ``calls`` records the outputs of every ``run``, to check that one pass serves all requests.
     """
 
+    providers = ("CPUExecutionProvider",)
+
     def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
         self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}
         self.batch_size = batch_size

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from aaq.algorithms.base import Algorithm, register_algorithm
+from aaq.engine.kernels import u8s8_saturates
 from aaq.errors import ModelError, SpecError
 from aaq.quantization.bias import fast_corrections, fast_requests, measured_corrections
 from aaq.quantization.ignored import resolve_ignored
@@ -66,7 +67,7 @@ class DefaultQuantizationParams:
     quantize_activation_matmul: bool = False
     ignored: dict[str, list[str]] = field(default_factory=lambda: {"scope": [], "patterns": [], "operations": []})
     weights: dict[str, Any] = field(default_factory=lambda: {
-        "bits": 8, "granularity": "perchannel",
+        "bits": 8, "reduce_range": "auto", "granularity": "perchannel",
         "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
     activations: dict[str, Any] = field(default_factory=lambda: {
         "range_estimator": {"preset": "default",
@@ -132,13 +133,16 @@ class DefaultQuantization(Algorithm):
         statistics = self._statistics(state, engine, setup)
         prepared = setup.prepared
         digests = frozenset({prepared.source_digest, model_digest(prepared.model)})
-        plan = build_plan(prepared.model, digests, setup.layout, setup.config, statistics)
+        config = self._config_for(engine, setup)
+        plan = build_plan(prepared.model, digests, setup.layout, config, statistics)
         plan = self._correct_biases(plan, statistics, engine)
         model = apply_plan(state.float_model, plan)
-        self.summary = self._summary(setup, plan)
+        self.summary = self._summary(setup, plan, config)
         self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
                                     f"(preset {self.params.preset}); {len(setup.ignored)} ignored; "
-                                    f"{self.summary['bias_corrections']} biases corrected")
+                                    f"{self.summary['bias_corrections']} biases corrected"
+                                    + ("; 7-bit weights (this CPU's int8 kernels saturate at 8)"
+                                       if config.weights.reduce_range else ""))
         logger.info("%s", self.summary["headline"])
         return dataclasses.replace(state, model=model, plan=plan)
 
@@ -164,6 +168,12 @@ class DefaultQuantization(Algorithm):
         self._setup_cache = (digest, setup)
         return setup
 
+    def _config_for(self, engine: "Engine", setup: _Setup) -> QuantConfig:
+        """The config with ``weights.reduce_range: "auto"`` decided by measuring this machine's kernels."""
+        p = self.params
+        saturating = p.weights.get("reduce_range", "auto") == "auto" and u8s8_saturates(tuple(engine.providers))
+        return resolve_config(p.preset, p.weights, p.activations, saturating_kernels=saturating)
+
     def _statistics(self, state: PipelineState, engine: "Engine", setup: _Setup) -> dict:
         """Cached statistics of every request; the ones the pipeline could not collect, on the prepared model."""
         from aaq.statistics.collector import collect_statistics
@@ -183,7 +193,7 @@ class DefaultQuantization(Algorithm):
             return fast_corrections(plan, statistics)
         return measured_corrections(plan, engine, self.params.stat_subset_size)
 
-    def _summary(self, setup: _Setup, plan: Plan) -> dict[str, Any]:
+    def _summary(self, setup: _Setup, plan: Plan, config: QuantConfig) -> dict[str, Any]:
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]
         return {
             "preset": self.params.preset,
@@ -195,6 +205,7 @@ class DefaultQuantization(Algorithm):
             "ignored": dict(setup.ignored),
             "not_quantized": {name: reason for name, reason in setup.layout.skipped.items()
                               if name not in setup.ignored},
+            "weights_reduce_range": config.weights.reduce_range,
             "bias_corrections": len(corrected),
             "bias_corrected_layers": corrected,
             "preparation": setup.prepared.summary(),

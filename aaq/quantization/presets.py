@@ -83,12 +83,23 @@ class ActivationScheme:
 
 @dataclass(frozen=True)
 class WeightScheme:
-    """Symmetric signed weights of ``bits`` bits, per output channel or per tensor."""
+    """Symmetric signed weights of ``bits`` bits, per output channel or per tensor.
+
+    ``reduce_range`` takes one bit off (at most 7): the range that ONNX Runtime's
+    u8 x s8 kernels do not saturate on CPUs without VNNI (``engine.kernels``).
+    """
 
     bits: int
     per_channel: bool
     estimator: str  # abs_max or abs_quantile
     outlier_prob: float
+    reduce_range: bool = False
+
+    @property
+    def levels(self) -> int:
+        """The largest quantized magnitude: ``2^(bits-1) - 1``, or ``2^6 - 1`` at most with ``reduce_range``."""
+        bits = min(self.bits, 7) if self.reduce_range else self.bits
+        return 2 ** (bits - 1) - 1
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,13 @@ class QuantConfig:
     activations: ActivationScheme
 
 
-def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping[str, Any]) -> QuantConfig:
-    """The schemes for validated params; missing nested keys take the schema's defaults."""
+def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping[str, Any], *,
+                   saturating_kernels: bool = False) -> QuantConfig:
+    """The schemes for validated params; missing nested keys take the schema's defaults.
+
+    ``saturating_kernels``: whether the machine's int8 kernels saturate u8 x s8 products,
+    which decides ``weights.reduce_range: "auto"``.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     symmetric = preset == "performance"
@@ -107,12 +123,17 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
         bits=int(weights.get("bits", 8)),
         per_channel=weights.get("granularity", "perchannel") == "perchannel",
         estimator=w_max.get("type", "abs_max"),
-        outlier_prob=float(w_max.get("outlier_prob", DEFAULT_OUTLIER_PROB)))
+        outlier_prob=float(w_max.get("outlier_prob", DEFAULT_OUTLIER_PROB)),
+        reduce_range=_reduce_range(weights.get("reduce_range", "auto"), saturating_kernels))
     estimator = activations.get("range_estimator", {})
     lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, estimator.get("preset", "default"))]
     lo = _merge(lo_default, estimator.get("min", {}))
     hi = _merge(hi_default, estimator.get("max", {}))
     return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi))
+
+
+def _reduce_range(setting: Any, saturating_kernels: bool) -> bool:
+    return saturating_kernels if setting == "auto" else bool(setting)
 
 
 def _merge(default: Mapping[str, Any], user: Mapping[str, Any]) -> RangeStatistic:

@@ -91,14 +91,14 @@ class QuantizedWeight:
 def quantize_weight(weight: np.ndarray, axis: int | None, scheme: WeightScheme) -> QuantizedWeight:
     """Symmetric quantization of ``weight``: one scale per slice along ``axis``, or one when ``None``.
 
-    The scale is ``absmax / (2^(bits-1) - 1)`` (``abs_max`` estimator) or the
+    The scale is ``absmax / scheme.levels`` (``abs_max`` estimator) or the
     ``1 - outlier_prob`` quantile of ``|w|`` over the same levels (``abs_quantile``,
     which clips the largest weights). A channel of zeros gets scale 1 (any scale
     quantizes it exactly).
     """
     weight = np.asarray(weight, dtype=np.float32)
     axis = None if axis is None else axis % weight.ndim
-    levels = 2 ** (scheme.bits - 1) - 1
+    levels = scheme.levels
     magnitude = np.abs(weight) if axis is None else np.moveaxis(np.abs(weight), axis, 0)
     magnitude = magnitude.reshape(1 if axis is None else magnitude.shape[0], -1)
     if scheme.estimator == "abs_quantile":
@@ -118,4 +118,5 @@ def quantize_weight(weight: np.ndarray, axis: int | None, scheme: WeightScheme) 
     zero_point = np.zeros_like(scale, dtype=np.int8)
     for array in (values, scale, zero_point):  # plans share these arrays: keep them immutable
         array.setflags(write=False)
-    return QuantizedWeight(values, scale, zero_point, axis, scheme.bits)
+    return QuantizedWeight(values, scale, zero_point, axis, scheme.bits if not scheme.reduce_range
+                           else min(scheme.bits, 7))
