@@ -7,6 +7,9 @@ from typing import Any
 
 import onnx
 
+from aaq.quantization.plan import Plan
+from aaq.statistics.requests import StatisticsCache
+
 
 def model_digest(model: onnx.ModelProto) -> str:
     """A digest of the serialized model: the key of every per-model cache."""
@@ -30,18 +33,21 @@ class PipelineState:
     ``float_model`` is the user's model and is never modified (the pipeline checks
     its digest after every algorithm). ``model`` is the current model and ``plan`` the
     quantization description it was built from (``None`` until a quantization
-    algorithm sets one). ``statistics`` caches collected statistics by
-    ``(StatisticRequest, num_samples)`` so no statistic is collected twice.
-    ``targets`` maps each accuracy target an algorithm checked to whether it was met.
+    algorithm sets one). ``statistics`` holds every statistic collected so far, so
+    none is collected twice. ``targets`` maps each accuracy target an algorithm
+    checked to whether it was met; ``metrics`` the values it measured, by model
+    (``"float"`` and the algorithm's name), with ``references`` saying what each
+    drop was measured against (``"measured"`` or ``"baseline_value"``).
     """
 
     float_model: onnx.ModelProto
     model: onnx.ModelProto
-    plan: Any = None
-    statistics: dict[Any, Any] = field(default_factory=dict)
+    plan: Plan | None = None
+    statistics: StatisticsCache = field(default_factory=StatisticsCache)
     records: list[AlgorithmRecord] = field(default_factory=list)
     targets: dict[str, bool] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def targets_met(self) -> bool:

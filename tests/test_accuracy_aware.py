@@ -20,7 +20,7 @@ from aaq import Pipeline, SpecError
 from aaq.algorithms.base import algorithms, run_algorithm
 from aaq.engine.engine import Engine
 from aaq.engine.metrics import Metric
-from aaq.spec.validate import load_spec, semantic_problems
+from aaq.spec.validate import load_spec
 from aaq.state import PipelineState, model_digest
 from models import ModelBuilder, labeled_data
 
@@ -151,7 +151,8 @@ def test_baselines_skip_the_float_evaluation_and_ratio_picks_the_comparison(file
     float_runs = [h for h in engine.history if h.model_digest == model_digest(float_model)]
     assert float_runs and all(h.samples <= 64 for h in float_runs)  # only the 25% comparison subset
     assert state.targets == {"top1": True}
-    assert state.metrics["float"] == {"top1": 1.0}
+    assert state.metrics["float"] == {}  # never measured on the full set
+    assert state.references == {"top1": {"value": 1.0, "kind": "baseline_value"}}
 
 
 def test_mixed_preset_and_tuning_are_kept_only_when_they_lower_the_drop(files: Path) -> None:
@@ -173,8 +174,9 @@ def test_parallel_ranking_scores_like_one_process(files: Path) -> None:
 
 
 def test_spec_problems_are_found_before_any_run(files: Path) -> None:
-    spec = load_spec(spec_for(files, {"metrics": [{"name": "top5"}], "base_params": {"preset": "mixed"}}))
-    problems = dict(semantic_problems(spec))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_for(files, {"metrics": [{"name": "top5"}], "base_params": {"preset": "mixed"}}))
+    problems = dict(info.value.problems)
     assert "no metric 'top5' in engine.metrics" in problems["compression.algorithms[1].params.metrics[0].name"]
     assert "would not be used" in problems["compression.algorithms[1].params.base_params"]
     with pytest.raises(SpecError, match="base_params.stat_subset_size"):

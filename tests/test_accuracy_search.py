@@ -11,14 +11,23 @@ import numpy as np
 import pytest
 
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets
-from aaq.accuracy.search import Measurement, bisection_search, greedy_search
+from aaq.accuracy.search import BisectionSearch, GreedySearch, Measurement
+
+
+def greedy_search(evaluator, targets, start, candidates, *, use_prev_if_drop_increase=True, **kwargs):
+    return GreedySearch(use_prev_if_drop_increase).run(evaluator, targets, start, candidates, **kwargs)
+
+
+def bisection_search(evaluator, targets, start, candidates, **kwargs):
+    return BisectionSearch().run(evaluator, targets, start, candidates, **kwargs)
 
 
 class FakeEvaluator:
     def __init__(self, n: int, damage: dict[str, dict[str, set[int]]], harm: dict[str, set[int]] | None = None,
                  bias: dict[str, float] | None = None, batch: int = 10, seed: int = 0,
-                 permanent: set[int] = frozenset()) -> None:
+                 permanent: set[int] = frozenset(), harm_while: dict[str, set[str]] | None = None) -> None:
         self.n, self.damage, self.harm, self.bias, self.batch = n, damage, harm or {}, bias or {}, batch
+        self.harm_while = harm_while or {}  # harm[g] only while one of these groups is still quantized
         self.permanent = permanent
         self.order = np.random.default_rng(seed).permutation(n)
         self.done: dict[frozenset, int] = {}
@@ -37,7 +46,7 @@ class FakeEvaluator:
             if g not in reverted:
                 s[list(samples)] = 0.0
         for g, samples in self.harm.items():
-            if g in reverted:
+            if g in reverted and (g not in self.harm_while or self.harm_while[g] - reverted):
                 s[list(samples)] = 0.0
         return s
 
@@ -110,19 +119,31 @@ def test_greedy_reverts_the_right_groups_in_the_right_order() -> None:
     assert result.scores["A"] > result.scores["B"] > result.scores["C"]
 
 
-def test_a_rolled_back_group_is_never_picked_again() -> None:
+def test_a_rolled_back_group_is_ranked_again_once_the_model_has_changed() -> None:
     # X looks best to the ranking (bias) but breaks 30 other samples when reverted; D looks second best
-    # and changes nothing, so keeping it forces a new ranking, which must not offer X again.
+    # and changes nothing, so keeping it forces a new ranking: the model changed, so X is offered again.
     damage = {"top1": {**disjoint({"A": 10, "B": 5, "C": 1}), "X": set(), "D": set()}}
     fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0, "D": 0.5})
     targets = targets_for(fake, 0.005, reference={"top1": 1.0})
     result = run(greedy_search, fake, targets)
     assert [(s.group, s.kept) for s in result.steps] == [
-        ("X", False), ("D", True), ("A", True), ("B", True), ("C", True)]
+        ("X", False), ("D", True), ("X", False), ("A", True), ("B", True), ("C", True)]
     assert result.met and result.reverted == ["D", "A", "B", "C"]
     assert len(fake.rank_calls) == 2
-    assert "X" in fake.rank_calls[0][1] and "X" not in fake.rank_calls[1][1]
+    assert "X" in fake.rank_calls[0][1] and "X" in fake.rank_calls[1][1]
     assert fake.rank_calls[1][0] == frozenset({"D"})
+
+
+def test_a_group_rolled_back_before_another_revert_is_retried_and_meets_the_target() -> None:
+    # X damages 5 samples, but reverting it while A is still quantized breaks 30 more (the two interact):
+    # the ranking tries X first (bias) and rolls it back. Once A is reverted, X helps, and the search
+    # must come back to it instead of ending with "no group left to revert".
+    damage = {"top1": disjoint({"A": 10, "X": 5})}
+    fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0}, harm_while={"X": {"A"}})
+    targets = targets_for(fake, 0.0, reference={"top1": 1.0})
+    result = run(greedy_search, fake, targets)
+    assert [(s.group, s.kept) for s in result.steps] == [("X", False), ("A", True), ("X", True)]
+    assert result.met and result.reverted == ["A", "X"] and result.stop_reason == "target met"
 
 
 def test_several_metrics_all_must_hold_and_the_worst_drives_the_ranking() -> None:
@@ -136,7 +157,7 @@ def test_several_metrics_all_must_hold_and_the_worst_drives_the_ranking() -> Non
     assert all(targets.by_name[m].met(v) for m, v in result.measurement.point().items())
 
 
-def test_a_rolled_back_group_is_never_picked_again() -> None:
+def test_a_rolled_back_group_is_not_offered_again_while_the_model_is_unchanged() -> None:
     # X looks best to the ranking (bias) but breaks 30 other samples when reverted.
     damage = {"top1": {**disjoint({"A": 10, "B": 5, "C": 1}), "X": set()}}
     fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0})

@@ -17,7 +17,6 @@ from aaq.algorithms.default import DefaultQuantization
 from aaq.errors import ModelError, SpecError
 from aaq.params import check_params_class
 from aaq.state import PipelineState
-from aaq.statistics.requests import StatisticRequest
 from models import ModelBuilder, conv_net, mlp
 from test_statistics import FakeEngine, all_outputs
 
@@ -128,18 +127,30 @@ def test_reverting_a_bias_corrected_group_restores_the_float_bias() -> None:
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(bias), layer.bias.original)
 
 
-def test_statistics_of_tensors_only_the_prepared_model_has_are_collected_by_run() -> None:
+def test_statistics_are_declared_on_the_prepared_model_and_collected_in_one_pass() -> None:
     model = conv_net()
-    x = images(16)
     algorithm = DefaultQuantization(DefaultQuantization.Params())
     state = PipelineState(float_model=model, model=model)
-    needs = algorithm.statistics_needs(state)
+    (needs,) = algorithm.statistics_needs(state)
+    assert needs.model is not model and needs.num_samples == 300
     assert {r.tensor for r in needs.requests} == {"x", "relu3_out", "relu6_out", "fc_out", "flatten_out"}
-    # the pipeline collected nothing (as if every tensor were new): run() collects on the prepared model
-    engine = FakeEngine(x)
-    new_state = algorithm.run(state, engine)
-    assert len(engine.calls) == 1
-    assert (StatisticRequest("x", "min", "min"), 300) in new_state.statistics
+    engine = FakeEngine(images(16))
+    new_state = run_algorithm(algorithm, state, engine, progress=False)
+    assert len(engine.calls) == 1  # one pass for every request
+    assert not new_state.statistics.missing(needs)
+    again = DefaultQuantization(DefaultQuantization.Params(preset="mixed"))
+    run_algorithm(again, new_state, engine, progress=False)
+    assert len(engine.calls) == 2  # only what the mixed preset adds is collected
+    assert set(engine.calls[1]) < set(engine.calls[0])
+
+
+def test_measured_bias_correction_goes_through_the_one_collector() -> None:
+    engine = FakeEngine(images(16))
+    algorithm = DefaultQuantization(DefaultQuantization.Params(use_fast_bias=False))
+    state = run_algorithm(algorithm, PipelineState(float_model=conv_net(), model=conv_net()), engine,
+                          progress=False)
+    assert len(engine.calls) == 2  # ranges, then the twin model's output means
+    assert len(state.statistics) == len(algorithm.statistics_needs(state)[0].requests) + 2 * 3
 
 
 def test_the_float_model_is_never_modified() -> None:

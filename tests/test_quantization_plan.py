@@ -102,8 +102,6 @@ def test_reverting_everything_gives_the_float_model_back() -> None:
     assert not plan.quantized_groups
     assert not [n for n in qdq.graph.node if "Linear" in n.op_type]
     np.testing.assert_array_equal(run(qdq, x), run(model, x))
-    restored = plan.with_restored([0])
-    assert [g.id for g in restored.quantized_groups] == [0]
 
 
 def test_unknown_group_ids_are_refused() -> None:
@@ -112,12 +110,23 @@ def test_unknown_group_ids_are_refused() -> None:
         state.plan.with_reverted([99])
 
 
-def test_describe_is_json_able() -> None:
+def test_describe_says_what_is_int8_with_which_parameters_and_why_the_rest_is_float() -> None:
     import json
 
-    state, _ = quantize(branchy(), images(8))
-    text = json.dumps(state.plan.with_reverted([0]).describe())
-    assert '"reverted": true' in text
+    state, _ = quantize(conv_net(), images(8), ignored={"scope": ["conv2"]})
+    plan = state.plan.with_reverted([0])
+    described = json.loads(json.dumps(plan.describe({0: "reverted by the search"})))
+    assert described["groups"][0]["reverted"] and not described["groups"][1]["reverted"]
+    reverted_layers = set(plan.groups[0].layers)
+    assert {name: why for name, why in described["float_layers"].items() if name in reverted_layers} == {
+        name: "reverted by the search" for name in reverted_layers}
+    assert described["float_layers"]["conv2"] == "ignored (scope)"
+    by_tensor = {a["tensor"]: a for a in described["activations"]}
+    for tensor, quantizer in plan.quantizers.items():
+        assert by_tensor[tensor]["scale"] == quantizer.scale and by_tensor[tensor]["zero_point"] == quantizer.zero_point
+    layer = next(l for l in described["layers"] if l["name"] == "fc")
+    assert layer["int8"] == (plan.group_of("fc").id != 0)
+    assert layer["weight"]["scale_range"][0] == float(plan.layer("fc").weight.scale.min())
 
 
 def test_layer_discovery_rules() -> None:

@@ -11,7 +11,8 @@ import pytest
 import plugins  # noqa: F401  (registers TagModel)
 from aaq import Algorithm, PluginError, SpecError, register_algorithm
 from aaq.spec.loader import parse_spec_text, strip_comments
-from aaq.spec.validate import fill_defaults, load_spec, semantic_problems
+from aaq.spec.schema_tools import fill_defaults
+from aaq.spec.validate import load_spec
 
 TINY = Path(__file__).resolve().parents[1] / "samples" / "tiny"
 
@@ -121,6 +122,7 @@ def test_defaults_filled_on_a_copy_and_paths_resolved(tmp_path: Path) -> None:
     raw["model"]["path"] = "model.onnx"
     spec_file = tmp_path / "sub" / "spec.json"
     spec_file.parent.mkdir()
+    (tmp_path / "sub" / "model.onnx").write_bytes((TINY / "model.onnx").read_bytes())
     spec_file.write_text("// a comment\n" + json.dumps(raw))
     spec = load_spec(spec_file)
     assert spec.resolved["model"]["path"] == str(tmp_path / "sub" / "model.onnx")
@@ -142,7 +144,9 @@ def test_fill_defaults_follows_refs_and_nesting() -> None:
 def test_semantic_check_finds_missing_files_and_reused_metric_names() -> None:
     spec = _with("model.path", "/nonexistent/model.onnx")
     spec["engine"]["metrics"].append({"name": "top1", "type": "accuracy", "top_k": 2})
-    problems = semantic_problems(load_spec(spec))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    problems = info.value.problems
     assert ("model.path", "file not found: /nonexistent/model.onnx") in problems
     assert any(p == "engine.metrics[1].name" and "used twice" in m for p, m in problems)
 

@@ -23,6 +23,7 @@ class FakeEngine:
     """
 
     providers = ("CPUExecutionProvider",)
+    progress = False
 
     def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
         self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}

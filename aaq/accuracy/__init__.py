@@ -1,15 +1,18 @@
 """The accuracy side of AccuracyAwareQuantization, independent of ONNX graphs.
 
 ``drops``: per-metric targets, the objective that compares models, and the exact
-bound that ends a full evaluation early. ``ranking``: the hardest samples and the
-group scores. ``search``: the greedy and bisection searches, against a small
-evaluator protocol. ``aaq.algorithms.accuracy_aware`` wires them to the engine and
-the quantization plan.
+bound that ends a full evaluation early. ``subsets``: the samples that show the
+quantization loss. ``ranking``: group scores on them (``workers``: in worker
+processes). ``search``: the search strategies, against a small evaluator protocol
+that ``evaluator.PlanEvaluator`` implements on the engine. ``alternatives``: other
+base-algorithm params tried before any revert. ``summary``: what the run did, for
+report.json. Models come from a ``build(reverted)`` callable the algorithm gives:
+nothing here reads an ONNX graph.
 """
 from __future__ import annotations
 
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop
-from aaq.accuracy.search import Measurement, SearchEvaluator, SearchResult, bisection_search, greedy_search
+from aaq.accuracy.search import SEARCHES, BisectionSearch, GreedySearch, Measurement, SearchEvaluator, SearchResult
 
-__all__ = ["Measurement", "MetricTarget", "SearchEvaluator", "SearchResult", "StopRule", "Targets",
-           "allowed_drop", "bisection_search", "greedy_search"]
+__all__ = ["SEARCHES", "BisectionSearch", "GreedySearch", "Measurement", "MetricTarget", "SearchEvaluator",
+           "SearchResult", "StopRule", "Targets", "allowed_drop"]

@@ -1,13 +1,25 @@
 """Other base-algorithm params worth trying before reverting layers: the mixed preset and POT's tuning grid.
 
-Each function returns *stages*: lists of param overrides. A stage's candidates are
-compared with each other, and the best is kept only if it lowers the drop; later
-stages start from what the earlier ones kept (POT searched coordinate-wise too).
+``mixed_preset_stages`` and ``tuning_stages`` return *stages*: lists of param
+overrides. ``try_alternatives`` runs them: a stage's candidates are scored on the
+hardest samples of the current model, the best one must beat the current plan
+there, and is then kept only if it lowers the drop on the full set (measured with
+early stop); later stages start from what the earlier ones kept (POT searched
+coordinate-wise too). Making a candidate's plan is the caller's ``propose(stage,
+kept)``: it runs the base algorithm with the overrides kept so far and the stage's,
+every statistic the stage needs collected in one pass.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from aaq.accuracy.drops import StopRule
+from aaq.accuracy.search import Measurement
+
+if TYPE_CHECKING:
+    from aaq.accuracy.evaluator import Candidates, PlanEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +60,56 @@ def merge_params(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     for key, value in overrides.items():
         out[key] = merge_params(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
+
+
+@dataclass
+class Alternative:
+    """One candidate plan of a stage: the overrides it was made with, its models and group neighbours."""
+
+    overrides: dict[str, Any]
+    candidates: "Candidates"
+    neighbours: Mapping[Any, Sequence]
+
+
+def try_alternatives(what: str, evaluator: "PlanEvaluator", current: Measurement, stages: list[Stage],
+                     propose: Callable[[Stage, dict[str, Any]], list[Alternative]]) -> tuple[Measurement, dict[str, Any]]:
+    """Run ``stages``; return the measurement of the plan kept (``evaluator`` now evaluates it) and a record.
+
+    The record lists every candidate with its subset score, the score each stage's
+    best had to beat (the current plan's), and the overrides kept.
+    """
+    targets, ranker = evaluator.targets, evaluator.ranker
+    record: dict[str, Any] = {"tried": [], "kept": None}
+    for stage in stages:
+        metric = targets.driving(current.point())
+        subset = ranker.subset(frozenset(), metric)
+        distance = ranker.by_distance
+        now = ranker.score(evaluator.build(frozenset()), metric, subset, distance)
+        scored = []
+        for alternative in propose(stage, record["kept"] or {}):
+            score = ranker.score(alternative.candidates.build(frozenset()), metric, subset, distance)
+            record["tried"].append({"params": alternative.overrides, "subset_score": score, "to_beat": now,
+                                    "subset_size": int(len(subset))})
+            scored.append((score, alternative))
+        if not scored:
+            continue
+        score, best = max(scored, key=lambda s: s[0])
+        if score <= now:
+            continue
+        before = targets.objective(current.point())
+        old = evaluator.candidates, ranker.neighbours
+        evaluator.use(best.candidates, best.neighbours)
+        trial = evaluator.measure(frozenset(), StopRule(targets, (0.0, before)))
+        lo, _ = targets.objective_interval(trial.values)
+        if lo >= before and not evaluator.passed(trial):
+            evaluator.use(*old)
+            logger.info("%s: %s helps on the hardest samples but not on the full set: not kept", what,
+                        best.overrides)
+            continue
+        current = evaluator.complete(trial)
+        record.setdefault("objective_before", before)
+        record["objective_after"] = targets.objective(current.point())
+        record["kept"] = merge_params(record["kept"] or {}, best.overrides)
+        logger.info("%s: kept %s, drops now %s", what, best.overrides,
+                    ", ".join(f"{k} {v:+.4f}" for k, v in targets.drops(current.point()).items()))
+    return current, record

@@ -173,12 +173,14 @@ class GroupRanker:
         self.seed, self.workers, self.neighbours = seed, workers, neighbours
         self.metrics = {m.name: m for m in engine.metrics}
         self.counts = RankingCounts()
+        self.history: list[dict[str, Any]] = []
+        """Every ranking made, in order: the metric, the groups already in float, the subset size, the scores."""
         self._subsets: dict[tuple, np.ndarray] = {}
         self._pool: _WorkerPool | None = None
 
-    def reset(self, neighbours: Mapping[str, Sequence[str]]) -> None:
-        """Forget the ranking subsets: the models ``build`` returns have changed (a new plan)."""
-        self.neighbours = neighbours
+    def reset(self, build: Callable[[frozenset], onnx.ModelProto], neighbours: Mapping[str, Sequence[str]]) -> None:
+        """Rank the models of another plan: its ``build``, its group neighbours; the old subsets are forgotten."""
+        self.build, self.neighbours = build, neighbours
         self._subsets.clear()
 
     def close(self) -> None:
@@ -237,7 +239,11 @@ class GroupRanker:
             # bounds): then the boundary tie-break would decide the order, not the scores.
             spread = max(scores.values()) - min(scores.values()) if scores else 0.0
             tie = min(tie, 0.1 * spread)
-        return order_scores(scores, tie, reverted, self.neighbours)
+        ordered = order_scores(scores, tie, reverted, self.neighbours)
+        self.history.append({"metric": metric, "reverted": sorted(reverted, key=str), "subset_size": int(len(subset)),
+                             "by": "output_distance" if distance else "metric",
+                             "scores": [{"group": g, "score": float(v)} for g, v in ordered]})
+        return ordered
 
     def score(self, model: onnx.ModelProto, metric: str, subset: np.ndarray, distance: bool) -> float:
         """Higher is better: the metric on ``subset`` (sign-flipped when lower is better), or -distance."""

@@ -1,8 +1,10 @@
-"""Which groups to leave in float: POT's greedy revert loop (its defects fixed) and a bisection.
+"""Which groups to leave in float: search strategies, POT's greedy revert loop (its defects fixed) and a bisection.
 
-Both searches are written against ``SearchEvaluator``, a two-method protocol, so
+A strategy is an object with ``run(evaluator, targets, start, candidates)``, chosen
+by name (``SEARCHES``) and injected into AccuracyAwareQuantization, the way the tuning
+strategies are. Both are written against ``SearchEvaluator``, a two-method protocol, so
 that they can be tested exactly with a fake whose metric is a known function of the
-reverted groups, and run for real on the engine (``aaq.algorithms.accuracy_aware``).
+reverted groups, and run for real on the engine (``aaq.accuracy.evaluator``).
 
 Models are compared by the objective of ``aaq.accuracy.drops.Targets`` (largest
 normalised excess over the watched metrics; <= 0 means every target is met).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from aaq.accuracy.drops import Interval, StopRule, Targets, decided
 
@@ -124,68 +126,88 @@ class _Search:
         return SearchResult(list(order), m, met, self.steps, self.rankings, reason, dict(self.scores))
 
 
-def greedy_search(evaluator: SearchEvaluator, targets: Targets, start: Measurement, candidates: Sequence[str], *,
-                  max_reverted: int | None = None, use_prev_if_drop_increase: bool = True,
-                  early_stop: bool = True) -> SearchResult:
+class GreedySearch:
     """POT's loop: revert the top-ranked group, evaluate on the full set, keep it or roll it back.
 
-    Fixed against POT (POT_REFERENCE.md §2.4): a group whose revert raised the
-    objective and was rolled back is never picked again; the best model seen is
-    returned, not the last one; after a metric switch the comparison starts from the
-    current drop. The ranking is redone when it no longer predicts: a kept revert
-    that did not lower the objective, or a change of the metric furthest over its
-    limit. A roll-back does not re-rank: the model is unchanged, so a new ranking
-    would only repeat the old one without the rolled-back group.
-    ``max_reverted`` bounds how many groups end up reverted (POT's ``max_iter_num``).
+    Fixed against POT (POT_REFERENCE.md §2.4): the best model seen is returned, not
+    the last one; after a metric switch the comparison starts from the current drop.
+    The ranking is redone when it no longer predicts: a kept revert that did not
+    lower the objective, or a change of the metric furthest over its limit. A group
+    whose revert raised the objective is rolled back (``use_prev_if_drop_increase``)
+    and left out until the model changes: once a later revert is kept, the rolled-back
+    groups are ranked again with the rest (POT did the same after a step back), so
+    the search never ends with "no group left" while a group it never retried remains.
     """
-    s = _Search(evaluator, targets, early_stop)
-    current = s.complete(start)
-    best = current
-    order: list[str] = []
-    banned: set[str] = set()
-    ranking: list[tuple[str, float]] | None = None
-    ranked_for = ""
-    reason = "target met" if targets.met(current.point()) else ""
-    while not reason:
-        if max_reverted is not None and len(order) >= max_reverted:
-            reason = f"max_iter_num ({max_reverted}) groups reverted"
-            break
-        values = current.point()
-        driving = targets.driving(values)
-        if ranking is None or driving != ranked_for:
-            left = [g for g in candidates if g not in order and g not in banned]
-            ranking, ranked_for = s.rank(frozenset(order), left, driving), driving
-        if not ranking:
-            reason = "no group left to revert"
-            break
-        group, _ = ranking.pop(0)
-        now = targets.objective(values)
-        thresholds = (0.0, now) if use_prev_if_drop_increase else (0.0,)
-        trial = s.measure(frozenset(order) | {group}, thresholds)
-        lo, hi = s.objective(trial)
-        if use_prev_if_drop_increase and lo > now and not s.passes(trial):
-            banned.add(group)
-            s.record(group, False, trial, "drop increased: rolled back, not tried again")
-            continue
-        trial = s.complete(trial)
-        order.append(group)
-        new = targets.objective(trial.point())
-        s.record(group, True, trial, "kept" + ("" if new < now else " (no improvement: re-rank)"))
-        current = trial
-        if new < targets.objective(best.point()):
-            best = current
-        if targets.met(trial.point()):
-            reason = "target met"
-        elif new >= now:
-            ranking = None
-    if best is not current:
-        logger.info("returning the best model seen (%d groups reverted), not the last one", len(best.reverted))
-        order = [g for g in order if g in best.reverted]
-    return s.result(order, best, reason)
+
+    name = "greedy"
+
+    def __init__(self, use_prev_if_drop_increase: bool = True) -> None:
+        self.use_prev_if_drop_increase = use_prev_if_drop_increase
+
+    @classmethod
+    def from_params(cls, params: Any) -> "GreedySearch":
+        """The strategy an AccuracyAwareQuantization params object asks for."""
+        return cls(use_prev_if_drop_increase=params.use_prev_if_drop_increase)
+
+    def run(self, evaluator: SearchEvaluator, targets: Targets, start: Measurement, candidates: Sequence[str], *,
+            max_reverted: int | None = None, early_stop: bool = True) -> SearchResult:
+        """``max_reverted`` bounds how many groups end up reverted (POT's ``max_iter_num``)."""
+        rollback = self.use_prev_if_drop_increase
+        s = _Search(evaluator, targets, early_stop)
+        current = s.complete(start)
+        best = current
+        order: list[str] = []
+        banned: dict[str, int] = {}  # group -> how many reverts were kept when it was rolled back
+        ranking: list[tuple[str, float]] | None = None
+        ranked_for = ""
+        reason = "target met" if targets.met(current.point()) else ""
+        while not reason:
+            if max_reverted is not None and len(order) >= max_reverted:
+                reason = f"max_iter_num ({max_reverted}) groups reverted"
+                break
+            values = current.point()
+            driving = targets.driving(values)
+            if ranking is None or driving != ranked_for:
+                left = [g for g in candidates if g not in order and banned.get(g) != len(order)]
+                ranking, ranked_for = s.rank(frozenset(order), left, driving), driving
+            if not ranking:
+                retry = [g for g, at in banned.items() if at != len(order)]
+                if retry:  # the model changed since they were rolled back: rank them again
+                    ranking = None
+                    continue
+                reason = ("every group left raised the drop when reverted" if banned
+                          else "no group left to revert")
+                break
+            group, _ = ranking.pop(0)
+            if banned.get(group) == len(order):
+                continue
+            now = targets.objective(values)
+            thresholds = (0.0, now) if rollback else (0.0,)
+            trial = s.measure(frozenset(order) | {group}, thresholds)
+            lo, hi = s.objective(trial)
+            if rollback and lo > now and not s.passes(trial):
+                banned[group] = len(order)
+                s.record(group, False, trial, "drop increased: rolled back until the model changes")
+                continue
+            trial = s.complete(trial)
+            order.append(group)
+            banned.pop(group, None)
+            new = targets.objective(trial.point())
+            s.record(group, True, trial, "kept" + ("" if new < now else " (no improvement: re-rank)"))
+            current = trial
+            if new < targets.objective(best.point()):
+                best = current
+            if targets.met(trial.point()):
+                reason = "target met"
+            elif new >= now:
+                ranking = None
+        if best is not current:
+            logger.info("returning the best model seen (%d groups reverted), not the last one", len(best.reverted))
+            order = [g for g in order if g in best.reverted]
+        return s.result(order, best, reason)
 
 
-def bisection_search(evaluator: SearchEvaluator, targets: Targets, start: Measurement, candidates: Sequence[str],
-                     *, max_reverted: int | None = None, early_stop: bool = True) -> SearchResult:
+class BisectionSearch:
     """How many of the top-ranked groups must be reverted, found by galloping then bisection.
 
     Probes revert the top 1, 2, 4, ... groups until one meets the target, then
@@ -194,6 +216,24 @@ def bisection_search(evaluator: SearchEvaluator, targets: Targets, start: Measur
     every chosen group but the last is tried out again, least important first, and
     dropped when the target still holds without it. One ranking, on the start model.
     """
+
+    name = "bisection"
+
+    @classmethod
+    def from_params(cls, params: Any) -> "BisectionSearch":
+        return cls()
+
+    def run(self, evaluator: SearchEvaluator, targets: Targets, start: Measurement, candidates: Sequence[str], *,
+            max_reverted: int | None = None, early_stop: bool = True) -> SearchResult:
+        return _bisection(evaluator, targets, start, candidates, max_reverted, early_stop)
+
+
+SEARCHES = {"greedy": GreedySearch, "bisection": BisectionSearch}
+"""Search strategies by the name a spec gives (``search``)."""
+
+
+def _bisection(evaluator: SearchEvaluator, targets: Targets, start: Measurement, candidates: Sequence[str],
+               max_reverted: int | None, early_stop: bool) -> SearchResult:
     s = _Search(evaluator, targets, early_stop)
     current = s.complete(start)
     if targets.met(current.point()):

@@ -9,33 +9,39 @@ quantized graph.
 
 Order of work: float reference (``baseline_value`` or one full evaluation) ->
 the quantized model (stops early when decided) -> optional mixed preset and
-hyperparameter tuning (each kept only when it lowers the drop) -> greedy or
-bisection search (``aaq.accuracy.search``) -> latency of the result against float.
+hyperparameter tuning (``accuracy.alternatives``; each kept only when it lowers the
+drop) -> the search strategy (``accuracy.search``, injected: greedy or bisection)
+over a ``PlanEvaluator`` -> latency of the result against float -> the summary
+(``accuracy.summary``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import onnx
 
-from aaq.accuracy.alternatives import merge_params, mixed_preset_stages, tuning_stages
+from aaq.accuracy.alternatives import (Alternative, Stage, merge_params, mixed_preset_stages, try_alternatives,
+                                       tuning_stages)
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop, score_bounds
+from aaq.accuracy.evaluator import PlanEvaluator
 from aaq.accuracy.ranking import FLOAT, GroupRanker, group_neighbours
-from aaq.accuracy.search import Measurement, SearchResult, bisection_search, greedy_search
+from aaq.accuracy.search import SEARCHES, SearchResult
+from aaq.accuracy.summary import drops_text, headline, search_summary
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
+from aaq.engine.evaluation import Evaluation
+from aaq.engine.latency import latency_on_engine
+from aaq.engine.protocol import EngineLike
 from aaq.errors import SpecError
-from aaq.quantization.qdq import apply_plan
+from aaq.quantization.candidates import CandidateModels
+from aaq.quantization.plan import Plan
+from aaq.spec.schema_tools import fill_defaults, schema_errors
 from aaq.spec.schemas import load_schema
 from aaq.state import PipelineState
-
-if TYPE_CHECKING:
-    from aaq.engine.engine import Engine
+from aaq.statistics.collector import fill_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +72,12 @@ class AccuracyAwareParams:
     workers: int = 1
     seed: int = 0
 
+    @property
+    def all_baselines_given(self) -> bool:
+        return bool(self.metrics) and all("baseline_value" in m for m in self.metrics)
 
-def param_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
+
+def _param_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
     """Params that would be ignored, and a base algorithm / base params that do not fit (paths inside params)."""
     problems = []
     if params.get("search") == "bisection" and params.get("use_prev_if_drop_increase") is False:
@@ -87,14 +97,12 @@ def _base_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
         return [("base_algorithm", f"{NAME} cannot be its own base algorithm")]
     if name not in algorithms:
         return [("base_algorithm", algorithms.unknown_message(name))]
-    import jsonschema
-
-    from aaq.spec.validate import describe_error  # one sentence per fault, as for every other param
-
-    schema = algorithms.get(name).schema
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = [describe_error(e, ("base_params",)) for e in validator.iter_errors(params.get("base_params") or {})]
-    props = schema.get("properties", {})
+    base = algorithms.get(name)
+    if not base.makes_plan:
+        return [("base_algorithm", f"{name} makes no quantization plan to revert layers of "
+                                   f"(from {algorithms.source(name)})")]
+    problems = schema_errors(params.get("base_params") or {}, base.schema, ("base_params",))
+    props = base.schema.get("properties", {})
     if params.get("convert_to_mixed_preset") and "mixed" not in props.get("preset", {}).get("enum", []):
         problems.append(("convert_to_mixed_preset", f"{name} has no preset 'mixed' to convert to"))
     if params.get("tune_hyperparams") and not {"activations", "bias_correction"} <= set(props):
@@ -104,17 +112,19 @@ def _base_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
 
 @register_algorithm(NAME)
 class AccuracyAwareQuantization(Algorithm):
-    """POT's AccuracyAwareQuantization with its defects fixed and fewer evaluations (see the package docs)."""
+    """POT's AccuracyAwareQuantization with its defects fixed and fewer evaluations (see the package docs).
+
+    ``search`` is the strategy object that picks the groups to revert; by default the
+    one the params name (``SEARCHES``). A tuning strategy is the same kind of object.
+    """
 
     Params = AccuracyAwareParams
     schema = load_schema(NAME)
+    makes_plan = True
 
-    @classmethod
-    def from_spec(cls, values: dict[str, Any]) -> "AccuracyAwareQuantization":
-        problems = param_problems(values)
-        if problems:
-            raise SpecError(problems)
-        return super().from_spec(values)
+    def __init__(self, params: AccuracyAwareParams, search: Any = None) -> None:
+        super().__init__(params)
+        self.search = search if search is not None else SEARCHES[params.search].from_params(params)
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
@@ -122,7 +132,7 @@ class AccuracyAwareQuantization(Algorithm):
         known = [m.get("name") for m in spec.resolved["engine"].get("metrics", [])]
         problems = [(f"metrics[{i}].name", f"no metric {m['name']!r} in engine.metrics (known: {', '.join(known)})")
                     for i, m in enumerate(params.get("metrics") or []) if m["name"] not in known]
-        problems += param_problems(params)
+        problems += _param_problems(params)
         entries = spec.resolved["compression"]["algorithms"]
         position = next((i for i, e in enumerate(entries) if e.get("params") is params), len(entries))
         base = params.get("base_algorithm", "DefaultQuantization")
@@ -131,270 +141,139 @@ class AccuracyAwareQuantization(Algorithm):
                                             f"set them on that {base} entry"))
         return problems
 
-    def run(self, state: PipelineState, engine: "Engine") -> PipelineState:
+    def run(self, state: PipelineState, engine: EngineLike) -> PipelineState:
         p = self.params
         started = time.perf_counter()
-        progress = bool(getattr(engine, "progress", False))
         base_params = self._base_params(state)
         if state.plan is None:
             logger.info("no plan yet: running %s first", p.base_algorithm)
             base = algorithms.get(p.base_algorithm).from_spec(base_params)
-            state = run_algorithm(base, state, engine, progress=progress)
-        targets, float_values, float_eval = self._targets(state, engine)
-        work = _Work(self, state, engine, targets, base_params)
+            state = run_algorithm(base, state, engine, progress=engine.progress)
+            if state.plan is None:
+                raise SpecError([("base_algorithm", f"{p.base_algorithm} left no quantization plan")])
+        targets, references, float_values, float_eval = self._targets(state, engine)
+        evaluator = self._evaluator(state, engine, targets)
         if float_eval is not None:
-            work.count_full(float_eval)
+            evaluator.full.add(float_eval)
         try:
-            result = work.run()
+            result, alternatives, base_params = self._search(evaluator, state, engine, base_params)
         finally:
-            work.ranker.close()
-        plan = work.plan.with_reverted(result.reverted)
+            evaluator.ranker.close()
+        plan = evaluator.candidates.plan.with_reverted(result.reverted)
         final = result.measurement.point()
-        state = dataclasses.replace(state, plan=plan, model=work.build(frozenset(result.reverted)))
+        state = dataclasses.replace(state, plan=plan, model=evaluator.build(frozenset(result.reverted)))
         for t in targets.targets:
             state.targets[t.name] = t.met(final[t.name])
-        state.metrics["float"] = dict(float_values)
+            state.references[t.name] = {"value": t.reference, "kind": references[t.name]}
+        state.metrics["float"] = {k: v for k, v in float_values.items() if v is not None}
         state.metrics[NAME] = dict(final)
-        self.summary = work.summary(result, float_values, time.perf_counter() - started)
-        self.summary["headline"] = _headline(self.summary)
+        seconds = time.perf_counter() - started
+        latency = self._latency(engine, state, LATENCY_SHARE * seconds)
+        steps = {g: k + 1 for k, g in enumerate(result.reverted)}
+        self.summary = search_summary(
+            result, targets, references=references, float_values=float_values,
+            groups={g.id: g.layers for g in plan.groups}, quantized_groups=len(evaluator.candidates.plan.quantized_groups),
+            search=self.search.name, drop_type=p.drop_type, rankings=evaluator.ranker.history,
+            alternatives=alternatives, base_params=base_params,
+            plan=plan.describe({g: f"reverted by {NAME} (revert {k} of {len(steps)})" for g, k in steps.items()}),
+            full=evaluator.full, ranking=evaluator.ranker.counts, latency=latency, seconds=seconds)
+        self.summary["headline"] = headline(self.summary)
         if result.met:
-            logger.info("target met with %d of %d groups in float", len(result.reverted),
-                        len(work.plan.quantized_groups))
+            logger.info("target met with %d of %d groups in float", len(result.reverted), len(plan.groups))
         else:
             logger.warning("target NOT met (%s): returning the best model found, %d groups in float, drops %s",
-                           result.stop_reason, len(result.reverted),
-                           ", ".join(f"{k} {v:+.4f}" for k, v in targets.drops(final).items()))
+                           result.stop_reason, len(result.reverted), drops_text(targets, final))
         return state
 
     def _base_params(self, state: PipelineState) -> dict[str, Any]:
         """The base algorithm's params: those of its earlier run in this pipeline, else ``base_params``."""
-        from aaq.spec.validate import fill_defaults
-
         for record in reversed(state.records):
             if record.name == self.params.base_algorithm:
                 return dict(record.params)
         return fill_defaults(dict(self.params.base_params), algorithms.get(self.params.base_algorithm).schema)
 
-    def _targets(self, state: PipelineState, engine: "Engine") -> tuple[Targets, dict[str, float], Any]:
+    def _targets(self, state: PipelineState, engine: EngineLike
+                 ) -> tuple[Targets, dict[str, str], dict[str, float | None], Evaluation | None]:
         """One target per watched metric; the float model is evaluated unless every baseline is given."""
         p = self.params
         watched = p.metrics or [{"name": m.name} for m in engine.metrics]
         by_name = {m.name: m for m in engine.metrics}
-        missing = [w["name"] for w in watched if w["name"] not in by_name]
-        if missing:
-            raise SpecError([("metrics", f"no metric {missing[0]!r} among the engine's metrics "
-                                         f"({', '.join(by_name)})")])
         given = {w["name"]: float(w["baseline_value"]) for w in watched if "baseline_value" in w}
         measured: dict[str, float] = {}
         evaluation = None
         if len(given) < len(watched):
             evaluation = engine.evaluate(state.float_model, progress_desc="float model")
-            measured = dict(evaluation.values)
+            measured = {k: float(v) for k, v in evaluation.values.items()}
+        references = {w["name"]: "baseline_value" if w["name"] in given else "measured" for w in watched}
         values = {w["name"]: given.get(w["name"], measured.get(w["name"])) for w in watched}
         targets = [MetricTarget(n, by_name[n].higher_is_better, v, allowed_drop(v, p.maximal_drop, p.drop_type),
                                 score_bounds(by_name[n]) if p.early_stop else None) for n, v in values.items()]
         for t in targets:
             logger.info("%s: float %.4f (%s), allowed drop %.4f", t.name, t.reference,
-                        "baseline_value" if t.name in given else "measured", t.allowed)
-        return Targets(targets), values, evaluation
+                        references[t.name], t.allowed)
+        float_values = {w["name"]: measured.get(w["name"]) for w in watched}
+        return Targets(targets), references, float_values, evaluation
 
-
-class _Work:
-    """One run's engine-side state: the plan, the models built from it, the counters; a SearchEvaluator."""
-
-    def __init__(self, algo: AccuracyAwareQuantization, state: PipelineState, engine: "Engine", targets: Targets,
-                 base_params: dict[str, Any]) -> None:
-        p = algo.params
-        self.p, self.state, self.engine, self.targets, self.base_params = p, state, engine, targets, base_params
-        self.plan = state.plan
-        self.models: OrderedDict[frozenset, onnx.ModelProto] = OrderedDict()
-        self.order = np.random.default_rng(p.seed).permutation(engine.num_samples)
-        self.full = {"evaluations": 0, "stopped_early": 0, "samples": 0, "seconds": 0.0}
-        all_given = bool(p.metrics) and all("baseline_value" in m for m in p.metrics)
+    def _evaluator(self, state: PipelineState, engine: EngineLike, targets: Targets) -> PlanEvaluator:
+        p = self.params
         n = engine.num_samples
-        self.comparison = engine.subset(max(1, int(n * p.metric_subset_ratio)), p.seed) if all_given \
+        comparison = engine.subset(max(1, int(n * p.metric_subset_ratio)), p.seed) if p.all_baselines_given \
             else np.arange(n)
-        self.ranker = GroupRanker(engine, self.build, state.float_model, method=p.ranking_method,
-                                  subset_size=p.ranking_subset_size, comparison=self.comparison, seed=p.seed,
-                                  workers=p.workers, neighbours=self._neighbours())
-        self.alternatives: dict[str, Any] = {}
+        candidates = CandidateModels(state.plan)
+        ranker = GroupRanker(engine, candidates.build, state.float_model, method=p.ranking_method,
+                             subset_size=p.ranking_subset_size, comparison=comparison, seed=p.seed,
+                             workers=p.workers, neighbours=_neighbours(state.plan))
+        return PlanEvaluator(engine, targets, candidates, ranker, p.seed)
 
-    def _neighbours(self) -> dict[Any, list]:
-        """The groups each group borders; groups the plan already leaves in float count as float."""
-        neighbours = group_neighbours(self.plan.model, {g.id: g.layers for g in self.plan.groups})
-        return {g: [FLOAT if n in self.plan.reverted else n for n in ns] for g, ns in neighbours.items()}
-
-    # ---------------------------------------------------------------- SearchEvaluator
-
-    def build(self, reverted: frozenset) -> onnx.ModelProto:
-        """The QDQ model with ``reverted`` groups (and those the plan already reverts) in float; LRU-cached."""
-        if reverted in self.models:
-            self.models.move_to_end(reverted)
-            return self.models[reverted]
-        model = apply_plan(self.plan.model, self.plan.with_reverted(reverted))
-        self.models[reverted] = model
-        if len(self.models) > 16:
-            self.models.popitem(last=False)
-        return model
-
-    def measure(self, reverted: frozenset, rule: StopRule | None) -> Measurement:
-        ev = self.engine.evaluate(self.build(reverted), self.order, stop=rule, progress_desc="full set")
-        self.count_full(ev)
-        if ev.complete:
-            values = {name: (ev.values[name], ev.values[name]) for name in self.targets.names}
-        else:
-            values = self.targets.intervals(ev.per_sample, ev.requested)
-        return Measurement(reverted, values, ev.complete)
-
-    def count_full(self, ev: Any) -> None:
-        self.full["evaluations"] += 1
-        self.full["stopped_early"] += int(not ev.complete)
-        self.full["samples"] += int(ev.samples_inferred)
-        self.full["seconds"] += ev.seconds
-
-    def rank(self, reverted: frozenset, candidates: list, metric: str) -> list[tuple[Any, float]]:
-        return self.ranker.rank(reverted, candidates, metric)
-
-    # ---------------------------------------------------------------- the run
-
-    def run(self) -> SearchResult:
-        start = self.measure(frozenset(), StopRule(self.targets, (0.0,)))
-        if _passed(self.targets, start):
+    def _search(self, evaluator: PlanEvaluator, state: PipelineState, engine: EngineLike,
+                base_params: dict[str, Any]) -> tuple[SearchResult, dict[str, Any], dict[str, Any]]:
+        """The search result, the alternatives tried and the base params of the plan searched."""
+        p, targets = self.params, evaluator.targets
+        start = evaluator.measure(frozenset(), StopRule(targets, (0.0,)))
+        if evaluator.passed(start):
             logger.info("the quantized model already meets the target: nothing to revert")
-            return SearchResult([], self._complete(start), True, stop_reason="target met")
-        start = self._complete(start)
-        logger.info("quantized model: drops %s", _drops(self.targets, start))
-        if self.p.convert_to_mixed_preset:
-            start = self._try_alternative("mixed_preset", start, mixed_preset_stages(self.base_params))
-        if self.p.tune_hyperparams and not self.targets.met(start.point()):
-            start = self._try_alternative("tune_hyperparams", start, tuning_stages(self.base_params))
-        if self.targets.met(start.point()):
-            return SearchResult([], start, True, stop_reason="target met")
-        candidates = [g.id for g in self.plan.quantized_groups]
-        search = greedy_search if self.p.search == "greedy" else bisection_search
-        kwargs = {"use_prev_if_drop_increase": self.p.use_prev_if_drop_increase} if search is greedy_search else {}
-        return search(self, self.targets, start, candidates, max_reverted=self.p.max_iter_num,
-                      early_stop=self.p.early_stop, **kwargs)
+            return SearchResult([], evaluator.complete(start), True, stop_reason="target met"), {}, base_params
+        start = evaluator.complete(start)
+        logger.info("quantized model: drops %s", drops_text(targets, start.point()))
+        alternatives: dict[str, Any] = {}
+        wanted = [("mixed_preset", p.convert_to_mixed_preset, mixed_preset_stages),
+                  ("tune_hyperparams", p.tune_hyperparams, tuning_stages)]
+        for what, enabled, stages in wanted:
+            if not enabled or targets.met(start.point()):
+                continue
+            start, record = try_alternatives(what, evaluator, start, stages(base_params),
+                                             self._proposer(state, engine, base_params))
+            alternatives[what] = record
+            base_params = merge_params(base_params, record["kept"] or {})
+        if targets.met(start.point()):
+            return SearchResult([], start, True, stop_reason="target met"), alternatives, base_params
+        candidates = [g.id for g in evaluator.candidates.plan.quantized_groups]
+        result = self.search.run(evaluator, targets, start, candidates, max_reverted=p.max_iter_num,
+                                 early_stop=p.early_stop)
+        return result, alternatives, base_params
 
-    def _complete(self, m: Measurement) -> Measurement:
-        return m if m.complete else self.measure(m.reverted, None)
+    def _proposer(self, state: PipelineState, engine: EngineLike, base_params: dict[str, Any]):
+        """``propose(stage, kept)``: the plans of the base algorithm for a stage's overrides, statistics in one pass."""
+        base_cls = algorithms.get(self.params.base_algorithm)
 
-    def _try_alternative(self, what: str, current: Measurement, stages: list[list[dict]]) -> Measurement:
-        """Re-run the base algorithm with other params, stage by stage; keep a plan only if it lowers the drop.
-
-        Each stage's candidates are scored on the hardest samples (the ranking subset
-        of the current model); the best one, if it beats the current plan there, is
-        evaluated on the full set and kept only when its objective is lower.
-        """
-        record: dict[str, Any] = {"tried": [], "kept": None}
-        for stage in stages:
-            metric = self.targets.driving(current.point())
-            subset = self.ranker.subset(frozenset(), metric)
-            distance = self.ranker.by_distance
-            now = self.ranker.score(self.build(frozenset()), metric, subset, distance)
-            algos = [(o, algorithms.get(self.p.base_algorithm).from_spec(merge_params(self.base_params, o)))
-                     for o in stage]
-            self._collect_once([a for _, a in algos])
-            scored = []
+        def propose(stage: Stage, kept: dict[str, Any]) -> list[Alternative]:
+            current = merge_params(base_params, kept)
+            algos = [(o, base_cls.from_spec(merge_params(current, o))) for o in stage]
+            scratch = PipelineState(state.float_model, state.float_model, statistics=state.statistics)
+            fill_statistics(state.statistics, engine, [n for _, a in algos for n in a.statistics_needs(scratch)],
+                            progress=engine.progress, why=f"{len(algos)} candidates")
+            out = []
             for overrides, algo in algos:
-                scratch = PipelineState(self.state.float_model, self.state.float_model,
-                                        statistics=self.state.statistics)
-                plan = algo.run(scratch, self.engine).plan  # statistics are in: no second pass, no record
-                score = self.ranker.score(apply_plan(plan.model, plan), metric, subset, distance)
-                record["tried"].append({"params": overrides, "subset_score": score})
-                scored.append((score, overrides, plan))
-            if not scored:
-                continue
-            score, overrides, plan = max(scored, key=lambda s: s[0])
-            if score <= now:
-                continue
-            old_plan, old_models = self.plan, self.models
-            self.plan, self.models = plan, OrderedDict()
-            trial = self.measure(frozenset(), StopRule(self.targets, (0.0, self.targets.objective(current.point()))))
-            lo, _ = self.targets.objective_interval(trial.values)
-            if lo >= self.targets.objective(current.point()) and not _passed(self.targets, trial):
-                self.plan, self.models = old_plan, old_models
-                logger.info("%s: %s helps on the hardest samples but not on the full set: not kept", what, overrides)
-                continue
-            before = self.targets.objective(current.point())
-            current = self._complete(trial)
-            record.setdefault("objective_before", before)
-            record["objective_after"] = self.targets.objective(current.point())
-            self.base_params = merge_params(self.base_params, overrides)
-            self.ranker.reset(self._neighbours())
-            record["kept"] = merge_params(record["kept"] or {}, overrides)
-            logger.info("%s: kept %s, drops now %s", what, overrides, _drops(self.targets, current))
-        self.alternatives[what] = record
-        return current
+                plan = algo.run(scratch, engine).plan  # statistics are in: no second pass, no record
+                out.append(Alternative(overrides, CandidateModels(plan), _neighbours(plan)))
+            return out
 
-    def _collect_once(self, algos: list[Algorithm]) -> None:
-        """Every statistic the candidates need, in one pass per sample count (POT registered them up front)."""
-        from aaq.statistics.collector import collect_statistics
+        return propose
 
-        stats = self.state.statistics
-        scratch = PipelineState(self.state.float_model, self.state.float_model, statistics=stats)
-        wanted: dict[int, dict] = {}
-        for algo in algos:
-            needs = algo.statistics_needs(scratch)
-            if needs is not None:
-                wanted.setdefault(needs.num_samples, {}).update(
-                    {r: None for r in needs.requests if (r, needs.num_samples) not in stats})
-        for n, requests in wanted.items():
-            if requests:
-                logger.info("collecting %d more statistics for %d candidates", len(requests), len(algos))
-                collected = collect_statistics(self.engine, self.state.float_model, list(requests), n,
-                                               progress=bool(getattr(self.engine, "progress", False)))
-                stats.update({(r, n): v for r, v in collected.items()})
-
-    # ---------------------------------------------------------------- report
-
-    def summary(self, result: SearchResult, float_values: dict[str, float], seconds: float) -> dict[str, Any]:
-        final = result.measurement.point()
-        groups = {g.id: g for g in self.plan.groups}
-        steps = {frozenset(s.reverted): s for s in result.steps}
-        reverted = []
-        for k, gid in enumerate(result.reverted):
-            step = steps.get(frozenset(result.reverted[:k + 1]))
-            reverted.append({"group": gid, "layers": list(groups[gid].layers), "score": result.scores.get(gid),
-                             "drops_after": None if step is None else _drop_intervals(self.targets, step.values)})
-        return {
-            "target_met": result.met,
-            "stop_reason": result.stop_reason,
-            "drop_type": self.p.drop_type,
-            "metrics": {t.name: {"float": float_values[t.name], "final": final[t.name], "drop": t.drop(final[t.name]),
-                                 "allowed_drop": t.allowed, "met": t.met(final[t.name])} for t in self.targets.targets},
-            "groups_quantized": len(self.plan.quantized_groups) - len(result.reverted),
-            "groups_reverted": len(result.reverted),
-            "reverted": reverted,
-            "search": self.p.search,
-            "steps": [{"group": s.group, "score": s.score, "kept": s.kept, "note": s.note, "complete": s.complete,
-                       "drops": _drop_intervals(self.targets, s.values)} for s in result.steps],
-            "rankings": result.rankings,
-            "alternatives": self.alternatives,
-            "base_params": self.base_params,
-            "evaluations": {
-                "full": self.full["evaluations"], "full_stopped_early": self.full["stopped_early"],
-                "full_samples_inferred": self.full["samples"], "subset": self.ranker.counts.evaluations,
-                "subset_samples_inferred": self.ranker.counts.samples,
-                "samples_inferred": self.full["samples"] + self.ranker.counts.samples,
-                "seconds": self.full["seconds"] + self.ranker.counts.seconds},
-            "latency": self._latency(frozenset(result.reverted), LATENCY_SHARE * seconds),
-            "seconds": seconds,
-        }
-
-    def _latency(self, reverted: frozenset, budget_seconds: float) -> dict[str, Any] | None:
-        from aaq.engine.datasets import fetch
-        from aaq.engine.latency import compare_latency
-
+    @staticmethod
+    def _latency(engine: EngineLike, state: PipelineState, budget_seconds: float) -> dict[str, Any] | None:
         try:
-            dims = self.state.float_model.graph.input[0].type.tensor_type.shape.dim
-            fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
-            size = min(fixed or self.engine.batch_size, self.engine.num_samples)
-            inputs, _ = fetch(self.engine.dataset, np.arange(size))
-            # The engine's sessions ran both models already: warm, and no second build.
-            latency = compare_latency(self.engine.session(self.state.float_model),
-                                      self.engine.session(self.build(reverted)), inputs, warmup=1,
-                                      budget_seconds=budget_seconds)
+            latency = latency_on_engine(engine, state.float_model, state.model, budget_seconds)
         except Exception as exc:  # latency is information, never a reason to fail the run
             logger.warning("latency not measured: %s", exc)
             return None
@@ -402,34 +281,7 @@ class _Work:
         return latency.as_dict()
 
 
-def _headline(summary: dict[str, Any]) -> str:
-    """One line for the console: the outcome, what went back to float, and the speed against float."""
-    total = summary["groups_quantized"] + summary["groups_reverted"]
-    layers = [", ".join(r["layers"]) for r in summary["reverted"]]
-    shown = "; ".join(layers[:6]) + (f"; ... ({len(layers) - 6} more)" if len(layers) > 6 else "")
-    outcome = "target met" if summary["target_met"] else f"target NOT met ({summary['stop_reason']})"
-    line = f"{outcome}; {summary['groups_reverted']} of {total} groups reverted to float" + \
-        (f": {shown}" if shown else "")
-    latency = summary.get("latency")
-    if latency:
-        slower = " (SLOWER than float)" if latency["slower_than_float"] else ""
-        line += f"; latency x{latency['ratio']:.2f} of float{slower}"
-    return line
-
-
-def _passed(targets: Targets, m: Measurement) -> bool:
-    """Met for sure: a partial measurement is only returned once its question is decided."""
-    return targets.objective_interval(m.values)[1] <= 0
-
-
-def _drop_intervals(targets: Targets, values: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    out = {}
-    for t in targets.targets:
-        lo, hi = values[t.name]
-        a, b = sorted((t.drop(lo), t.drop(hi)))
-        out[t.name] = a if a == b else [a, b]
-    return out
-
-
-def _drops(targets: Targets, m: Measurement) -> str:
-    return ", ".join(f"{k} {v:+.4f}" for k, v in targets.drops(m.point()).items())
+def _neighbours(plan: Plan) -> dict[Any, list]:
+    """The groups each group borders; groups the plan already leaves in float count as float."""
+    neighbours = group_neighbours(plan.model, {g.id: g.layers for g in plan.groups})
+    return {g: [FLOAT if n in plan.reverted else n for n in ns] for g, ns in neighbours.items()}

@@ -2,27 +2,29 @@
 
 Call order, for the pipeline and for an algorithm that runs another one:
 
-1. ``Algorithm(params)`` only stores the typed params (built from the validated spec).
-2. ``statistics_needs(state)`` declares the statistics ``run`` will read; the
-   pipeline collects what ``state.statistics`` does not hold yet, in one pass.
+1. ``Algorithm(params)`` only stores the typed params (built from the validated spec;
+   ``check_spec`` has already refused what the schema cannot see).
+2. ``statistics_needs(state)`` declares the statistics ``run`` will read; the one
+   collector (``aaq.statistics.collector.fill_statistics``) adds what
+   ``state.statistics`` does not hold yet, one pass per model.
 3. ``run(state, engine)`` returns the next state; it never touches
    ``state.float_model``.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
-from aaq.errors import PluginError
+from aaq.engine.protocol import EngineLike
+from aaq.errors import AaqError, PluginError
 from aaq.params import build_params, check_params_class
 from aaq.registry import Registry
 from aaq.state import AlgorithmRecord, PipelineState, model_digest
-
-if TYPE_CHECKING:
-    from aaq.engine.engine import Engine
-    from aaq.statistics.requests import StatisticsNeeds
+from aaq.statistics.collector import fill_statistics
+from aaq.statistics.requests import StatisticsNeeds
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +34,14 @@ class Algorithm(abc.ABC):
 
     Subclasses set ``Params`` (a dataclass whose fields and defaults equal the
     properties and defaults of ``schema``) and ``schema`` (a JSON Schema object
-    with ``additionalProperties: false``).
+    with ``additionalProperties: false``). ``makes_plan`` says that ``run`` leaves a
+    quantization plan in the state, which AccuracyAwareQuantization needs of its base.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type]
     schema: ClassVar[dict[str, Any]]
+    makes_plan: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -53,16 +57,17 @@ class Algorithm(abc.ABC):
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
         """Problems the schema cannot see (names that must exist elsewhere in ``spec``).
 
-        Returns ``(path inside params, message)`` pairs; runs before any model is loaded.
+        Returns ``(path inside params, message)`` pairs; runs before any model is run,
+        for ``aaq validate`` and ``aaq run`` alike.
         """
         return []
 
-    def statistics_needs(self, state: PipelineState) -> "StatisticsNeeds | None":
-        """The statistics ``run`` reads from ``state.statistics``; ``None`` when it needs none."""
-        return None
+    def statistics_needs(self, state: PipelineState) -> Sequence[StatisticsNeeds]:
+        """The statistics ``run`` reads from ``state.statistics``."""
+        return ()
 
     @abc.abstractmethod
-    def run(self, state: PipelineState, engine: "Engine") -> PipelineState:
+    def run(self, state: PipelineState, engine: EngineLike) -> PipelineState:
         """Do the work and return the next state."""
 
 
@@ -87,31 +92,33 @@ def register_algorithm(name: str):
     return algorithms.decorator(name)
 
 
-def run_algorithm(algorithm: Algorithm, state: PipelineState, engine: "Engine", *,
+def run_algorithm(algorithm: Algorithm, state: PipelineState, engine: EngineLike, *,
                   progress: bool = True) -> PipelineState:
     """Collect what ``algorithm`` declared it needs, run it and record what it did.
 
     Used by the pipeline and by algorithms that run another one first (as
     AccuracyAwareQuantization runs its ``base_algorithm``).
     """
-    from aaq.statistics.collector import collect_statistics
-
     float_digest = model_digest(state.float_model)
     started = time.perf_counter()
-    needs = algorithm.statistics_needs(state)
-    if needs is not None:
-        missing = tuple(r for r in needs.requests if (r, needs.num_samples) not in state.statistics)
-        if missing:
-            logger.info("%s: collecting %d statistics on %d calibration samples",
-                        algorithm.name, len(missing), needs.num_samples)
-            collected = collect_statistics(engine, state.float_model, missing, needs.num_samples,
-                                           progress=progress)
-            state.statistics.update({(r, needs.num_samples): v for r, v in collected.items()})
+    fill_statistics(state.statistics, engine, algorithm.statistics_needs(state), progress=progress,
+                    why=algorithm.name)
     logger.info("%s: running", algorithm.name)
-    new_state = algorithm.run(state, engine)
+    origin = algorithms.source(algorithm.name) if algorithm.name in algorithms else None
+    try:
+        new_state = algorithm.run(state, engine)
+    except (AaqError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if origin == "aaq":
+            raise
+        raise PluginError(f"run() raised {type(exc).__name__}: {exc}", algorithm.name, origin) from exc
+    if not isinstance(new_state, PipelineState):
+        raise PluginError(f"run() returned {type(new_state).__name__}, not the next PipelineState",
+                          algorithm.name, origin)
     if model_digest(new_state.float_model) != float_digest:
         raise PluginError("run() modified state.float_model; an algorithm must work on a copy",
-                          algorithm.name)
+                          algorithm.name, origin)
     seconds = time.perf_counter() - started
     new_state.records.append(
         AlgorithmRecord(algorithm.name, _params_dict(algorithm.params), seconds, dict(algorithm.summary)))
@@ -120,8 +127,6 @@ def run_algorithm(algorithm: Algorithm, state: PipelineState, engine: "Engine", 
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
-    import dataclasses
-
     if dataclasses.is_dataclass(params):
         return dataclasses.asdict(params)
     return dict(params) if isinstance(params, dict) else {"value": repr(params)}

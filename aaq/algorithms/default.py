@@ -1,28 +1,27 @@
 """DefaultQuantization: statistics, ranges, QDQ insertion and bias correction, as POT's algorithm did.
 
-Where preparation happens, and why it is correct: ``statistics_needs`` prepares
-the float model (opset >= 13, BatchNorm folded, see ``quantization.prepare``),
-finds the layers and quantizer sites on the *prepared* model and caches all of
-it on the instance, keyed by the float model's digest. Preparation keeps tensor
-names and values, so the requests it returns name tensors that the user's float
-model computes identically; the pipeline collects them there. The rare tensor a
-preparation step creates (an opset conversion may add nodes) is left out of the
-declared needs and collected by ``run`` on the prepared model itself. ``run``
-builds the plan over the prepared model, corrects biases, and applies the plan.
+``statistics_needs`` prepares the float model (opset >= 13, BatchNorm folded,
+simplified; see ``quantization.prepare``), finds the layers and quantizer sites on
+the *prepared* model and caches all of it on the instance, keyed by the float
+model's digest; the statistics it declares are read on the prepared model, which
+computes every tensor of the layout. ``run`` builds the plan from them, corrects
+biases (measured correction declares a second pass, on a twin of the plan, through
+the same collector) and applies the plan.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.engine.kernels import u8s8_saturates
+from aaq.engine.protocol import EngineLike
 from aaq.errors import ModelError, SpecError
-from aaq.quantization.bias import fast_corrections, fast_requests, measured_corrections
+from aaq.quantization.bias import bias_twin, fast_corrections, fast_requests, measured_corrections
 from aaq.quantization.ignored import resolve_ignored
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan
@@ -31,10 +30,8 @@ from aaq.quantization.presets import QuantConfig, resolve_config
 from aaq.quantization.qdq import apply_plan
 from aaq.spec.schemas import load_schema
 from aaq.state import PipelineState, model_digest
-from aaq.statistics.requests import StatisticRequest, StatisticsNeeds
-
-if TYPE_CHECKING:
-    from aaq.engine.engine import Engine
+from aaq.statistics.collector import fill_statistics
+from aaq.statistics.requests import StatisticsNeeds
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +82,7 @@ class _Setup:
     ignored: dict[str, str]
     layout: Layout
     config: QuantConfig
-    requests: list[StatisticRequest]
+    needs: StatisticsNeeds
 
 
 @register_algorithm("DefaultQuantization")
@@ -94,6 +91,7 @@ class DefaultQuantization(Algorithm):
 
     Params = DefaultQuantizationParams
     schema = _SCHEMA
+    makes_plan = True
 
     def __init__(self, params: DefaultQuantizationParams) -> None:
         super().__init__(params)
@@ -121,23 +119,20 @@ class DefaultQuantization(Algorithm):
         per_tensor = weights.get("granularity", "perchannel") == "pertensor"
         return PER_TENSOR_OPSET if per_tensor else PER_CHANNEL_OPSET
 
-    def statistics_needs(self, state: PipelineState) -> StatisticsNeeds:
-        setup = self._setup(state.float_model)
-        graph = state.float_model.graph
-        known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output}
-        return StatisticsNeeds(tuple(r for r in setup.requests if r.tensor in known),
-                               self.params.stat_subset_size)
+    def statistics_needs(self, state: PipelineState) -> tuple[StatisticsNeeds]:
+        return (self._setup(state.float_model).needs,)
 
-    def run(self, state: PipelineState, engine: "Engine") -> PipelineState:
+    def run(self, state: PipelineState, engine: EngineLike) -> PipelineState:
         setup = self._setup(state.float_model)
-        statistics = self._statistics(state, engine, setup)
+        statistics = state.statistics.values(setup.needs)
         prepared = setup.prepared
         digests = frozenset({prepared.source_digest, model_digest(prepared.model)})
         config = self._config_for(engine, setup)
         plan = build_plan(prepared.model, digests, setup.layout, config, statistics)
-        plan = self._correct_biases(plan, statistics, engine)
+        plan = self._correct_biases(plan, statistics, state, engine)
         model = apply_plan(state.float_model, plan)
         self.summary = self._summary(setup, plan, config)
+        self.summary["calibration_samples"] = int(len(engine.calibration_indices(self.params.stat_subset_size)))
         self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
                                     f"(preset {self.params.preset}); {len(setup.ignored)} ignored; "
                                     f"{self.summary['bias_corrections']} biases corrected"
@@ -164,34 +159,29 @@ class DefaultQuantization(Algorithm):
         requests = activation_requests(layout, config)
         if p.bias_correction and p.use_fast_bias:
             requests += fast_requests(layout, prepared.model)
-        setup = _Setup(prepared, ignored, layout, config, list(dict.fromkeys(requests)))
+        needs = StatisticsNeeds(prepared.model, model_digest(prepared.model), tuple(dict.fromkeys(requests)),
+                                p.stat_subset_size)
+        setup = _Setup(prepared, ignored, layout, config, needs)
         self._setup_cache = (digest, setup)
         return setup
 
-    def _config_for(self, engine: "Engine", setup: _Setup) -> QuantConfig:
+    def _config_for(self, engine: EngineLike, setup: _Setup) -> QuantConfig:
         """The config with ``weights.reduce_range: "auto"`` decided by measuring this machine's kernels."""
         p = self.params
         saturating = p.weights.get("reduce_range", "auto") == "auto" and u8s8_saturates(tuple(engine.providers))
         return resolve_config(p.preset, p.weights, p.activations, saturating_kernels=saturating)
 
-    def _statistics(self, state: PipelineState, engine: "Engine", setup: _Setup) -> dict:
-        """Cached statistics of every request; the ones the pipeline could not collect, on the prepared model."""
-        from aaq.statistics.collector import collect_statistics
-
-        n = self.params.stat_subset_size
-        missing = [r for r in setup.requests if (r, n) not in state.statistics]
-        if missing:
-            logger.info("collecting %d statistics on the prepared model", len(missing))
-            collected = collect_statistics(engine, setup.prepared.model, missing, n)
-            state.statistics.update({(r, n): v for r, v in collected.items()})
-        return {r: state.statistics[(r, n)] for r in setup.requests}
-
-    def _correct_biases(self, plan: Plan, statistics: dict, engine: "Engine") -> Plan:
+    def _correct_biases(self, plan: Plan, statistics: dict, state: PipelineState, engine: EngineLike) -> Plan:
         if not self.params.bias_correction:
             return plan
         if self.params.use_fast_bias:
             return fast_corrections(plan, statistics)
-        return measured_corrections(plan, engine, self.params.stat_subset_size)
+        twin = bias_twin(plan)
+        if twin is None:
+            return plan
+        needs = StatisticsNeeds(twin.model, model_digest(twin.model), twin.requests, self.params.stat_subset_size)
+        fill_statistics(state.statistics, engine, [needs], progress=engine.progress, why="bias correction")
+        return measured_corrections(plan, twin, state.statistics.values(needs))
 
     def _summary(self, setup: _Setup, plan: Plan, config: QuantConfig) -> dict[str, Any]:
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]

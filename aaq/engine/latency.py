@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from aaq.engine.datasets import fetch
+from aaq.engine.protocol import EngineLike
 from aaq.engine.session import model_bytes, session_options
 
 logger = logging.getLogger(__name__)
@@ -98,3 +100,18 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
                                len(times[0]), batch, quartiles)
     logger.debug("latency: %s", result.statement())
     return result
+
+
+def latency_on_engine(engine: EngineLike, reference: onnx.ModelProto, candidate: onnx.ModelProto,
+                      budget_seconds: float) -> LatencyComparison:
+    """Both models on one batch of the engine's data (the model's fixed batch, else ``batch_size``).
+
+    The engine's cached sessions are used: they ran both models already, so they are
+    warm and nothing is built again.
+    """
+    dims = reference.graph.input[0].type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
+    size = min(fixed or engine.batch_size, engine.num_samples)
+    inputs, _ = fetch(engine.dataset, np.arange(size))
+    return compare_latency(engine.session(reference), engine.session(candidate), inputs, warmup=1,
+                           budget_seconds=budget_seconds)

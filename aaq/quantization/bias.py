@@ -8,16 +8,18 @@ bias; the plan keeps the original bias, so reverting a layer restores it.
 * fast (``use_fast_bias``, POT's FastBiasCorrection done in closed form): the
   per-channel mean of the layer's float input, from the one statistics pass, times
   ``Wq - W``. Weight rounding only; padding borders are ignored.
-* measured: one extra pass over a copy of the float model where every layer has
-  a twin that reads the same float input through the layer's activation quantizer
-  and quantized weight, without bias. The shift is the difference of the twins'
-  per-channel output means, so it covers input rounding and borders too, and each
-  layer is measured on float inputs (errors of earlier layers are not corrected twice).
+* measured: one extra statistics pass over ``bias_twin(plan)``, a copy of the float
+  model where every layer has a twin that reads the same float input through the
+  layer's activation quantizer and quantized weight, without bias. The shift is the
+  difference of the twins' per-channel output means, so it covers input rounding and
+  borders too, and each layer is measured on float inputs (errors of earlier layers
+  are not corrected twice). The algorithm runs that pass (nothing here infers).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -26,9 +28,6 @@ from onnx import helper, numpy_helper
 from aaq.quantization.layers import TRANSPARENT_OPS, GraphIndex, Layer, Layout
 from aaq.quantization.plan import BiasCorrection, LayerPlan, Plan
 from aaq.statistics.requests import StatisticRequest
-
-if TYPE_CHECKING:
-    from aaq.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +99,36 @@ def _corrected(layer: LayerPlan, index: GraphIndex, shift: np.ndarray) -> LayerP
     return LayerPlan(layer.layer, layer.weight, layer.quantizers, BiasCorrection(slot, original, corrected))
 
 
-def measured_corrections(plan: Plan, engine: "Engine", num_samples: int, progress: bool = True) -> Plan:
-    """The plan with biases shifted by the measured float-vs-quantized output mean of each layer."""
-    from aaq.statistics.collector import collect_statistics
+@dataclass(frozen=True, eq=False)
+class BiasTwin:
+    """The float model with a bias-free quantized twin of each correctable layer, and what to measure on it."""
 
+    model: onnx.ModelProto
+    layers: tuple[LayerPlan, ...]
+    pairs: dict[str, tuple[StatisticRequest, StatisticRequest]]
+    """Layer name -> (mean of its float output, mean of its twin's output)."""
+
+    @property
+    def requests(self) -> tuple[StatisticRequest, ...]:
+        return tuple(r for pair in self.pairs.values() for r in pair)
+
+
+def bias_twin(plan: Plan) -> BiasTwin | None:
+    """The twin model of ``plan`` (``None`` when no layer can be corrected)."""
     index = GraphIndex(plan.model.graph)
     layers = [plan.layer(spec.name) for spec in correctable((l.layer for l in plan.layers), index, fast=False)]
     if not layers:
-        return plan
+        return None
     model, pairs = _twin_model(plan, layers)
-    requests = [r for pair in pairs.values() for r in pair]
-    stats = collect_statistics(engine, model, requests, num_samples, progress=progress)
+    return BiasTwin(model, tuple(layers), pairs)
+
+
+def measured_corrections(plan: Plan, twin: BiasTwin, stats: Mapping[StatisticRequest, np.ndarray]) -> Plan:
+    """The plan with biases shifted by the measured float-vs-quantized output mean of each layer."""
+    index = GraphIndex(plan.model.graph)
     edited = []
-    for layer in layers:
-        float_request, twin_request = pairs[layer.name]
+    for layer in twin.layers:
+        float_request, twin_request = twin.pairs[layer.name]
         float_mean, twin_mean = stats[float_request], stats[twin_request]
         own_bias = _own_bias_term(layer, index)
         if float_mean.shape != twin_mean.shape or (own_bias is not None and own_bias.shape != float_mean.shape):

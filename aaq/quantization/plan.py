@@ -85,7 +85,9 @@ class Plan:
 
     ``source_digests`` are the digests of the models ``apply_plan`` accepts as the
     float model: the user's model the prepared one was made from, and the prepared
-    one. ``reverted`` holds the ids of groups left in float.
+    one. ``reverted`` holds the ids of groups left in float; ``skipped`` the nodes of
+    the quantized op types that are no layer at all, with the reason (ignored,
+    latency, not float32...), so that the report can say why any node is float.
     """
 
     model: onnx.ModelProto
@@ -94,9 +96,11 @@ class Plan:
     quantizers: Mapping[str, ActivationQuantizer]
     groups: tuple[Group, ...]
     reverted: frozenset[int] = frozenset()
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantizers", MappingProxyType(dict(self.quantizers)))
+        object.__setattr__(self, "skipped", MappingProxyType(dict(self.skipped)))
 
     @cached_property
     def _layers_by_name(self) -> dict[str, LayerPlan]:
@@ -109,15 +113,6 @@ class Plan:
     @property
     def quantized_groups(self) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.id not in self.reverted)
-
-    @property
-    def reverted_groups(self) -> tuple[Group, ...]:
-        return tuple(g for g in self.groups if g.id in self.reverted)
-
-    @property
-    def quantized_layers(self) -> tuple[LayerPlan, ...]:
-        names = {name for group in self.quantized_groups for name in group.layers}
-        return tuple(layer for layer in self.layers if layer.name in names)
 
     def layer(self, name: str) -> LayerPlan:
         try:
@@ -137,11 +132,6 @@ class Plan:
         ids = self._known(group_ids)
         return dataclasses.replace(self, reverted=self.reverted | ids)
 
-    def with_restored(self, group_ids: Iterable[int]) -> "Plan":
-        """A new plan with these groups quantized again (undoes ``with_reverted``)."""
-        ids = self._known(group_ids)
-        return dataclasses.replace(self, reverted=self.reverted - ids)
-
     def with_layers(self, layers: Iterable[LayerPlan]) -> "Plan":
         """A new plan with these layer records replacing the ones of the same name."""
         new = {layer.name: layer for layer in layers}
@@ -157,23 +147,40 @@ class Plan:
             raise KeyError(f"no groups {sorted(unknown)} in the plan (ids 0..{len(self.groups) - 1})")
         return ids
 
-    def describe(self) -> dict[str, Any]:
-        """The plan in JSON-able values, for report.json."""
+    def describe(self, reverted_why: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """The plan in JSON-able values, for report.json: what is int8 with which parameters, what is float and why.
+
+        ``reverted_why`` gives the reason of each reverted group (default: "reverted").
+        """
+        why = dict(reverted_why or {})
+
         def weight(layer: LayerPlan) -> dict[str, Any] | None:
             if layer.weight is None:
                 return None
-            return {"bits": layer.weight.bits, "axis": layer.weight.axis, "scales": int(layer.weight.scale.size)}
+            scales = layer.weight.scale.reshape(-1)
+            return {"bits": layer.weight.bits, "axis": layer.weight.axis, "scales": int(scales.size),
+                    "scale_range": [float(scales.min()), float(scales.max())]}
 
+        float_layers = dict(self.skipped)
+        for g in self.groups:
+            if g.id in self.reverted:
+                float_layers.update({name: why.get(g.id, "reverted") for name in g.layers})
         return {
             "groups": [{"id": g.id, "layers": list(g.layers), "quantizers": list(g.quantizers),
                         "reverted": g.id in self.reverted} for g in self.groups],
-            "layers": [{"name": l.name, "op_type": l.layer.op_type, "weight": weight(l),
+            "layers": [{"name": l.name, "op_type": l.layer.op_type, "group": self.group_of(l.name).id,
+                        "int8": self.group_of(l.name).id not in self.reverted, "weight": weight(l),
                         "bias_corrected": l.bias is not None} for l in self.layers],
             "activations": [{"tensor": q.tensor, "scale": q.scale, "zero_point": q.zero_point,
                              "symmetric": q.symmetric, "range": [q.low, q.high], "output": q.site.output,
+                             "group": self._group_of_tensor(q.tensor),
                              "clamp": None if q.site.clamp is None else [_finite(v) for v in q.site.clamp]}
                             for q in self.quantizers.values()],
+            "float_layers": float_layers,
         }
+
+    def _group_of_tensor(self, tensor: str) -> int | None:
+        return next((g.id for g in self.groups if tensor in g.quantizers), None)
 
 
 def _finite(value: float) -> float | None:
@@ -253,4 +260,5 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
             axis = layer.weight_axis if config.weights.per_channel else None
             weight = quantize_weight(index.weight_array(layer.weight), axis, config.weights)
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
-    return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout))
+    return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout),
+                skipped=layout.skipped)

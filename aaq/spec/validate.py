@@ -1,29 +1,31 @@
-"""Validate a parsed spec, report every fault at once, then resolve it.
+"""Validate a parsed spec, report every fault at once, then resolve it: the one path of ``validate`` and ``run``.
 
 Order: the envelope against ``spec.schema.json``; then each algorithm's params,
 each dataset's and each metric's options against the schema of the plugin named
 there (a lookup by name, not one big ``oneOf``, so an error names the real
 fault). Defaults are filled and relative paths resolved afterwards, on a copy:
-validation never changes what it checks.
+validation never changes what it checks. Last, the checks that need the resolved
+spec but no inference (files exist, names refer to something, each algorithm's
+``check_spec``). ``aaq validate``, ``aaq run`` and ``Pipeline(spec)`` all go through
+``load_spec``, so they refuse the same specs, before any model is run.
 """
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import jsonschema
-
+from aaq.algorithms.base import algorithms
+from aaq.engine.datasets import datasets
+from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
 from aaq.spec.loader import format_path, load_spec_file
+from aaq.spec.schema_tools import Problem, fill_defaults, path_values, resolve_paths, schema_errors
 from aaq.spec.schemas import load_schema
 
 logger = logging.getLogger(__name__)
-
-Problem = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ class Spec:
 
 
 def load_spec(spec: dict[str, Any] | str | Path) -> Spec:
-    """A ``Spec`` from a dict (paths relative to the working directory) or a spec file."""
+    """A checked ``Spec`` from a dict (paths relative to the working directory) or a spec file.
+
+    Raises one ``SpecError`` listing every fault: schema faults first (the later
+    checks need a spec that fits the schema), then the semantic ones.
+    """
     if isinstance(spec, dict):
         return resolve_spec(spec, base_dir=Path.cwd(), source="<spec>")
     path = Path(spec)
@@ -58,30 +64,25 @@ def resolve_spec(raw: dict[str, Any], *, base_dir: Path, source: str) -> Spec:
         resolve_paths(filled, schema, base_dir)
         node.clear()
         node.update(filled)
-    return Spec(resolved, base_dir, source)
+    spec = Spec(resolved, base_dir, source)
+    problems = semantic_problems(spec)
+    if problems:
+        raise SpecError(problems, source)
+    return spec
 
 
 def schema_problems(raw: dict[str, Any]) -> Iterator[Problem]:
     """Every schema violation in ``raw``, envelope first, as ``(json path, message)``."""
-    envelope = load_schema("spec")
-    errors = sorted(jsonschema.Draft202012Validator(envelope).iter_errors(raw), key=_error_order)
-    yield from (describe_error(error, ()) for error in errors)
     for schema, node, prefix in _sections(raw):
-        if not prefix:  # the envelope, checked above
-            continue
-        validator = jsonschema.Draft202012Validator(schema)
-        for error in sorted(validator.iter_errors(node), key=_error_order):
-            yield describe_error(error, prefix)
+        yield from schema_errors(node, schema, prefix)
     yield from _plugin_lookup_problems(raw)
 
 
 def semantic_problems(spec: Spec) -> list[Problem]:
     """Checks beyond the schema that need no inference: files exist, names refer to something."""
-    from aaq.algorithms.base import algorithms
-
     problems: list[Problem] = []
     for schema, node, prefix in _sections(spec.resolved):
-        for path, value in _path_values(node, schema, prefix):
+        for path, value in path_values(node, schema, prefix):
             if not Path(value).exists():
                 problems.append((format_path(path), f"file not found: {value}"))
     names = [m["name"] for m in spec.resolved["engine"]["metrics"]]
@@ -95,71 +96,12 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
-def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
-    """A copy of ``instance`` with the schema's defaults filled in, recursively."""
-    root = root if root is not None else schema
-    schema = _deref(schema, root)
-    if isinstance(instance, dict) and "properties" in schema:
-        out = {}
-        for key, value in instance.items():
-            sub = schema["properties"].get(key)
-            out[key] = fill_defaults(value, sub, root) if sub is not None else copy.deepcopy(value)
-        for key, sub in schema["properties"].items():
-            sub = _deref(sub, root)
-            if key not in out and "default" in sub:
-                out[key] = fill_defaults(copy.deepcopy(sub["default"]), sub, root)
-        return out
-    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        return [fill_defaults(item, schema["items"], root) for item in instance]
-    return copy.deepcopy(instance)
-
-
-def resolve_paths(instance: Any, schema: dict[str, Any], base_dir: Path) -> None:
-    """Make every ``"format": "path"`` string absolute against ``base_dir``, in place."""
-    for path, value in _path_values(instance, schema, ()):
-        parent = instance
-        for part in path[:-1]:
-            parent = parent[part]
-        parent[path[-1]] = str((base_dir / Path(value).expanduser()).resolve())
-
-
-def _path_values(instance: Any, schema: dict[str, Any], prefix: tuple, root: dict | None = None):
-    root = root if root is not None else schema
-    schema = _deref(schema, root)
-    if schema.get("format") == "path" and isinstance(instance, str):
-        yield prefix, instance
-    elif isinstance(instance, dict):
-        for key, sub in schema.get("properties", {}).items():
-            if key in instance:
-                yield from _path_values(instance[key], sub, prefix + (key,), root)
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(instance):
-            yield from _path_values(item, schema["items"], prefix + (i,), root)
-
-
-def _deref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = schema.get("$ref")
-    if not ref:
-        return schema
-    if not ref.startswith("#/"):
-        raise ValueError(f"only local $ref are supported, got {ref!r}")
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    merged = {k: v for k, v in schema.items() if k != "$ref"}
-    return {**_deref(node, root), **merged}
-
-
 def _sections(raw: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any], tuple]]:
     """``(plugin schema, the part of the spec it checks, its JSON path)`` for each plugin named.
 
     Parts whose plugin is unknown, or whose envelope is broken, are skipped: the
     envelope check and ``_plugin_lookup_problems`` report those.
     """
-    from aaq.algorithms.base import algorithms
-    from aaq.engine.datasets import datasets
-    from aaq.engine.metrics import metrics
-
     yield load_schema("spec"), raw, ()
     engine = raw.get("engine") if isinstance(raw.get("engine"), dict) else {}
     for key in ("dataset", "calibration_dataset"):
@@ -202,10 +144,6 @@ def _plugin_view(schema, entry, reserved, prefix):
 
 
 def _plugin_lookup_problems(raw: dict[str, Any]) -> Iterator[Problem]:
-    from aaq.algorithms.base import algorithms
-    from aaq.engine.datasets import datasets
-    from aaq.engine.metrics import metrics
-
     engine = raw.get("engine") if isinstance(raw.get("engine"), dict) else {}
     for key in ("dataset", "calibration_dataset"):
         entry = engine.get(key)
@@ -221,42 +159,3 @@ def _plugin_lookup_problems(raw: dict[str, Any]) -> Iterator[Problem]:
             yield f"compression.algorithms[{i}].name", algorithms.unknown_message(entry["name"])
 
 
-def _error_order(error: jsonschema.ValidationError) -> tuple:
-    return tuple(str(p) for p in error.absolute_path), error.validator
-
-
-def describe_error(error: jsonschema.ValidationError, prefix: tuple = ()) -> Problem:
-    """One sentence for one violation: rule, value given and, where it helps, the fix."""
-    path = format_path(prefix + tuple(error.absolute_path))
-    kind, rule, value = error.validator, error.validator_value, error.instance
-    if kind == "additionalProperties" and isinstance(value, dict):
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in value if k not in allowed]
-        parts = []
-        for key in extra:
-            near = difflib.get_close_matches(key, allowed, n=1)
-            parts.append(f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        return path, "; ".join(parts) + f"; allowed: {', '.join(allowed) or 'none'}"
-    if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return path, f"missing required key {missing!r}"
-    if kind == "type":
-        expected = rule if isinstance(rule, str) else " or ".join(rule)
-        return path, f"must be of type {expected}, got {_short(value)}"
-    if kind in ("enum", "const"):
-        options = rule if kind == "enum" else [rule]
-        return path, f"must be one of {', '.join(map(repr, options))}, got {_short(value)}"
-    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-    if kind in bounds:
-        return path, f"must be {bounds[kind]} {rule}, got {_short(value)}"
-    if kind in ("minItems", "minLength"):
-        return path, f"must have at least {rule} {'item' if kind == 'minItems' else 'character'}" \
-                     f"{'s' if rule != 1 else ''}, got {_short(value)}"
-    if kind in ("maxItems", "maxLength"):
-        return path, f"must have at most {rule}, got {_short(value)}"
-    return path, f"{error.message}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

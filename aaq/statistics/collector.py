@@ -1,5 +1,9 @@
 """Collect activation statistics in one streaming pass over the calibration samples.
 
+``fill_statistics`` is the one way statistics enter a run: algorithms declare
+``StatisticsNeeds`` and it collects, into the run's ``StatisticsCache``, only what the
+cache does not hold, one pass per model and sample count.
+
 Every tensor the requests name is read out of one inference per batch
 (``engine.run(..., outputs=[...])``); each distinct reduction is computed once per
 batch and fed to the aggregators of every request that uses it. Nothing per
@@ -19,7 +23,7 @@ import onnx
 from aaq.errors import DataError, ModelError
 from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
 from aaq.statistics.reducers import REDUCERS, reduce_batch
-from aaq.statistics.requests import StatisticRequest
+from aaq.statistics.requests import StatisticRequest, StatisticsCache, StatisticsNeeds
 
 if TYPE_CHECKING:
     from aaq.engine.engine import Engine
@@ -71,6 +75,23 @@ def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Itera
         raise DataError("no calibration samples to collect statistics on")
     logger.debug("collected %d statistics of %d tensors on %d samples", len(requests), len(tensors), seen)
     return {request: aggregators[request].result() for request in requests}
+
+
+def fill_statistics(cache: StatisticsCache, engine: "Engine", needs: Iterable[StatisticsNeeds], *,
+                    progress: bool = True, why: str = "") -> None:
+    """Collect what ``cache`` lacks of ``needs``: one pass per (model, sample count), all requests at once."""
+    passes: dict[tuple[str, int], tuple[StatisticsNeeds, dict[StatisticRequest, None]]] = {}
+    for need in needs:
+        missing = cache.missing(need)
+        if missing:
+            _, wanted = passes.setdefault((need.model_digest, need.num_samples), (need, {}))
+            wanted.update(dict.fromkeys(missing))
+    for need, wanted in passes.values():
+        used = len(engine.calibration_indices(need.num_samples))
+        logger.info("collecting %d statistics on %d calibration samples%s", len(wanted), used,
+                    f" ({why})" if why else "")
+        collected = collect_statistics(engine, need.model, list(wanted), need.num_samples, progress=progress)
+        cache.put(need, collected)
 
 
 def _reduce(outputs: dict[str, Any], tensor: str, count: int, reducer: str, q: float | None,

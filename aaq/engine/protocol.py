@@ -1,0 +1,55 @@
+"""What an algorithm may use of an engine: the ``Engine`` implements it, and so may a test's or a user's own.
+
+Written down so that algorithm plugins know what they can rely on, and so that the
+statistics pass and the searches can be driven by a small fake in tests.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from aaq.engine.datasets import Dataset
+from aaq.engine.evaluation import Evaluation
+from aaq.engine.metrics import Metric
+
+class EngineLike(Protocol):
+    """Inference, evaluation and the data, as the algorithms see them."""
+
+    dataset: Dataset
+    metrics: list[Metric]
+    batch_size: int
+    progress: bool
+
+    @property
+    def providers(self) -> list[str]:
+        """ONNX Runtime execution providers the sessions use (the kernels a model is measured on)."""
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in ``dataset``."""
+
+    def calibration_indices(self, num_samples: int) -> np.ndarray:
+        """The calibration samples a statistics pass over ``num_samples`` reads."""
+
+    def subset(self, size: int, seed: int, *, among: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """A seeded subset of the dataset's indices."""
+
+    def run(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray, *,
+            outputs: Sequence[str] | None = None, calibration: bool = False,
+            progress_desc: str | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Batches of ``(indices, {tensor: array})``; ``outputs`` may name intermediate tensors."""
+
+    def outputs(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The graph outputs on ``indices``, stacked."""
+
+    def evaluate(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray | None = None, *,
+                 stop: Callable[[Evaluation], bool] | None = None,
+                 progress_desc: str | None = None) -> Evaluation:
+        """Every metric on ``indices`` (default all), cached per sample, stopped early by ``stop``."""
+
+    def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+        """The (cached) session of ``model``, for timing it."""
+
