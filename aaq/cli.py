@@ -41,7 +41,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if record.summary.get("headline"):
             print(f"{record.name}: {record.summary['headline']}")
     for name, m in result.metrics.items():
-        print(f"{name}: float {m.float:.4f}  quantized {m.quantized:.4f}  drop {m.drop:+.4f}")
+        print(m.describe(name))
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
     if not result.target_met:

@@ -9,10 +9,12 @@ from typing import Any
 import onnx
 
 from aaq.algorithms.base import algorithms, run_algorithm
-from aaq.errors import ModelError
+from aaq.engine.engine import Engine
+from aaq.engine.protocol import EngineLike
+from aaq.errors import ModelError, SpecError
 from aaq.report import MetricOutcome, Result
 from aaq.spec.validate import Spec, load_spec
-from aaq.state import PipelineState
+from aaq.state import PipelineState, model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +22,9 @@ logger = logging.getLogger(__name__)
 class Pipeline:
     """Runs the algorithms a spec lists, in order, over one shared state.
 
-    The spec is validated here, before any model is loaded; every algorithm is
-    built from its validated params before the first one runs, so a bad spec
-    costs no inference.
+    The spec is validated here by the same checks as ``aaq validate``, before any
+    model is loaded; every algorithm is built from its validated params before the
+    first one runs, so a bad spec costs no inference.
     """
 
     def __init__(self, spec: dict[str, Any] | str | Path, *, progress: bool = True) -> None:
@@ -33,24 +35,23 @@ class Pipeline:
             for i, entry in enumerate(self.spec.resolved["compression"]["algorithms"])
         ]
 
-    def run(self, model: str | Path | onnx.ModelProto | None = None, engine: Any = None) -> "Result":
+    def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None) -> Result:
         """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec)."""
-        from aaq.engine.engine import Engine
-
         started = time.perf_counter()
         float_model = load_model(model if model is not None else self.spec.resolved["model"]["path"])
         if engine is None:
             engine = Engine.from_spec(self.spec.resolved["engine"], self.spec.base_dir, progress=self.progress)
+        else:
+            _check_engine_metrics(engine, self.spec)
         engine.set_float_model(float_model)
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
         state = PipelineState(float_model=float_model, model=current)
         for algorithm in self.algorithms:
             state = run_algorithm(algorithm, state, engine, progress=self.progress)
-        outcomes = _metric_outcomes(engine, float_model, state.model)
+        outcomes = _metric_outcomes(engine, state)
         for name, outcome in outcomes.items():
-            logger.info("%s: float %.4f, final %.4f, drop %.4f", name, outcome.float, outcome.quantized,
-                        outcome.drop)
+            logger.info("%s", outcome.describe(name))
         if not state.targets_met:
             missed = ", ".join(name for name, met in state.targets.items() if not met)
             logger.warning("accuracy target NOT met (%s); the best model found is returned", missed)
@@ -62,6 +63,7 @@ class Pipeline:
             metrics=outcomes,
             algorithms=state.records,
             evaluations=list(getattr(engine, "history", [])),
+            float_samples_inferred=int(getattr(engine, "inferred_by_model", {}).get(model_digest(float_model), 0)),
             seconds=time.perf_counter() - started,
             spec=self.spec.resolved,
         )
@@ -89,10 +91,34 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _metric_outcomes(engine: Any, float_model: onnx.ModelProto,
-                     final_model: onnx.ModelProto) -> dict[str, MetricOutcome]:
-    """Float and final metric values on the full dataset; the engine's cache makes repeats free."""
-    before = engine.evaluate(float_model)
-    after = engine.evaluate(final_model)
-    return {m.name: MetricOutcome(float(before.values[m.name]), float(after.values[m.name]), m.higher_is_better)
-            for m in engine.metrics}
+def _metric_outcomes(engine: EngineLike, state: PipelineState) -> dict[str, MetricOutcome]:
+    """Each metric of the final model on the full dataset, and its drop against the reference the targets used.
+
+    The float model is measured (served from the engine's cache when an algorithm
+    measured it already) unless the references are the user's ``baseline_value``s:
+    then it is not inferred beyond what the algorithms needed, and metrics that no
+    target watched get no float value.
+    """
+    final = engine.evaluate(state.model)
+    kinds = {ref["kind"] for ref in state.references.values()}
+    measured = None if kinds == {"baseline_value"} else engine.evaluate(state.float_model)
+    outcomes = {}
+    for m in engine.metrics:
+        ref = state.references.get(m.name)
+        value = None if measured is None else float(measured.values[m.name])
+        if ref is not None and ref["kind"] == "baseline_value":
+            reference, kind = float(ref["value"]), "baseline_value"
+        else:
+            reference, kind = value, "measured" if value is not None else "not measured"
+        outcomes[m.name] = MetricOutcome(value, float(final.values[m.name]), m.higher_is_better, reference, kind)
+    return outcomes
+
+
+def _check_engine_metrics(engine: EngineLike, spec: Spec) -> None:
+    """An engine passed to ``run`` must have the metrics the spec's algorithms name (it replaces the spec's)."""
+    given = [m.name for m in engine.metrics]
+    named = [m["name"] for m in spec.resolved["engine"]["metrics"]]
+    if set(given) != set(named):
+        raise SpecError([("engine.metrics", f"the engine given to run() has metrics {given}, the spec names "
+                                            f"{named}: the algorithms' metric names must exist in the engine")],
+                        spec.source)

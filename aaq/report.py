@@ -20,17 +20,37 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class MetricOutcome:
-    """One metric of the float and of the final model, on the full dataset."""
+    """One metric of the final model on the full dataset, and its drop against ``reference``.
 
-    float: float
+    ``float`` is the float model's measured value (``None`` when it was not measured:
+    the user gave ``baseline_value``s); ``reference`` is what the drop is against,
+    ``reference_kind`` says which (``measured``, ``baseline_value``, ``not measured``).
+    """
+
+    float: float | None
     quantized: float
     higher_is_better: bool
+    reference: float | None = None
+    reference_kind: str = "measured"
+
+    def __post_init__(self) -> None:
+        if self.reference is None and self.reference_kind == "measured":
+            self.reference = self.float
 
     @property
-    def drop(self) -> float:
-        """Positive when the final model is worse, whatever the metric's direction."""
-        diff = self.float - self.quantized
+    def drop(self) -> float | None:
+        """Positive when the final model is worse, whatever the metric's direction; ``None`` without a reference."""
+        if self.reference is None:
+            return None
+        diff = self.reference - self.quantized
         return diff if self.higher_is_better else -diff
+
+    def describe(self, name: str) -> str:
+        """One console line: the reference, the final value, the drop."""
+        if self.reference is None:
+            return f"{name}: quantized {self.quantized:.4f} (float not measured: no reference)"
+        label = "float" if self.reference_kind == "measured" else self.reference_kind
+        return f"{name}: {label} {self.reference:.4f}  quantized {self.quantized:.4f}  drop {self.drop:+.4f}"
 
 
 @dataclasses.dataclass
@@ -46,6 +66,7 @@ class Result:
     evaluations: list[Any]
     seconds: float
     spec: dict[str, Any]
+    float_samples_inferred: int = 0
 
     @property
     def model_filename(self) -> str:
@@ -75,6 +96,7 @@ class Result:
                 "seconds": self.seconds,
                 "evaluations": len(evaluations),
                 "samples_inferred": sum(int(e.get("inferred", 0)) for e in evaluations),
+                "float_model_samples_inferred": self.float_samples_inferred,
             },
             "spec": self.spec,
         }

@@ -256,3 +256,74 @@ def test_workers_fall_back_to_this_process_when_a_metric_cannot_travel(files: Pa
         state, summary = run_direct(engine, sensitive_mlp(), {"maximal_drop": 0.05, "workers": 2})
     assert any("parallel ranking failed" in r.getMessage() for r in caplog.records)
     assert state.targets == {"top1": True} and [r["layers"] for r in summary["reverted"]] == [["g2"]]
+
+
+def test_with_every_baseline_given_the_float_model_runs_on_the_comparison_subset_only(files: Path) -> None:
+    result, summary = run(files, {"metrics": [{"name": "top1", "baseline_value": 1.0}],
+                                  "metric_subset_ratio": 0.25, "ranking_subset_size": 16})
+    report = result.report()
+    assert 0 < report["totals"]["float_model_samples_inferred"] <= 64  # 25% of 256, the closing summary included
+    assert result.metrics["top1"].float is None and result.metrics["top1"].reference_kind == "baseline_value"
+    assert summary["metrics"]["top1"]["reference_kind"] == "baseline_value"
+
+
+def test_a_wrong_baseline_value_never_makes_the_report_contradict_itself(files: Path) -> None:
+    # the float model's real top-1 is 1.0; with a baseline of 0.9 a drop of up to 0.15 looks fine
+    result, summary = run(files, {"metrics": [{"name": "top1", "baseline_value": 0.9}], "maximal_drop": 0.05})
+    outcome = result.metrics["top1"]
+    assert outcome.reference == 0.9 and outcome.reference_kind == "baseline_value"
+    assert result.target_met == (outcome.drop <= 0.05)
+    assert summary["metrics"]["top1"]["drop"] == pytest.approx(outcome.drop)
+    assert result.report()["metrics"]["top1"]["reference_kind"] == "baseline_value"
+
+
+def test_a_base_algorithm_that_makes_no_plan_is_a_spec_error(files: Path) -> None:
+    import plugins  # noqa: F401  (registers TagModel)
+
+    with pytest.raises(SpecError, match="base_algorithm: TagModel makes no quantization plan"):
+        Pipeline(spec_for(files, {"base_algorithm": "TagModel"}, alone=True), progress=False)
+
+
+def test_the_report_keeps_every_ranking_what_alternatives_had_to_beat_and_the_final_plan(files: Path) -> None:
+    result, summary = run(files, {"tune_hyperparams": True, "maximal_drop": 0.0})
+    assert summary["rankings"], "at least one ranking was made"
+    for ranking in summary["rankings"]:
+        assert ranking["subset_size"] >= 1 and ranking["metric"] == "top1"
+        assert [s["score"] for s in ranking["scores"]] and all("group" in s for s in ranking["scores"])
+    tried = summary["alternatives"]["tune_hyperparams"]["tried"]
+    assert tried and all("to_beat" in t and "subset_score" in t for t in tried)
+    plan = summary["plan"]
+    reverted = {r["group"] for r in summary["reverted"]}
+    assert {g["id"] for g in plan["groups"] if g["reverted"]} == reverted
+    for group in summary["reverted"]:
+        for layer in group["layers"]:
+            assert "reverted by AccuracyAwareQuantization" in plan["float_layers"][layer]
+    assert all("scale" in a and "zero_point" in a for a in plan["activations"])
+
+
+def test_greedy_retries_a_rolled_back_group_after_the_model_changed(tmp_path: Path) -> None:
+    """The tiny conv net with no drop allowed and a one-sample ranking: a rollback must not end the search."""
+    from models import conv_net
+
+    onnx.save(conv_net(), str(tmp_path / "model.onnx"))
+    x, y = labeled_data(conv_net, n=256)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    outcomes = {}
+    for rollback in (True, False):
+        result, summary = run(tmp_path, {"maximal_drop": 0.0, "ranking_subset_size": 1,
+                                         "use_prev_if_drop_increase": rollback})
+        outcomes[rollback] = result.target_met
+        rolled = [k for k, s in enumerate(summary["steps"]) if not s["kept"]]
+        for k in rolled:  # every rolled-back group came back once a later revert was kept
+            later_kept = [s for s in summary["steps"][k + 1:] if s["kept"]]
+            if later_kept and not result.target_met:
+                assert any(s["group"] == summary["steps"][k]["group"] for s in summary["steps"][k + 1:])
+        assert summary["stop_reason"] != "no group left to revert" or not rolled
+    assert outcomes == {True: True, False: True}
+
+
+def test_the_calibration_log_says_how_many_samples_were_used(files: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="aaq"):
+        run(files, dq={"stat_subset_size": 300})
+    lines = [r.getMessage() for r in caplog.records if "calibration samples" in r.getMessage()]
+    assert lines and all("on 256 calibration samples" in line for line in lines)

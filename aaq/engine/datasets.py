@@ -167,7 +167,7 @@ class NpzDataset(ArrayDataset):
         "additionalProperties": False,
         "required": ["path", "inputs"],
         "properties": {
-            "path": {"type": "string", "description": "the .npz file, relative to the spec"},
+            "path": {"type": "string", "format": "path", "description": "the .npz file, relative to the spec"},
             "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"},
                        "description": "model input name -> array key; first axis = samples"},
             "labels": {"type": ["string", "null"], "default": None, "description": "array key of the labels"},

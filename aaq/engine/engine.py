@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -62,6 +62,8 @@ class Engine:
         self.progress = progress
         self.history: list[EvaluationRecord] = []
         self.session_runs = 0
+        self.inferred_by_model: Counter[str] = Counter()
+        """Samples of ``dataset`` run through each model (by digest), by evaluations and raw runs alike."""
         self._size = len(dataset)
         self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level, allow_spinning),
                                       providers, session_cache_size)
@@ -139,10 +141,6 @@ class Engine:
             self._float = (data, digest)
             self._reference = OutputStore(self._size)
 
-    @property
-    def float_digest(self) -> str | None:
-        return None if self._float is None else self._float[1]
-
     # ------------------------------------------------------------------ raw inference
 
     def run(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray, *,
@@ -157,6 +155,7 @@ class Engine:
         dataset, what = (self._calibration(), "calibration dataset") if calibration else (self.dataset, "dataset")
         idx = self._indices(indices, len(dataset), what)
         data, digest = model_bytes(model)
+        source_digest = digest  # the model asked for, not its copy with more outputs
         if outputs is None:
             entry = self._session(data, digest, dataset, what)
             names: Sequence[str] = entry.output_names
@@ -170,6 +169,8 @@ class Engine:
         def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
             with self._bar(len(idx), progress_desc or "inference") as bar:
                 for bidx, out, _ in self._infer(entry, dataset, idx, names, finite):
+                    if not calibration:
+                        self.inferred_by_model[source_digest] += len(bidx)
                     bar.update(len(bidx))
                     yield bidx, out
                     del out  # see _infer: keep at most one batch of outputs alive
@@ -305,6 +306,7 @@ class Engine:
                                     f"{len(bidx)} samples (one per sample expected)", int(bidx[0]))
                 cache.put(metric, bidx, np.asarray(entries, np.float64) if metric.per_sample else entries)
             cache.have[bidx] = True
+            self.inferred_by_model[digest] += len(bidx)
             yield len(bidx)
 
     def _infer(self, entry: SessionEntry, dataset: Dataset, indices: np.ndarray, names: Sequence[str],
