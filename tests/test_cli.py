@@ -13,7 +13,7 @@ import pytest
 
 import plugins  # noqa: F401  (registers TagModel, DeclareTarget)
 from aaq.cli import main
-from test_spec import TINY, base_spec
+from helpers import TINY, base_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from aaq.algorithms import algorithms
@@ -17,26 +16,10 @@ from aaq.algorithms.default import DefaultQuantization
 from aaq.errors import ModelError, SpecError
 from aaq.params import check_params_class
 from aaq.state import PipelineState
+from helpers import FakeEngine, all_outputs, images, quantize, run
 from models import ModelBuilder, conv_net, mlp
-from test_statistics import FakeEngine, all_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def quantize(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 16, **params):
-    """Run DefaultQuantization through ``run_algorithm`` as the pipeline does; returns (state, algorithm)."""
-    algorithm = DefaultQuantization(DefaultQuantization.Params(**params))
-    state = PipelineState(float_model=model, model=model)
-    return run_algorithm(algorithm, state, FakeEngine(x, batch_size), progress=False), algorithm
-
-
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {model.graph.input[0].name: x})[0]
-
-
-def images(n: int = 64, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
 
 
 def test_registered_with_params_mirroring_the_schema() -> None:

@@ -8,7 +8,7 @@ import pytest
 import aaq.algorithms.default as default_module
 from aaq.engine.kernels import _probe_model, u8s8_saturates
 from models import conv_net
-from test_default_quantization import images, quantize
+from helpers import images, quantize
 
 
 def _probe_error(weight_value: int) -> float:

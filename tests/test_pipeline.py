@@ -11,7 +11,7 @@ import pytest
 import plugins  # noqa: F401
 from aaq import Algorithm, Pipeline, PluginError, register_algorithm
 from aaq.engine.engine import Engine
-from test_spec import TINY, base_spec
+from helpers import TINY, base_spec
 
 
 @register_algorithm("TouchFloatModel")

@@ -18,7 +18,7 @@ from onnx import helper
 from aaq.quantization.layers import GraphIndex, find_layout
 from aaq.quantization.prepare import prepare_model
 from models import ModelBuilder
-from test_default_quantization import quantize, run
+from helpers import quantize, run
 
 
 def optimized(model: onnx.ModelProto) -> onnx.GraphProto:

@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from aaq.quantization.layers import DEFAULT_OPS, find_layout
 from aaq.quantization.qdq import apply_plan
 from models import ModelBuilder, conv_net
-from test_default_quantization import images, quantize, run
-from test_statistics import all_outputs
+from helpers import images, quantize, run
+from helpers import all_outputs
 
 
 def branchy(seed: int = 0) -> onnx.ModelProto:

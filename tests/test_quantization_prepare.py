@@ -10,7 +10,7 @@ from aaq.errors import ModelError, SpecError
 from aaq.quantization.ignored import resolve_ignored
 from aaq.quantization.prepare import prepare_model
 from models import ModelBuilder, conv_net
-from test_default_quantization import images, quantize, run
+from helpers import images, quantize, run
 
 
 def conv_bn_net(opset: int = 11, seed: int = 0) -> onnx.ModelProto:

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from aaq.quantization.qdq import apply_plan
 from models import ModelBuilder, conv_net, mlp
-from test_default_quantization import images, quantize, run
+from helpers import images, quantize, run
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -13,20 +13,7 @@ from aaq import Algorithm, PluginError, SpecError, register_algorithm
 from aaq.spec.loader import parse_spec_text, strip_comments
 from aaq.spec.schema_tools import fill_defaults
 from aaq.spec.validate import load_spec
-
-TINY = Path(__file__).resolve().parents[1] / "samples" / "tiny"
-
-
-def base_spec() -> dict:
-    return {
-        "model": {"path": str(TINY / "model.onnx")},
-        "engine": {
-            "dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"}, "labels": "y"},
-            "metrics": [{"name": "top1", "type": "accuracy"}],
-        },
-        "compression": {"algorithms": [{"name": "TagModel", "params": {"value": "v"}}]},
-    }
-
+from helpers import TINY, base_spec
 
 def _with(path: str, value, spec=None):
     spec = copy.deepcopy(spec or base_spec())

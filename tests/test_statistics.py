@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
@@ -11,47 +10,10 @@ from aaq.statistics.aggregators import MedianAggregator, make_aggregator
 from aaq.statistics.collector import collect_statistics
 from aaq.statistics.reducers import reduce_batch
 from aaq.statistics.requests import StatisticRequest
+from helpers import FakeEngine, all_outputs
 from models import conv_net, mlp
 
 ort.set_default_logger_severity(3)
-
-
-class FakeEngine:
-    """The part of the Engine the statistics pass uses, on onnxruntime: ``run`` and ``calibration_indices``.
-
-    ``calls`` records the outputs of every ``run``, to check that one pass serves all requests.
-    """
-
-    providers = ("CPUExecutionProvider",)
-    progress = False
-
-    def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
-        self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}
-        self.batch_size = batch_size
-        self.calls: list[list[str]] = []
-
-    def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
-
-    def calibration_indices(self, n: int) -> np.ndarray:
-        return np.arange(min(n, len(self)))
-
-    def run(self, model, indices, *, outputs, calibration=True, progress_desc=None):
-        self.calls.append(list(outputs))
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        present = {o.name for o in copy.graph.output}
-        copy.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs if t not in present)
-        session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
-        for start in range(0, len(indices), self.batch_size):
-            batch = np.asarray(indices[start:start + self.batch_size])
-            feed = {name: value[batch] for name, value in self.inputs.items()}
-            yield batch, dict(zip(outputs, session.run(list(outputs), feed)))
-
-
-def all_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """Every named tensor for the whole of ``x`` at once: the direct computation to compare with."""
-    return next(FakeEngine(x, batch_size=len(x)).run(model, np.arange(len(x)), outputs=names))[1]
 
 
 def numpy_statistic(values: np.ndarray, request: StatisticRequest) -> np.ndarray:

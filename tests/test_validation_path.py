@@ -10,7 +10,7 @@ import pytest
 
 import plugins  # noqa: F401  (registers TagModel)
 from aaq.cli import main
-from test_spec import TINY
+from helpers import TINY
 
 DQ, AAQ = "DefaultQuantization", "AccuracyAwareQuantization"
 

@@ -1,0 +1,79 @@
+"""Helpers the test modules share: the tiny sample's spec, a fake engine, running models and quantizing them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from aaq.algorithms.base import run_algorithm
+from aaq.algorithms.default import DefaultQuantization
+from aaq.state import PipelineState
+
+TINY = Path(__file__).resolve().parents[1] / "samples" / "tiny"
+
+
+def base_spec() -> dict:
+    return {
+        "model": {"path": str(TINY / "model.onnx")},
+        "engine": {
+            "dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"}, "labels": "y"},
+            "metrics": [{"name": "top1", "type": "accuracy"}],
+        },
+        "compression": {"algorithms": [{"name": "TagModel", "params": {"value": "v"}}]},
+    }
+
+
+class FakeEngine:
+    """The part of the Engine the statistics pass uses, on onnxruntime: ``run`` and ``calibration_indices``.
+
+    ``calls`` records the outputs of every ``run``, to check that one pass serves all requests.
+    """
+
+    providers = ("CPUExecutionProvider",)
+    progress = False
+
+    def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
+        self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}
+        self.batch_size = batch_size
+        self.calls: list[list[str]] = []
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def calibration_indices(self, n: int) -> np.ndarray:
+        return np.arange(min(n, len(self)))
+
+    def run(self, model, indices, *, outputs, calibration=True, progress_desc=None):
+        self.calls.append(list(outputs))
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        present = {o.name for o in copy.graph.output}
+        copy.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs if t not in present)
+        session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+        for start in range(0, len(indices), self.batch_size):
+            batch = np.asarray(indices[start:start + self.batch_size])
+            feed = {name: value[batch] for name, value in self.inputs.items()}
+            yield batch, dict(zip(outputs, session.run(list(outputs), feed)))
+
+
+def all_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Every named tensor for the whole of ``x`` at once: the direct computation to compare with."""
+    return next(FakeEngine(x, batch_size=len(x)).run(model, np.arange(len(x)), outputs=names))[1]
+
+
+def quantize(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 16, **params):
+    """Run DefaultQuantization through ``run_algorithm`` as the pipeline does; returns (state, algorithm)."""
+    algorithm = DefaultQuantization(DefaultQuantization.Params(**params))
+    state = PipelineState(float_model=model, model=model)
+    return run_algorithm(algorithm, state, FakeEngine(x, batch_size), progress=False), algorithm
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {model.graph.input[0].name: x})[0]
+
+
+def images(n: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
