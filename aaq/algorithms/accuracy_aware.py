@@ -26,10 +26,11 @@ import onnx
 
 from aaq.accuracy.alternatives import merge_params, mixed_preset_stages, tuning_stages
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop, score_bounds
-from aaq.accuracy.ranking import FLOAT, GroupRanker, group_neighbours
+from aaq.accuracy.ranking import FLOAT, GroupRanker
 from aaq.accuracy.search import Measurement, SearchResult, bisection_search, greedy_search
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
 from aaq.errors import SpecError
+from aaq.quantization.graph import group_neighbours
 from aaq.quantization.qdq import apply_plan
 from aaq.spec.schemas import load_schema
 from aaq.state import PipelineState

@@ -9,6 +9,9 @@ was built, which is what their matching wants.
 Node names are keys of ``nodes`` and ``order`` and of the ``readers`` edges, so those
 need unique names (``prepare`` gives every node one); ``producer``, ``reader_nodes``
 and ``sole_reader`` do not, and work on a user's model as it comes.
+
+``group_neighbours`` walks the graph the way ONNX Runtime's QDQ fusion groups it
+into INT8 regions; the accuracy search orders its candidates by that.
 """
 from __future__ import annotations
 
@@ -17,6 +20,17 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+FLOAT = "<float>"
+"""A neighbour of a group that runs in float: a float op, a graph input or a graph output."""
+
+INT8_REGION_OPS = frozenset({"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                             "Identity", "Split", "Slice", "Pad", "Resize", "DepthToSpace", "SpaceToDepth"})
+"""Ops that run inside an INT8 region in ONNX Runtime's QDQ fusion (no dequantize needed around them).
+
+Walking through them finds a group's neighbours; any other op that is not a layer runs in float.
+"""
+
 
 class GraphIndex:
     """Producers, readers, initializers and constants of a graph, looked up by tensor or node name."""
@@ -189,3 +203,40 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
         del graph.initializer[:]
         graph.initializer.extend(kept)
 
+
+def group_neighbours(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """For each group, the groups (or ``FLOAT`` for a float op, graph input or output) it borders.
+
+    ``model`` is the float graph whose node names the groups use. The walk passes
+    through ``INT8_REGION_OPS`` that belong to no group, up the inputs and down the
+    outputs; one entry per border crossed.
+    """
+    owner = {node: gid for gid, nodes in groups.items() for node in nodes}
+    index = GraphIndex(model.graph)
+    result: dict[str, list[str]] = {}
+    for gid, nodes in groups.items():
+        found: list[str] = []
+        seen = set(nodes)
+        stack = [(index.nodes[n], d) for n in nodes if n in index.nodes for d in ("up", "down")]
+        while stack:
+            node, direction = stack.pop()
+            if direction == "up":
+                inputs = [t for t in node.input if t and t not in index.initializers]
+                nxt = [index.producer.get(t) for t in inputs]
+                ends = sum(1 for t in inputs if t not in index.producer)
+            else:
+                nxt = [r for t in node.output if t for r in index.reader_nodes(t)]
+                ends = sum(1 for t in node.output if t in index.graph_outputs)
+            found += [FLOAT] * ends
+            for other in nxt:
+                if other is None or other.name in seen:
+                    continue
+                seen.add(other.name)
+                if other.name in owner:
+                    found.append(owner[other.name])
+                elif other.op_type in INT8_REGION_OPS:
+                    stack.append((other, direction))
+                else:
+                    found.append(FLOAT)
+        result[gid] = found
+    return result
