@@ -23,6 +23,7 @@ from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.engine.kernels import u8s8_saturates
 from aaq.errors import ModelError, SpecError
 from aaq.quantization.bias import fast_corrections, fast_requests, measured_corrections
+from aaq.quantization.graph import GraphIndex
 from aaq.quantization.ignored import resolve_ignored
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan
@@ -123,8 +124,7 @@ class DefaultQuantization(Algorithm):
 
     def statistics_needs(self, state: PipelineState) -> StatisticsNeeds:
         setup = self._setup(state.float_model)
-        graph = state.float_model.graph
-        known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output}
+        known = GraphIndex(state.float_model.graph).fetchable
         return StatisticsNeeds(tuple(r for r in setup.requests if r.tensor in known),
                                self.params.stat_subset_size)
 
