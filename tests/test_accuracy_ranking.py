@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from aaq.accuracy.ranking import FLOAT, boundary_change, group_neighbours, hardest, order_scores, output_distance
+from aaq.accuracy.ranking import boundary_change, hardest, order_scores, output_distance
 from aaq.engine import ArrayDataset, Engine
 from aaq.engine.latency import MIN_RUNS, LatencyComparison, compare_latency
+from aaq.quantization.graph import FLOAT, group_neighbours
 from models import ModelBuilder, conv_net, mlp
 
 
@@ -121,7 +122,7 @@ def test_wide_metric_bounds_do_not_let_the_boundary_tiebreak_override_scores() -
 
     import numpy as np
 
-    from aaq.accuracy.ranking import FLOAT, GroupRanker
+    from aaq.accuracy.ranking import GroupRanker
     from aaq.engine.metrics import Metric
 
     class Wide(Metric):

@@ -1,7 +1,7 @@
 """What makes a quantized model fast in ONNX Runtime: structural properties of the optimized graphs.
 
 Timings are in the docstrings where each choice is made (``layers.slower_in_int8``,
-``layers.consumer_clamp``, ``simplify``); these tests check the graph properties the
+``clamps.consumer_clamp``, ``simplify``); these tests check the graph properties the
 choices rely on, on tiny models built in code, with ORT's portable optimization
 level (no hardware-specific NCHWc nodes).
 """
@@ -15,7 +15,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from aaq.quantization.layers import GraphIndex, find_layout
+from aaq.quantization.graph import GraphIndex
+from aaq.quantization.layers import find_layout
 from aaq.quantization.prepare import prepare_model
 from models import ModelBuilder
 from helpers import quantize, run
@@ -187,12 +188,12 @@ def test_a_float_bias_fuses_like_an_int32_bias_behind_a_dequantize() -> None:
     state, _ = quantize(model, x)
     index = GraphIndex(state.model.graph)
     convs = [n for n in state.model.graph.node if n.op_type == "Conv"]
-    assert all(index.is_constant(n.input[2]) for n in convs)  # float initializers, no DequantizeLinear
+    assert all(index.is_initializer(n.input[2]) for n in convs)  # float initializers, no DequantizeLinear
     assert not [n for n in optimized(state.model).node if n.op_type in ("Conv", "FusedConv")]
 
 
 def test_clip_and_hardsigmoid_readers_clamp_the_output_quantizer() -> None:
-    from aaq.quantization.layers import consumer_clamp
+    from aaq.quantization.clamps import consumer_clamp
 
     mb = ModelBuilder(0)
     x = mb.add_input("x", ["N", 4])

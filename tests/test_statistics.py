@@ -5,6 +5,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from aaq.engine import ArrayDataset, Engine
 from aaq.errors import ModelError
 from aaq.statistics.aggregators import MedianAggregator, make_aggregator
 from aaq.statistics.collector import collect_statistics
@@ -93,9 +94,11 @@ def test_one_inference_pass_with_each_tensor_requested_once() -> None:
 
 
 def test_a_tensor_the_model_lacks_is_named_with_the_nearest_ones() -> None:
-    engine = FakeEngine(np.zeros((2, 16), np.float32))
+    """The engine's check (``Engine.run``) is the one check, before any inference."""
+    engine = Engine(ArrayDataset({"x": np.zeros((2, 16), np.float32)}), [], progress=False)
     with pytest.raises(ModelError, match=r"'mm1_ou'.*nearest: 'mm1_out'"):
         collect_statistics(engine, mlp(), [StatisticRequest("mm1_ou", "max", "max")], 2, progress=False)
+    assert engine.session_runs == 0
 
 
 def test_a_merged_batch_axis_is_reduced_per_sample() -> None:

@@ -12,7 +12,9 @@ or minus the normalised MSE between its outputs and the float model's.
 Candidates whose scores differ by less than the noise (one sample's worth of a
 bounded metric, 1% of the best output distance) are ordered by how their revert changes
 the number of INT8/float boundaries: a group next to layers already in float keeps
-the INT8 regions whole, which ONNX Runtime runs faster.
+the INT8 regions whole, which ONNX Runtime runs faster. Which groups border which
+(``quantization.graph.group_neighbours``) is given to the ranker: this module never
+reads the structure of a graph.
 """
 from __future__ import annotations
 
@@ -31,14 +33,10 @@ import numpy as np
 import onnx
 
 from aaq.accuracy.drops import score_bounds
+from aaq.quantization.graph import FLOAT
 
 logger = logging.getLogger(__name__)
 
-# Ops that run inside an INT8 region in ONNX Runtime's QDQ fusion (no dequantize needed around them):
-# walking through them finds a group's neighbours. Any other op that is not a layer runs in float.
-TRANSPARENT_OPS = frozenset({"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-                             "Identity", "Split", "Slice", "Pad", "Resize", "DepthToSpace", "SpaceToDepth"})
-FLOAT = "<float>"
 _DISTANCE_TIE = 0.01
 UNCHANGED_SHARE = 0.25  # samples on which both models agree, per changed sample, kept in a ranking subset
 
@@ -77,51 +75,6 @@ def hardest(indices: np.ndarray, loss: np.ndarray, size: int, seed: int) -> np.n
     extra = min(size - len(picked), int(np.ceil(UNCHANGED_SHARE * len(picked))))
     unchanged = same[np.argsort(tiebreak[same], kind="stable")][:max(extra, 0)]
     return np.sort(idx[np.concatenate([picked, unchanged])])
-
-
-def group_neighbours(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """For each group, the groups (or ``FLOAT`` for a float op, graph input or output) it borders.
-
-    ``model`` is the float graph whose node names the groups use. The walk passes
-    through ``TRANSPARENT_OPS`` that belong to no group, up the inputs and down the
-    outputs; one entry per border crossed.
-    """
-    owner = {node: gid for gid, nodes in groups.items() for node in nodes}
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    constants = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    by_name = {n.name: n for n in graph.node}
-    result: dict[str, list[str]] = {}
-    for gid, nodes in groups.items():
-        found: list[str] = []
-        seen = set(nodes)
-        stack = [(by_name[n], d) for n in nodes if n in by_name for d in ("up", "down")]
-        while stack:
-            node, direction = stack.pop()
-            if direction == "up":
-                nxt = [producer.get(t) for t in node.input if t and t not in constants]
-                ends = sum(1 for t in node.input if t and t not in constants and t not in producer)
-            else:
-                nxt = [r for t in node.output for r in readers.get(t, [])]
-                ends = sum(1 for t in node.output if t in outputs)
-            found += [FLOAT] * ends
-            for other in nxt:
-                if other is None or other.name in seen:
-                    continue
-                seen.add(other.name)
-                if other.name in owner:
-                    found.append(owner[other.name])
-                elif other.op_type in TRANSPARENT_OPS:
-                    stack.append((other, direction))
-                else:
-                    found.append(FLOAT)
-        result[gid] = found
-    return result
 
 
 def boundary_change(group: str, reverted: frozenset, neighbours: Mapping[str, Sequence[str]]) -> int:

@@ -28,7 +28,7 @@ from aaq.accuracy.alternatives import (Alternative, Stage, merge_params, mixed_p
                                        tuning_stages)
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop, score_bounds
 from aaq.accuracy.evaluator import PlanEvaluator
-from aaq.accuracy.ranking import FLOAT, GroupRanker, group_neighbours
+from aaq.accuracy.ranking import GroupRanker
 from aaq.accuracy.search import SEARCHES, SearchResult
 from aaq.accuracy.summary import drops_text, headline, search_summary
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
@@ -37,6 +37,7 @@ from aaq.engine.latency import latency_on_engine
 from aaq.engine.protocol import EngineLike
 from aaq.errors import SpecError
 from aaq.quantization.candidates import CandidateModels
+from aaq.quantization.graph import FLOAT, group_neighbours
 from aaq.quantization.plan import Plan
 from aaq.spec.schema_tools import fill_defaults, schema_errors
 from aaq.spec.schemas import load_schema

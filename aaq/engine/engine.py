@@ -11,6 +11,7 @@ outputs that store would be the biggest thing in memory.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -28,6 +29,7 @@ from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, Sc
 from aaq.engine.metrics import Metric, metric_from_spec
 from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
 from aaq.errors import BadInputError, DataError, ModelError, SpecError
+from aaq.quantization.graph import GraphIndex
 
 logger = logging.getLogger(__name__)
 
@@ -371,13 +373,15 @@ class Engine:
         model = onnx.load_from_string(data)
         graph = model.graph
         graph_outputs = {o.name for o in graph.output}
-        known = {t for node in graph.node for t in node.output} | {i.name for i in graph.input}
+        known = GraphIndex(graph).fetchable
         present = set(graph_outputs)
         for name in names:
             if name in present:
                 continue
             if name not in known:
-                raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input)")
+                near = difflib.get_close_matches(name, sorted(known), n=3)
+                hint = f"; nearest: {', '.join(map(repr, near))}" if near else ""
+                raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input{hint})")
             graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
         if present == graph_outputs:

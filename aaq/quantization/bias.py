@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from aaq.quantization.layers import TRANSPARENT_OPS, GraphIndex, Layer, Layout
+from aaq.quantization.graph import GraphIndex
+from aaq.quantization.layers import COMMUTING_OPS, Layer, Layout
 from aaq.quantization.plan import BiasCorrection, LayerPlan, Plan
 from aaq.statistics.requests import StatisticRequest
 
@@ -66,7 +67,7 @@ def fast_corrections(plan: Plan, statistics: Mapping[StatisticRequest, np.ndarra
     for spec in correctable((layer.layer for layer in plan.layers), index, fast=True):
         layer = plan.layer(spec.name)
         mean = np.asarray(statistics[_input_mean(layer.layer, index)], dtype=np.float64)
-        weight = index.weight_array(layer.layer.weight).astype(np.float64)
+        weight = index.initializer_array(layer.layer.weight).astype(np.float64)
         delta = layer.weight.dequantize().astype(np.float64) - weight
         shift = _shift(layer.layer, index.nodes[layer.name], delta, mean)
         if shift is not None:
@@ -93,7 +94,7 @@ def _shift(layer: Layer, node: onnx.NodeProto, delta: np.ndarray, mean: np.ndarr
 
 def _corrected(layer: LayerPlan, index: GraphIndex, shift: np.ndarray) -> LayerPlan:
     slot = layer.layer.bias
-    original = None if slot.initializer is None else index.weight_array(slot.initializer).astype(np.float32)
+    original = None if slot.initializer is None else index.initializer_array(slot.initializer).astype(np.float32)
     base = np.zeros(shift.shape, np.float64) if original is None else original.astype(np.float64)
     corrected = (base - shift / slot.beta).astype(np.float32)
     return LayerPlan(layer.layer, layer.weight, layer.quantizers, BiasCorrection(slot, original, corrected))
@@ -143,7 +144,7 @@ def _own_bias_term(layer: LayerPlan, index: GraphIndex) -> np.ndarray | None:
     slot = layer.layer.bias
     if slot.node != layer.name or slot.initializer is None:
         return None
-    return slot.beta * index.weight_array(slot.initializer).astype(np.float64)
+    return slot.beta * index.initializer_array(slot.initializer).astype(np.float64)
 
 
 def _twin_model(plan: Plan, layers: list[LayerPlan]) -> tuple[onnx.ModelProto, dict]:
@@ -188,7 +189,7 @@ def _quantizer_above(plan: Plan, index: GraphIndex, tensor: str):
     """The quantizer serving ``tensor`` from above, through the ops it was moved across."""
     while tensor not in plan.quantizers:
         producer = index.producer.get(tensor)
-        if producer is None or producer.op_type not in TRANSPARENT_OPS or not producer.input:
+        if producer is None or producer.op_type not in COMMUTING_OPS or not producer.input:
             return None
         tensor = producer.input[0]
     return plan.quantizers[tensor]

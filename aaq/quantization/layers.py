@@ -20,7 +20,7 @@ quantizers. Placement rules, all measured on ONNX Runtime's optimized graphs:
 * one tensor quantized for several layers is one quantizer, so those layers form
   one group (see ``plan.make_groups``);
 * an output quantizer whose readers are all flat outside a range (hard-swish below
-  -3, HardSigmoid, Clip) covers only that range (``consumer_clamp``);
+  -3, HardSigmoid, Clip) covers only that range (``clamps.consumer_clamp``);
 * latency-aware layouts leave in float the layers ORT runs slower in int8
   (``slower_in_int8``: small depthwise convs, convs on 1x1 images) and keep their
   neighbours' integer kernels; a Conv between a DequantizeLinear and a QuantizeLinear
@@ -39,16 +39,20 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from aaq.quantization.clamps import readers_clamp
+from aaq.quantization.graph import GraphIndex
 
 logger = logging.getLogger(__name__)
 
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "AveragePool",
-                   "GlobalAveragePool", "Concat")
 DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-TRANSPARENT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"}
-"""Ops a per-tensor quantizer commutes with (data movement, max): Q/DQ before them equals Q/DQ after."""
+COMMUTING_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"})
+"""Ops a per-tensor quantizer commutes with (data movement, max): Q/DQ before them equals Q/DQ after.
+
+Not ``graph.INT8_REGION_OPS`` (what ORT runs inside an INT8 region): a quantizer moves only through these.
+"""
 _NEEDS_OUTPUT_Q = {"Conv", "Gemm", "Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat"}
 
 
@@ -88,11 +92,11 @@ class QuantizerSite:
     ``owners`` are the layers it serves; an output quantizer (``output=True``) is
     owned by the layer that produces the tensor and covers every reader, the graph
     output included (``graph_output``). ``repeats`` are ``(tensor, (layer, input))``
-    pairs where a quantizer moved up through ``TRANSPARENT_OPS`` is repeated, with the
+    pairs where a quantizer moved up through ``COMMUTING_OPS`` is repeated, with the
     same parameters, right before the layer: exact (the values are already on the
     grid) and needed by ORT, whose fusion wants a DequantizeLinear at the layer's input.
     ``clamp`` is set on an output quantizer all of whose readers are flat outside
-    ``[low, high]`` (``consumer_clamp``): values beyond it need no levels of the grid.
+    ``[low, high]`` (``clamps.consumer_clamp``): values beyond it need no levels of the grid.
     """
 
     tensor: str
@@ -115,29 +119,6 @@ class Layout:
     def sites_of(self, layer: str) -> tuple[str, ...]:
         """The tensors of the quantizers ``layer`` owns."""
         return tuple(s.tensor for s in self.sites if layer in s.owners)
-
-
-class GraphIndex:
-    """Producers, readers and initializers of a graph, looked up by tensor name."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.nodes = {node.name: node for node in graph.node}
-        self.order = {node.name: i for i, node in enumerate(graph.node)}
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producer = {out: node for node in graph.node for out in node.output if out}
-        self.readers: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name:
-                    self.readers[name].append((node.name, i))
-        self.graph_outputs = {o.name for o in graph.output}
-
-    def is_constant(self, name: str) -> bool:
-        return name in self.initializers
-
-    def weight_array(self, name: str):
-        return numpy_helper.to_array(self.initializers[name])
 
 
 def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_matmul: bool = False,
@@ -244,7 +225,7 @@ def slower_in_int8(node: onnx.NodeProto, index: GraphIndex, shapes: Mapping[str,
 def _layer(node: onnx.NodeProto, index: GraphIndex, activation_matmul: bool,
            elem_types: Mapping[str, int]) -> tuple[Layer | None, str]:
     inputs = [name for name in node.input]
-    constant = [bool(name) and index.is_constant(name) for name in inputs]
+    constant = [bool(name) and index.is_initializer(name) for name in inputs]
     op = node.op_type
     if op in _WEIGHTED:
         layer, reason = _weighted_layer(node, index, constant, activation_matmul)
@@ -295,7 +276,7 @@ def _bias_slot(node: onnx.NodeProto, index: GraphIndex, attrs: dict) -> BiasSlot
             return None
         add = index.nodes[readers[0][0]]
         other = 1 - readers[0][1]
-        if add.op_type != "Add" or not index.is_constant(add.input[other]):
+        if add.op_type != "Add" or not index.is_initializer(add.input[other]):
             return None
         return _own_bias(add, other, index)
     if node.op_type == "Gemm" and attrs.get("transA", 0):
@@ -303,7 +284,7 @@ def _bias_slot(node: onnx.NodeProto, index: GraphIndex, attrs: dict) -> BiasSlot
     beta = float(attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
     if len(node.input) < 3 or not node.input[2]:
         return BiasSlot(node.name, 2, None, beta)
-    if not index.is_constant(node.input[2]) or beta == 0.0:
+    if not index.is_initializer(node.input[2]) or beta == 0.0:
         return None
     slot = _own_bias(node, 2, index)
     return None if slot is None else BiasSlot(slot.node, slot.index, slot.initializer, beta)
@@ -312,7 +293,7 @@ def _bias_slot(node: onnx.NodeProto, index: GraphIndex, attrs: dict) -> BiasSlot
 def _own_bias(node: onnx.NodeProto, position: int, index: GraphIndex) -> BiasSlot | None:
     name = node.input[position]
     init = index.initializers[name]
-    if len(init.dims) != 1 or init.data_type != TensorProto.FLOAT or len(index.readers[name]) != 1:
+    if len(init.dims) != 1 or init.data_type != TensorProto.FLOAT or len(index.readers.get(name, [])) != 1:
         return None
     return BiasSlot(node.name, position, name)
 
@@ -343,7 +324,7 @@ def _place_quantizers(layers: list[Layer], index: GraphIndex, ignored: Mapping[s
             continue
         site = sites.get(reach)
         if site is None:
-            clamp = None if graph_output else _readers_clamp(readers, index)
+            clamp = None if graph_output else readers_clamp(readers, index)
             sites[reach] = QuantizerSite(reach, tuple(readers), (layer.name,), output=True,
                                          graph_output=graph_output, clamp=clamp)
         elif set(readers) - set(site.consumers) or (graph_output and not site.graph_output):
@@ -354,69 +335,14 @@ def _place_quantizers(layers: list[Layer], index: GraphIndex, ignored: Mapping[s
     return sorted(sites.values(), key=lambda s: _position(s.tensor, index))
 
 
-def consumer_clamp(node: onnx.NodeProto, index: GraphIndex) -> tuple[float, float] | None:
-    """``(low, high)`` when ``node``'s output is constant for inputs below ``low`` and above ``high``.
-
-    Quantizing its input on ``[max(min, low), min(max, high)]`` instead of the observed
-    range changes nothing after it and spends the grid where the output varies. Measured
-    on PP-OCR rec (every conv followed by a hard-swish; ORT needs the quantizer at the
-    conv's output, before the activation): pre-activation ranges reach -30 and below,
-    where hard-swish is 0, so the symmetric grid ``[-M, M]`` wasted up to half its levels;
-    ``[-3, max]`` with its own zero point raised char accuracy from 0.983-0.988 to
-    0.991-0.995 over three calibration subsets (100, 120, 150 lines; exact lines
-    0.87-0.92 -> 0.94-0.97; float 0.9994 / 0.995); PP-OCR cls top-1 0.988-0.992 (float 0.991).
-    """
-    if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    inf = float("inf")
-    if node.op_type == "HardSwish":
-        return -3.0, inf
-    if node.op_type == "Relu":
-        return 0.0, inf
-    if node.op_type == "HardSigmoid":
-        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
-        return (-beta / alpha, (1.0 - beta) / alpha) if alpha > 0 else None
-    if node.op_type == "Clip":
-        if "min" in attrs or "max" in attrs:
-            return float(attrs.get("min", -inf)), float(attrs.get("max", inf))
-        bounds = []
-        for i, default in ((1, -inf), (2, inf)):
-            name = node.input[i] if len(node.input) > i else ""
-            if not name:
-                bounds.append(default)
-            elif index.is_constant(name) and index.initializers[name].data_type == TensorProto.FLOAT:
-                value = index.weight_array(name)
-                if value.size != 1:
-                    return None
-                bounds.append(float(value.reshape(-1)[0]))
-            else:
-                return None
-        return bounds[0], bounds[1]
-    return None
-
-
-def _readers_clamp(readers: list[tuple[str, int]], index: GraphIndex) -> tuple[float, float] | None:
-    """The loosest clamp of all ``readers`` (each reading the tensor as its input 0), or ``None``."""
-    clamps = []
-    for name, position in readers:
-        clamp = consumer_clamp(index.nodes[name], index) if position == 0 else None
-        if clamp is None:
-            return None
-        clamps.append(clamp)
-    if not clamps:
-        return None
-    return min(c[0] for c in clamps), max(c[1] for c in clamps)
-
-
 def _home(tensor: str, edge: tuple[str, int], index: GraphIndex) -> tuple[str, tuple[str, int]]:
-    """Move a quantizer up through ``TRANSPARENT_OPS`` while the tensor has no other reader."""
+    """Move a quantizer up through ``COMMUTING_OPS`` while the tensor has no other reader."""
     while True:
         producer = index.producer.get(tensor)
-        if (producer is None or producer.op_type not in TRANSPARENT_OPS or tensor in index.graph_outputs
+        if (producer is None or producer.op_type not in COMMUTING_OPS or tensor in index.graph_outputs
                 or len([o for o in producer.output if o]) != 1
                 or len(index.readers.get(tensor, [])) != 1 or not producer.input
-                or index.is_constant(producer.input[0])):
+                or index.is_initializer(producer.input[0])):
             return tensor, edge
         tensor, edge = producer.input[0], (producer.name, 0)
 

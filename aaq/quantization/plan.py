@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import onnx
 
+from aaq.quantization.graph import GraphIndex
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
@@ -238,8 +239,6 @@ def clamped_range(lo: float, hi: float, clamp: tuple[float, float]) -> tuple[flo
 def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: Layout, config: QuantConfig,
                statistics: Mapping[StatisticRequest, np.ndarray]) -> Plan:
     """The plan for ``layout`` with ranges from ``statistics`` (keyed by ``activation_requests``)."""
-    from aaq.quantization.layers import GraphIndex
-
     index = GraphIndex(model.graph)
     quantizers = {}
     for site in layout.sites:
@@ -258,7 +257,7 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
         weight = None
         if layer.weight is not None:
             axis = layer.weight_axis if config.weights.per_channel else None
-            weight = quantize_weight(index.weight_array(layer.weight), axis, config.weights)
+            weight = quantize_weight(index.initializer_array(layer.weight), axis, config.weights)
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
     return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout),
                 skipped=layout.skipped)

@@ -53,9 +53,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from aaq.errors import ModelError
+from aaq.quantization.graph import GraphIndex, constant_value, drop_unused_initializers, unique_name
+from aaq.quantization.simplify import has_hardswish, simplify
 from aaq.state import model_digest
 
 logger = logging.getLogger(__name__)
@@ -103,8 +105,6 @@ def prepare_model(model: onnx.ModelProto, min_opset: int = PER_CHANNEL_OPSET) ->
     opset_from = _opset(prepared)
     target = min_opset
     if min_opset >= PER_CHANNEL_OPSET and opset_from < HARDSWISH_OPSET:
-        from aaq.quantization.simplify import has_hardswish
-
         if has_hardswish(prepared.graph):
             target = HARDSWISH_OPSET
     if opset_from < target:
@@ -119,8 +119,6 @@ def prepare_model(model: onnx.ModelProto, min_opset: int = PER_CHANNEL_OPSET) ->
     _bypass_initializer_identities(prepared.graph)
     _name_nodes(prepared.graph)
     folded = fold_batchnorms(prepared.graph)
-    from aaq.quantization.simplify import simplify
-
     simplified = simplify(prepared.graph, _opset(prepared))
     elem_types, shapes, inferred = _infer_types(prepared)
     if folded:
@@ -168,7 +166,7 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     outputs = {o.name for o in graph.output}
     kept = []
     for node in graph.node:
-        value = _constant_value(node) if node.output[0] not in outputs else None
+        value = constant_value(node) if node.output[0] not in outputs else None
         if value is None:
             kept.append(node)
         else:
@@ -178,27 +176,13 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
         graph.node.extend(kept)
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
-        return None
-    attr = node.attribute[0]
-    if attr.name == "value":
-        return numpy_helper.to_array(attr.t)
-    simple = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-              "value_ints": np.int64}
-    if attr.name in simple:
-        return np.asarray(helper.get_attribute_value(attr), dtype=simple[attr.name])
-    return None
-
-
 def _bypass_initializer_identities(graph: onnx.GraphProto) -> None:
-    initializers = {i.name for i in graph.initializer}
-    protected = {o.name for o in graph.output} | _names_used_in_subgraphs(graph)
+    index = GraphIndex(graph)
     alias = {}
     kept = []
     for node in graph.node:
-        if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in initializers
-                and node.output[0] not in protected):
+        if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in index.initializers
+                and node.output[0] not in index.protected):
             alias[node.output[0]] = node.input[0]
         else:
             kept.append(node)
@@ -212,27 +196,13 @@ def _bypass_initializer_identities(graph: onnx.GraphProto) -> None:
     graph.node.extend(kept)
 
 
-def _names_used_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every name read inside the subgraphs (If/Loop/Scan bodies) of ``graph``'s nodes, recursively."""
-    used: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                used.update(name for n in sub.node for name in n.input)
-                used |= _names_used_in_subgraphs(sub)
-    return used
-
-
 def _name_nodes(graph: onnx.GraphProto) -> None:
     seen: set[str] = set()
-    for index, node in enumerate(graph.node):
+    for position, node in enumerate(graph.node):
         if not node.name or node.name in seen:
-            base = node.name or f"{node.op_type}_{index}"
-            name, k = base, 1
-            while name in seen:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
-        seen.add(node.name)
+            node.name = unique_name(node.name or f"{node.op_type}_{position}", seen)
+        else:
+            seen.add(node.name)
 
 
 def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
@@ -242,20 +212,14 @@ def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
     initializers are added (shared initializers are never rewritten); the conv takes
     over the BatchNormalization's output name.
     """
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    outputs = {o.name for o in graph.output} | _names_used_in_subgraphs(graph)
-    names = set(inits) | {o for n in graph.node for o in n.output}
+    index = GraphIndex(graph)
+    inits, names = index.initializers, index.tensor_names
     folded: list[str] = []
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
             continue
-        conv = producer.get(bn.input[0])
-        if (conv is None or conv.op_type != "Conv" or uses.get(bn.input[0]) != 1 or bn.input[0] in outputs
+        conv = index.producer.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or index.sole_reader(bn.input[0]) is None
                 or not all(name in inits for name in list(bn.input[1:]) + [i for i in conv.input[1:] if i])):
             continue
         if any(a.name == "training_mode" and a.i for a in bn.attribute):
@@ -284,25 +248,6 @@ def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
         graph.node.extend(kept)
         drop_unused_initializers(graph)
     return folded
-
-
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove initializers no node (or subgraph) reads and that are not graph inputs or outputs."""
-    used = {name for node in graph.node for name in node.input} | _names_used_in_subgraphs(graph)
-    used |= {o.name for o in graph.output} | {i.name for i in graph.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-
-
-def unique_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``... whichever ``taken`` lacks; the result is added to ``taken``."""
-    candidate, k = name, 1
-    while candidate in taken:
-        candidate, k = f"{name}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
 
 
 def _infer_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple], bool]:

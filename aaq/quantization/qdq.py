@@ -20,8 +20,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from aaq.errors import ModelError
+from aaq.quantization.graph import GraphIndex, drop_unused_initializers, unique_name
 from aaq.quantization.plan import ActivationQuantizer, LayerPlan, Plan
-from aaq.quantization.prepare import drop_unused_initializers, unique_name
 from aaq.state import model_digest
 
 logger = logging.getLogger(__name__)
@@ -45,15 +45,15 @@ class _Rewriter:
     """Collects the new nodes, initializers and input rewirings, then rebuilds the node list once."""
 
     def __init__(self, graph: onnx.GraphProto, plan: Plan) -> None:
+        index = GraphIndex(graph)
         self.graph = graph
         self.plan = plan
-        self.taken = ({n.name for n in graph.node} | {i.name for i in graph.initializer}
-                      | {i.name for i in graph.input} | {o for n in graph.node for o in n.output})
+        self.taken = index.tensor_names | set(index.nodes)  # one namespace for new nodes and tensors
         self.rewire: dict[str, dict[int, str]] = {}  # node -> input index -> new tensor
         self.renamed_outputs: dict[str, str] = {}
         self.prefix: list[onnx.NodeProto] = []
         self.after: dict[str, list[onnx.NodeProto]] = {}
-        self.producer = {o: n.name for n in graph.node for o in n.output if o}
+        self.producer = index.producer
 
     def run(self) -> None:
         groups = self.plan.quantized_groups
@@ -105,7 +105,7 @@ class _Rewriter:
                              name=self._name(f"{tensor}_DequantizeLinear")),
         ]
         producer = self.producer.get(tensor)
-        (self.after.setdefault(producer, []) if producer is not None else self.prefix).extend(nodes)
+        (self.after.setdefault(producer.name, []) if producer is not None else self.prefix).extend(nodes)
         return dequantized
 
     def _weight(self, layer: LayerPlan) -> None:

@@ -13,7 +13,7 @@ Activations are stored as **uint8** in both presets. Measured with ONNX Runtime
   ORT documents as the fast one on x86 without VNNI.
 
 An output quantizer whose readers are all flat outside a range (hard-swish below -3,
-HardSigmoid, Clip: ``layers.consumer_clamp``) is cut to that range and, when the cut
+HardSigmoid, Clip: ``clamps.consumer_clamp``) is cut to that range and, when the cut
 range is not symmetric, gets its own zero point in either preset: uint8 with any
 zero point runs the same kernels.
 

@@ -11,11 +11,12 @@ and reads its input once (quantized), the decomposed hard-swish does neither.
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from aaq.quantization.graph import GraphEditor, GraphIndex, drop_unused_initializers
 
 logger = logging.getLogger(__name__)
 
@@ -32,92 +33,8 @@ def simplify(graph: onnx.GraphProto, opset: int) -> dict[str, str]:
     removed.update(fuse_hardswish(graph, opset))
     removed.update(fold_affine_into_conv(graph))
     if removed:
-        from aaq.quantization.prepare import drop_unused_initializers
-
         drop_unused_initializers(graph)
     return removed
-
-
-class _Graph:
-    """Producers, readers and initializers of ``graph``, and the edits being made to it."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        from aaq.quantization.prepare import _names_used_in_subgraphs
-
-        self.graph = graph
-        inputs = {i.name for i in graph.input}  # an initializer that is also an input is only a default
-        self.inits = {i.name: i for i in graph.initializer if i.name not in inputs}
-        self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                if name:
-                    self.readers.setdefault(name, []).append(node)
-        self.protected = {o.name for o in graph.output} | _names_used_in_subgraphs(graph)
-        self.names = set(self.inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-        self.node_names = {n.name for n in graph.node}
-        self.removed: dict[str, str] = {}
-
-    def float_const(self, name: str) -> np.ndarray | None:
-        """The value of a float32 initializer (or ``Constant`` node output) ``name``."""
-        init = self.inits.get(name)
-        if init is not None:
-            return numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.FLOAT else None
-        producer = self.producer.get(name)
-        if producer is not None and producer.op_type == "Constant":
-            from aaq.quantization.prepare import _constant_value
-
-            value = _constant_value(producer)
-            return value if value is not None and value.dtype == np.float32 else None
-        return None
-
-    def scalar(self, name: str) -> float | None:
-        value = self.float_const(name)
-        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-    def sole_reader(self, tensor: str) -> onnx.NodeProto | None:
-        """The only node reading ``tensor``, when it is not a graph output either."""
-        readers = self.readers.get(tensor, [])
-        if len(readers) != 1 or tensor in self.protected:
-            return None
-        return readers[0]
-
-    def add_initializer(self, array: np.ndarray, base: str) -> str:
-        from aaq.quantization.prepare import unique_name
-
-        name = unique_name(base, self.names)
-        init = numpy_helper.from_array(array, name)
-        self.graph.initializer.append(init)
-        self.inits[name] = init
-        return name
-
-    def new_name(self, base: str) -> str:
-        from aaq.quantization.prepare import unique_name
-
-        return unique_name(base, self.names)
-
-    def new_node_name(self, base: str) -> str:
-        from aaq.quantization.prepare import unique_name
-
-        return unique_name(base, self.node_names)
-
-    def remove(self, nodes: list[onnx.NodeProto]) -> None:
-        for node in nodes:
-            self.removed[node.name] = node.op_type
-
-    def commit(self, replacements: dict[str, list[onnx.NodeProto]] | None = None) -> dict[str, str]:
-        """Rebuild the node list without the removed nodes, ``replacements[name]`` in place of ``name``."""
-        replacements = replacements or {}
-        if self.removed or replacements:
-            kept = []
-            for node in self.graph.node:
-                if node.name in replacements:
-                    kept.extend(replacements[node.name])
-                elif node.name not in self.removed:
-                    kept.append(node)
-            del self.graph.node[:]
-            self.graph.node.extend(kept)
-        return self.removed
 
 
 def _default_domain(node: onnx.NodeProto) -> bool:
@@ -126,10 +43,10 @@ def _default_domain(node: onnx.NodeProto) -> bool:
 
 def fold_constant_shape_ops(graph: onnx.GraphProto, opset: int) -> dict[str, str]:
     """Evaluate shape and cast ops whose inputs are all initializers (a bias ``Reshape(b, shape)``)."""
-    g = _Graph(graph)
+    g = GraphEditor(graph)
     for node in graph.node:
         if (node.op_type not in _SHAPE_OPS or not _default_domain(node) or len(node.output) != 1
-                or not node.input or not all(name in g.inits for name in node.input if name)
+                or not node.input or not all(name in g.constants for name in node.input if name)
                 or node.output[0] in g.protected):
             continue
         try:
@@ -137,19 +54,16 @@ def fold_constant_shape_ops(graph: onnx.GraphProto, opset: int) -> dict[str, str
         except Exception as exc:  # an op the reference evaluator refuses: leave it to ONNX Runtime
             logger.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
             continue
-        init = numpy_helper.from_array(np.asarray(value), node.output[0])
-        graph.initializer.append(init)
-        g.inits[node.output[0]] = init
-        g.remove([node])
+        g.fold_into_initializer(node, value)
     return g.commit()
 
 
-def _evaluate(node: onnx.NodeProto, g: _Graph, opset: int) -> np.ndarray:
+def _evaluate(node: onnx.NodeProto, g: GraphIndex, opset: int) -> np.ndarray:
     from onnx.reference import ReferenceEvaluator
 
     inputs = [name for name in node.input if name]
     sub = helper.make_graph([node], "fold", [], [helper.make_empty_tensor_value_info(node.output[0])],
-                            [g.inits[name] for name in dict.fromkeys(inputs)])
+                            [g.constants[name] for name in dict.fromkeys(inputs)])
     model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
     return ReferenceEvaluator(model).run(None, {})[0]
 
@@ -169,22 +83,22 @@ def _channel_vector(value: np.ndarray, rank: int, channels: int, axis: int = 1) 
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (channels,)).copy()
 
 
-def _conv_parts(node: onnx.NodeProto, g: _Graph) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _conv_parts(node: onnx.NodeProto, g: GraphIndex) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The float weight and bias (``None``: no bias) of a Conv whose weight and bias are initializers."""
     if node.op_type != "Conv" or not _default_domain(node) or len(node.input) < 2:
         return None
-    weight = g.float_const(node.input[1])
+    weight = g.float_constant(node.input[1])
     if weight is None or weight.ndim < 3:
         return None
     if len(node.input) > 2 and node.input[2]:
-        bias = g.float_const(node.input[2])
+        bias = g.float_constant(node.input[2])
         if bias is None or bias.shape != (weight.shape[0],):
             return None
         return weight, bias
     return weight, None
 
 
-def _set_conv_parts(node: onnx.NodeProto, g: _Graph, weight: np.ndarray, bias: np.ndarray | None) -> None:
+def _set_conv_parts(node: onnx.NodeProto, g: GraphEditor, weight: np.ndarray, bias: np.ndarray | None) -> None:
     """New initializers (the old ones may be shared) for the conv's weight and bias."""
     w_name = g.add_initializer(weight.astype(np.float32), f"{node.name}.weight_folded")
     inputs = [node.input[0], w_name]
@@ -196,7 +110,7 @@ def _set_conv_parts(node: onnx.NodeProto, g: _Graph, weight: np.ndarray, bias: n
 
 def fold_conv_affine(graph: onnx.GraphProto) -> dict[str, str]:
     """Fold ``Conv -> Mul/Add/Sub/Div(per-channel constant)`` chains into the conv's weight and bias."""
-    g = _Graph(graph)
+    g = GraphEditor(graph)
     for conv in graph.node:
         parts = _conv_parts(conv, g)
         if parts is None:
@@ -211,7 +125,7 @@ def fold_conv_affine(graph: onnx.GraphProto) -> dict[str, str]:
                 break
             position = list(op.input).index(conv.output[0])
             other = op.input[1 - position]
-            value = g.float_const(other) if other not in g.producer else None
+            value = g.float_constant(other) if other not in g.producer else None
             vector = None if value is None else _channel_vector(value, rank, channels)
             if vector is None or (op.op_type in ("Sub", "Div") and position != 0):
                 break
@@ -235,7 +149,7 @@ def fold_conv_affine(graph: onnx.GraphProto) -> dict[str, str]:
 
 def has_hardswish(graph: onnx.GraphProto) -> bool:
     """Whether ``graph`` holds a decomposed hard-swish ``fuse_hardswish`` would fuse."""
-    g = _Graph(graph)
+    g = GraphIndex(graph)
     return any(_hardswish_at(node, g) is not None for node in graph.node)
 
 
@@ -247,7 +161,7 @@ def fuse_hardswish(graph: onnx.GraphProto, opset: int) -> dict[str, str]:
     dequantized ``x`` twice: ORT then gives each reader its own DequantizeLinear (one
     more float pass per hard-swish), while ``HardSwish`` is expanded only after that.
     """
-    g = _Graph(graph)
+    g = GraphEditor(graph)
     replacements: dict[str, list[onnx.NodeProto]] = {}
     for add in graph.node:
         match = _hardswish_at(add, g)
@@ -268,13 +182,13 @@ def fuse_hardswish(graph: onnx.GraphProto, opset: int) -> dict[str, str]:
     return removed
 
 
-def _hardswish_at(add: onnx.NodeProto, g: _Graph) -> tuple[str, list[onnx.NodeProto]] | None:
+def _hardswish_at(add: onnx.NodeProto, g: GraphIndex) -> tuple[str, list[onnx.NodeProto]] | None:
     """``(x, [Add, Clip, ..., last])`` when a hard-swish of ``x`` starts at ``add``."""
     if add.op_type != "Add" or not _default_domain(add) or len(add.input) != 2:
         return None
     for position in (0, 1):
         x, three = add.input[position], add.input[1 - position]
-        if _close(g.scalar(three), 3.0) and g.float_const(x) is None:
+        if _close(g.scalar(three), 3.0) and g.float_constant(x) is None:
             break
     else:
         return None
@@ -301,7 +215,7 @@ def _close(value: float | None, target: float) -> bool:
     return value is not None and abs(value - target) <= 1e-6 * max(1.0, abs(target))
 
 
-def _clips_to(clip: onnx.NodeProto, g: _Graph, low: float, high: float) -> bool:
+def _clips_to(clip: onnx.NodeProto, g: GraphIndex, low: float, high: float) -> bool:
     attrs = {a.name: helper.get_attribute_value(a) for a in clip.attribute}
     if "min" in attrs or "max" in attrs:  # Clip < 11
         return _close(attrs.get("min"), low) and _close(attrs.get("max"), high)
@@ -315,7 +229,7 @@ def _is_times(node: onnx.NodeProto, x: str, other: str) -> bool:
             and sorted(node.input) == sorted([x, other]))
 
 
-def _is_sixth(node: onnx.NodeProto, tensor: str, g: _Graph) -> bool:
+def _is_sixth(node: onnx.NodeProto, tensor: str, g: GraphIndex) -> bool:
     """``tensor / 6`` or ``tensor * (1/6)``."""
     if not _default_domain(node) or len(node.input) != 2 or tensor not in node.input:
         return False
@@ -332,7 +246,7 @@ def fold_affine_into_conv(graph: onnx.GraphProto) -> dict[str, str]:
     shift only into a conv without padding (a padded zero plus ``b`` is not zero): into
     a padded conv only a chain of ``Mul``/``Div`` right before it is folded.
     """
-    g = _Graph(graph)
+    g = GraphEditor(graph)
     for conv in graph.node:
         parts = _conv_parts(conv, g)
         if parts is None:
@@ -367,7 +281,7 @@ def _unpadded(conv: onnx.NodeProto) -> bool:
     return not any(attrs.get("pads", []))
 
 
-def _affine_chain(tensor: str, g: _Graph, weight: np.ndarray, conv: onnx.NodeProto,
+def _affine_chain(tensor: str, g: GraphIndex, weight: np.ndarray, conv: onnx.NodeProto,
                   shift_allowed: bool) -> tuple[str, list[onnx.NodeProto], np.ndarray, np.ndarray] | None:
     """Walk up from the conv's input through ``Mul/Add/Sub/Div`` by per-channel constants.
 
@@ -387,9 +301,9 @@ def _affine_chain(tensor: str, g: _Graph, weight: np.ndarray, conv: onnx.NodePro
         found = None
         for position in (0, 1):
             other = op.input[1 - position]
-            value = g.float_const(other) if other not in g.producer else None
+            value = g.float_constant(other) if other not in g.producer else None
             vector = None if value is None else _channel_vector(value, rank, channels)
-            if vector is not None and op.input[position] not in g.inits:
+            if vector is not None and op.input[position] not in g.constants:
                 found = position, vector
                 break
         if found is None:

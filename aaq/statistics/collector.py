@@ -12,7 +12,6 @@ sample is kept, so memory does not grow with ``num_samples`` (see
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import onnx
 
-from aaq.errors import DataError, ModelError
+from aaq.errors import DataError
 from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
 from aaq.statistics.reducers import REDUCERS, reduce_batch
 from aaq.statistics.requests import StatisticRequest, StatisticsCache, StatisticsNeeds
@@ -38,16 +37,16 @@ def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Itera
     """The value of every request over the first ``num_samples`` calibration samples.
 
     Values are float64 arrays: a scalar for a per-tensor statistic, one value per
-    channel when the request has an ``axis``. A tensor the model does not have is a
-    ``ModelError`` naming it and the nearest tensor names. ``progress=False`` turns
-    the engine's progress bar off for this pass.
+    channel when the request has an ``axis``. A tensor the model does not have is
+    ``engine.run``'s ``ModelError``, naming it and the nearest tensor names, raised
+    before any inference. ``progress=False`` turns the engine's progress bar off for
+    this pass.
     """
     requests = list(dict.fromkeys(requests))
     if not requests:
         return {}
     _check_requests(requests)
     tensors = sorted({r.tensor for r in requests})
-    _check_tensors(model, tensors)
     by_reduction: dict[_ReductionKey, list[StatisticRequest]] = defaultdict(list)
     for request in requests:
         by_reduction[(request.tensor, request.reducer, request.q, request.axis)].append(request)
@@ -113,12 +112,3 @@ def _check_requests(requests: list[StatisticRequest]) -> None:
         if request.reducer in ("quantile", "abs_quantile") and (request.q is None or not 0 <= request.q <= 1):
             raise ValueError(f"{request}: a quantile reducer needs q in [0, 1]")
 
-
-def _check_tensors(model: onnx.ModelProto, tensors: list[str]) -> None:
-    graph = model.graph
-    known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output if o}
-    for tensor in tensors:
-        if tensor not in known:
-            near = difflib.get_close_matches(tensor, sorted(known), n=3)
-            hint = f" (nearest: {', '.join(map(repr, near))})" if near else ""
-            raise ModelError(f"the model has no tensor {tensor!r} to collect statistics on{hint}")
