@@ -1,8 +1,8 @@
 """aaq: accuracy-aware post-training quantization for ONNX models."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
 
+from aaq.version import __version__  # noqa: E402
 from aaq.algorithms.base import Algorithm, register_algorithm  # noqa: E402
 from aaq.engine.datasets import Dataset, Sample, register_dataset  # noqa: E402
 from aaq.engine.engine import Engine  # noqa: E402

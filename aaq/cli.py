@@ -75,7 +75,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of the spec, or of one algorithm's params."""
     from aaq.algorithms.base import algorithms
-    from aaq.spec.schemas import load_schema
+    from aaq.schemas import load_schema
 
     schema = algorithms.get(args.name).schema if args.name else load_schema("spec")
     print(json.dumps(schema, indent=2))

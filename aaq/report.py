@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from aaq.state import AlgorithmRecord
+from aaq.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class Result:
 
     def report(self) -> dict[str, Any]:
         """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals."""
-        from aaq import __version__
-
         evaluations = [_jsonable(e) for e in self.evaluations]
         nodes = [n.op_type for n in self.model.graph.node]
         return {

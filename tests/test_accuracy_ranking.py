@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from aaq.accuracy.ranking import boundary_change, hardest, order_scores, output_distance
+from aaq.accuracy.ranking import boundary_change, order_scores
+from aaq.accuracy.subsets import hardest, output_distance
 from aaq.engine import ArrayDataset, Engine
 from aaq.engine.latency import MIN_RUNS, LatencyComparison, compare_latency
 from aaq.quantization.graph import FLOAT, group_neighbours

@@ -26,7 +26,7 @@ def test_registered_with_params_mirroring_the_schema() -> None:
     cls = algorithms.get("DefaultQuantization")
     assert cls is DefaultQuantization
     check_params_class("DefaultQuantization", cls.Params, cls.schema)
-    schema = json.loads((ROOT / "aaq/spec/schemas/DefaultQuantization.schema.json").read_text())
+    schema = json.loads((ROOT / "aaq/schemas/DefaultQuantization.schema.json").read_text())
     assert schema["$schema"].endswith("2020-12/schema")
 
     def walk(node: dict, path: str) -> None:

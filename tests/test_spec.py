@@ -11,7 +11,7 @@ import pytest
 import plugins  # noqa: F401  (registers TagModel)
 from aaq import Algorithm, PluginError, SpecError, register_algorithm
 from aaq.spec.loader import parse_spec_text, strip_comments
-from aaq.spec.schema_tools import fill_defaults
+from aaq.schemas.tools import fill_defaults
 from aaq.spec.validate import load_spec
 from helpers import TINY, base_spec
 

@@ -1,13 +1,13 @@
-"""Ranking: which samples show the quantization loss, and which group's revert wins most of it back.
+"""Ranking: which group's revert wins most of the quantization loss back, scored on the hardest samples.
 
-The ranking subset is at most ``ranking_subset_size`` samples of the comparison set
-on which the current model differs from the float model, those where it loses most
-first: the per-sample metric difference, or the output distance when the metric gives
-no per-sample values (or ``ranking_method`` is ``output_distance``); a quarter as many
-samples on which they agree join them, and ties are broken by a seeded draw (``hardest``). Each
-candidate group is then scored on that subset with the group reverted, higher =
-reverting it helps more: the metric itself (its sign flipped when lower is better),
-or minus the normalised MSE between its outputs and the float model's.
+The ranking subset (``subsets.hardest``) is at most ``ranking_subset_size`` samples of
+the comparison set on which the current model differs from the float model, by the
+per-sample metric difference, or by the output distance when the metric gives no
+per-sample values (or ``ranking_method`` is ``output_distance``). Each candidate group
+is then scored on that subset with the group reverted, higher = reverting it helps
+more: the metric itself (its sign flipped when lower is better), or minus the
+normalised MSE between its outputs and the float model's; in this process, or in
+worker processes (``workers``).
 
 Candidates whose scores differ by less than the noise (one sample's worth of a
 bounded metric, 1% of the best output distance) are ordered by how their revert changes
@@ -19,62 +19,22 @@ reads the structure of a graph.
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from aaq.accuracy.drops import score_bounds
+from aaq.accuracy.subsets import hardest, output_distance
+from aaq.accuracy.workers import WorkerPool
+from aaq.engine.protocol import EngineLike
 from aaq.quantization.graph import FLOAT
 
 logger = logging.getLogger(__name__)
 
 _DISTANCE_TIE = 0.01
-UNCHANGED_SHARE = 0.25  # samples on which both models agree, per changed sample, kept in a ranking subset
-
-
-def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per-sample normalised MSE, ``|out - ref|^2 / |ref|^2``, averaged over the model outputs."""
-    parts = []
-    for name, ref in reference.items():
-        r = np.asarray(ref, np.float64).reshape(len(ref), -1)
-        o = np.asarray(outputs[name], np.float64).reshape(len(ref), -1)
-        energy = np.maximum(np.einsum("ij,ij->i", r, r), np.finfo(np.float64).tiny)
-        parts.append(np.einsum("ij,ij->i", o - r, o - r) / energy)
-    return np.mean(parts, axis=0)
-
-
-def hardest(indices: np.ndarray, loss: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """The ranking subset of ``indices``, sorted: the samples on which the two models differ, and a few more.
-
-    Up to ``size`` samples of nonzero ``loss``: where the quantized model loses, largest
-    loss first, then where it gains (a revert can lose those). Samples on which both
-    models agree say nothing about which revert wins the loss back, so they are not
-    padded up to ``size`` (POT does, and pays for their inference in every candidate's
-    score); ``UNCHANGED_SHARE`` of them per changed sample stay in, to see a revert that
-    breaks them. When no sample differs (a metric that is not a mean of per-sample
-    values), ``size`` samples are drawn. Ties go by a seeded draw.
-    """
-    idx = np.asarray(indices, np.int64)
-    loss = np.asarray(loss, np.float64)
-    tiebreak = np.random.default_rng(seed).random(len(idx))
-    changed = np.flatnonzero(loss != 0)
-    same = np.flatnonzero(loss == 0)
-    if changed.size == 0:
-        return np.sort(idx[same[np.argsort(tiebreak[same], kind="stable")][:size]])
-    order = np.lexsort((tiebreak[changed], -np.abs(loss[changed]), loss[changed] < 0))
-    picked = changed[order[:size]]
-    extra = min(size - len(picked), int(np.ceil(UNCHANGED_SHARE * len(picked))))
-    unchanged = same[np.argsort(tiebreak[same], kind="stable")][:max(extra, 0)]
-    return np.sort(idx[np.concatenate([picked, unchanged])])
 
 
 def boundary_change(group: str, reverted: frozenset, neighbours: Mapping[str, Sequence[str]]) -> int:
@@ -118,7 +78,7 @@ class GroupRanker:
     samples, or ``metric_subset_ratio`` of them when every baseline is given).
     """
 
-    def __init__(self, engine: Any, build: Callable[[frozenset], onnx.ModelProto], float_model: onnx.ModelProto,
+    def __init__(self, engine: EngineLike, build: Callable[[frozenset], onnx.ModelProto], float_model: onnx.ModelProto,
                  *, method: str, subset_size: int, comparison: np.ndarray, seed: int, workers: int,
                  neighbours: Mapping[str, Sequence[str]]) -> None:
         self.engine, self.build, self.float_model = engine, build, float_model
@@ -129,7 +89,7 @@ class GroupRanker:
         self.history: list[dict[str, Any]] = []
         """Every ranking made, in order: the metric, the groups already in float, the subset size, the scores."""
         self._subsets: dict[tuple, np.ndarray] = {}
-        self._pool: _WorkerPool | None = None
+        self._pool: WorkerPool | None = None
 
     def reset(self, build: Callable[[frozenset], onnx.ModelProto], neighbours: Mapping[str, Sequence[str]]) -> None:
         """Rank the models of another plan: its ``build``, its group neighbours; the old subsets are forgotten."""
@@ -239,7 +199,7 @@ class GroupRanker:
     def _parallel_scores(self, reverted: frozenset, candidates: Sequence[str], metric: str, subset: np.ndarray,
                          distance: bool) -> dict[str, float]:
         if self._pool is None:
-            self._pool = _WorkerPool.start(self.engine, self.float_model, self.workers)
+            self._pool = WorkerPool.start(self.engine, self.float_model, self.workers)
         started = time.perf_counter()
         context = self._pool.context(self.engine, subset)
         futures = {g: self._pool.submit(context, self.build(reverted | {g}), metric, distance) for g in candidates}
@@ -253,77 +213,3 @@ class GroupRanker:
         return scores
 
 
-class _WorkerPool:
-    """Worker processes that score candidate models on a ranking subset, each with its own engine.
-
-    A subset's inputs and labels are written once to a scratch file that the
-    workers read and keep; each task then carries only the candidate model's bytes.
-    Processes are spawned, not forked: a forked ONNX Runtime thread pool can hang.
-    """
-
-    def __init__(self, executor: ProcessPoolExecutor, scratch: tempfile.TemporaryDirectory) -> None:
-        self.executor, self.scratch = executor, scratch
-        self._contexts: dict[bytes, str] = {}
-
-    @classmethod
-    def start(cls, engine: Any, float_model: onnx.ModelProto, workers: int) -> "_WorkerPool":
-        metrics_blob = pickle.dumps(list(engine.metrics))  # a metric that cannot be pickled: the caller falls back
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                       initializer=_worker_init,
-                                       initargs=(metrics_blob, float_model.SerializeToString(), engine.batch_size,
-                                                 threads, _spinning(engine)))
-        logger.info("ranking with %d worker processes (%d threads each)", workers, threads)
-        return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
-
-    def context(self, engine: Any, subset: np.ndarray) -> str:
-        key = np.asarray(subset, np.int64).tobytes()
-        if key not in self._contexts:
-            from aaq.engine.datasets import fetch
-
-            inputs, labels = fetch(engine.dataset, subset)
-            path = Path(self.scratch.name) / f"subset{len(self._contexts)}.pkl"
-            path.write_bytes(pickle.dumps((dict(inputs), labels)))
-            self._contexts[key] = str(path)
-        return self._contexts[key]
-
-    def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool):
-        return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.scratch.cleanup()
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _spinning(engine: Any) -> bool:
-    """Whether the engine's sessions let ONNX Runtime's threads spin (its workers do as it does)."""
-    options = getattr(engine, "session_options", None)
-    return options is not None and options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-
-
-def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int, spinning: bool) -> None:
-    _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
-                   threads=threads, spinning=spinning, context=None, engine=None)
-
-
-def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
-    """In a worker: the candidate's metric on the subset (or its output distance), and samples inferred."""
-    from aaq.engine.datasets import ArrayDataset
-    from aaq.engine.engine import Engine
-
-    if _WORKER["context"] != context:
-        inputs, labels = pickle.loads(Path(context).read_bytes())
-        engine = Engine(ArrayDataset(inputs, labels), _WORKER["metrics"], batch_size=_WORKER["batch_size"],
-                        intra_op_threads=_WORKER["threads"], allow_spinning=_WORKER["spinning"], progress=False)
-        engine.set_float_model(_WORKER["float"])
-        _WORKER.update(context=context, engine=engine)
-    engine = _WORKER["engine"]
-    every = np.arange(engine.num_samples)
-    if distance:
-        ref = engine.outputs(_WORKER["float"], every)
-        return -float(np.mean(output_distance(ref, engine.outputs(model_bytes, every)))), len(every)
-    ev = engine.evaluate(model_bytes, every)
-    return float(ev.values[metric]), int(ev.samples_inferred)

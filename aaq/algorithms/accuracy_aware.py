@@ -39,8 +39,8 @@ from aaq.errors import SpecError
 from aaq.quantization.candidates import CandidateModels
 from aaq.quantization.graph import FLOAT, group_neighbours
 from aaq.quantization.plan import Plan
-from aaq.spec.schema_tools import fill_defaults, schema_errors
-from aaq.spec.schemas import load_schema
+from aaq.schemas.tools import fill_defaults, schema_errors
+from aaq.schemas import load_schema
 from aaq.state import PipelineState
 from aaq.statistics.collector import fill_statistics
 

@@ -28,7 +28,7 @@ from aaq.quantization.plan import Plan, activation_requests, build_plan
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
 from aaq.quantization.presets import QuantConfig, resolve_config
 from aaq.quantization.qdq import apply_plan
-from aaq.spec.schemas import load_schema
+from aaq.schemas import load_schema
 from aaq.state import PipelineState, model_digest
 from aaq.statistics.collector import fill_statistics
 from aaq.statistics.requests import StatisticsNeeds

@@ -24,6 +24,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from aaq.engine.datasets import Dataset, dataset_from_spec, fetch
+from aaq.engine.feeds import check_dataset_fits, checked_indices, unique_in_order
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
 from aaq.engine.metrics import Metric, metric_from_spec
@@ -212,7 +213,7 @@ class Engine:
         idx = np.arange(self._size, dtype=np.int64) if indices is None else self._indices(
             indices, self._size, "dataset")
         cache = self._cache(digest)
-        missing = _unique_in_order(idx[~cache.have[idx]])
+        missing = unique_in_order(idx[~cache.have[idx]])
         inferred, stopped = 0, False
         if missing.size and stop is not None and cache.have[idx].any():
             stopped = bool(stop(self._partial(cache, digest, idx, 0, started)))
@@ -272,7 +273,7 @@ class Engine:
         self._reference_check()
         if self._float is None:
             return
-        need = _unique_in_order(indices[~self._reference.have[indices]])
+        need = unique_in_order(indices[~self._reference.have[indices]])
         if need.size:
             data, digest = self._float
             entry = self._session(data, digest, self.dataset, "dataset")
@@ -340,27 +341,7 @@ class Engine:
             del arrays, out, feed  # drop this batch before the next runs: one batch in memory, not two
 
     def _check_inputs(self, entry: SessionEntry, dataset: Dataset, what: str) -> None:
-        """Names, rank, dtype and fixed dims of the data against the model, once per (session, dataset)."""
-        if id(dataset) in entry.checked:
-            return
-        if len(dataset) == 0:
-            raise DataError(f"the {what} is empty")
-        inputs, _ = fetch(dataset, np.zeros(1, dtype=np.int64))
-        for info in entry.inputs:
-            if info.name not in inputs:
-                raise DataError(f"the {what} has no array for model input {info.name!r} (expected "
-                                f"{info.describe()}); it has: {', '.join(inputs) or 'nothing'}")
-            given = inputs[info.name]
-            expected = info.shape[1:]
-            fits = len(given.shape) - 1 == len(expected) and all(
-                e is None or e == g for e, g in zip(expected, given.shape[1:]))
-            if not fits or (info.dtype is not None and given.dtype != info.dtype):
-                per_sample = [("?" if d is None else d) for d in expected]
-                raise DataError(
-                    f"the {what} does not fit model input {info.name!r}: the model expects "
-                    f"{info.describe()} ({per_sample} per sample), the {what} gives "
-                    f"{list(given.shape[1:])} {given.dtype.name} per sample")
-        entry.checked.add(id(dataset))
+        check_dataset_fits(entry, dataset, what)
 
     def _with_outputs(self, data: bytes, digest: str, names: Sequence[str]) -> tuple[bytes, str, set[str]]:
         """A model whose graph outputs include ``names`` (a copy when some are intermediate), its digest
@@ -401,22 +382,8 @@ class Engine:
                           complete=False, model_digest=digest, requested=len(idx))
 
     def _indices(self, indices: Any, size: int, what: str) -> np.ndarray:
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
-            raise BadInputError(f"indices must be a 1-D sequence of integers, got {idx.dtype} of "
-                                f"shape {list(idx.shape)}")
-        idx = idx.astype(np.int64, copy=False)
-        bad = (idx < 0) | (idx >= size)
-        if bad.any():
-            first = int(idx[np.argmax(bad)])
-            raise DataError(f"index {first} is out of range: the {what} has {size} samples", first)
-        return idx
+        return checked_indices(indices, size, what)
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True,
                     disable=not self.progress or total == 0)
-
-
-def _unique_in_order(indices: np.ndarray) -> np.ndarray:
-    _, first = np.unique(indices, return_index=True)
-    return indices[np.sort(first)] if len(first) != len(indices) else indices

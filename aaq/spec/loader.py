@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aaq.errors import SpecError
+from aaq.schemas.tools import format_path
 
 
 def strip_comments(text: str) -> str:
@@ -92,14 +93,6 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror or exc}") from None
     return parse_spec_text(text, str(path))
-
-
-def format_path(parts: Any) -> str:
-    """``["compression", "algorithms", 1, "params"]`` → ``compression.algorithms[1].params``."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _walk(node: Any, path: str):

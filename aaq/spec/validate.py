@@ -22,8 +22,8 @@ from aaq.engine.datasets import datasets
 from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
 from aaq.spec.loader import format_path, load_spec_file
-from aaq.spec.schema_tools import Problem, fill_defaults, path_values, resolve_paths, schema_errors
-from aaq.spec.schemas import load_schema
+from aaq.schemas.tools import Problem, fill_defaults, path_values, resolve_paths, schema_errors
+from aaq.schemas import load_schema
 
 logger = logging.getLogger(__name__)
 

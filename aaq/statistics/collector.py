@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import onnx
@@ -24,15 +24,26 @@ from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
 from aaq.statistics.reducers import REDUCERS, reduce_batch
 from aaq.statistics.requests import StatisticRequest, StatisticsCache, StatisticsNeeds
 
-if TYPE_CHECKING:
-    from aaq.engine.engine import Engine
+
+
+class CalibrationRunner(Protocol):
+    """What the statistics pass needs of an engine (``aaq.engine.Engine`` is one)."""
+
+    progress: bool
+
+    def calibration_indices(self, num_samples: int) -> np.ndarray:
+        """The calibration samples a pass over ``num_samples`` reads."""
+
+    def run(self, model: onnx.ModelProto, indices: Sequence[int] | np.ndarray, *, outputs: Sequence[str],
+            calibration: bool, progress_desc: str | None = None) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        """Batches of ``(indices, {tensor: array})`` over the calibration dataset."""
 
 logger = logging.getLogger(__name__)
 
 _ReductionKey = tuple[str, str, "float | None", "int | None"]
 
 
-def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Iterable[StatisticRequest],
+def collect_statistics(engine: CalibrationRunner, model: onnx.ModelProto, requests: Iterable[StatisticRequest],
                        num_samples: int, progress: bool = True) -> dict[StatisticRequest, np.ndarray]:
     """The value of every request over the first ``num_samples`` calibration samples.
 
@@ -76,7 +87,7 @@ def collect_statistics(engine: "Engine", model: onnx.ModelProto, requests: Itera
     return {request: aggregators[request].result() for request in requests}
 
 
-def fill_statistics(cache: StatisticsCache, engine: "Engine", needs: Iterable[StatisticsNeeds], *,
+def fill_statistics(cache: StatisticsCache, engine: CalibrationRunner, needs: Iterable[StatisticsNeeds], *,
                     progress: bool = True, why: str = "") -> None:
     """Collect what ``cache`` lacks of ``needs``: one pass per (model, sample count), all requests at once."""
     passes: dict[tuple[str, int], tuple[StatisticsNeeds, dict[StatisticRequest, None]]] = {}

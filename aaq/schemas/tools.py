@@ -1,8 +1,8 @@
 """Tools over JSON Schemas that need nothing else of aaq: defaults, path values, one sentence per error.
 
-Both the spec validation (``aaq.spec.validate``) and the algorithms (which fill
-and check the params of a base algorithm they run) use them; keeping them here,
-with no import of either, is what keeps the two packages free of a cycle.
+Both the spec validation (``aaq.spec``) and the algorithms (which fill and check
+the params of a base algorithm they run) use them; keeping them here, below both,
+is what keeps the two packages free of a cycle.
 """
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from typing import Any, Iterator
 
 import jsonschema
 
-from aaq.spec.loader import format_path
 
 Problem = tuple[str, str]
+
+
+def format_path(parts: Any) -> str:
+    """``["compression", "algorithms", 1, "params"]`` → ``compression.algorithms[1].params``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:

@@ -1,0 +1,92 @@
+"""Worker processes that score candidate models on a ranking subset, each with its own engine.
+
+A subset's inputs and labels are written once to a scratch file that the workers
+read and keep; each task then carries only the candidate model's bytes. Processes
+are spawned, not forked: a forked ONNX Runtime thread pool can hang.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from aaq.accuracy.subsets import output_distance
+from aaq.engine.datasets import ArrayDataset, fetch
+from aaq.engine.engine import Engine
+from aaq.engine.protocol import EngineLike
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """A process pool and the scratch folder of the subsets it was sent."""
+
+    def __init__(self, executor: ProcessPoolExecutor, scratch: tempfile.TemporaryDirectory) -> None:
+        self.executor, self.scratch = executor, scratch
+        self._contexts: dict[bytes, str] = {}
+
+    @classmethod
+    def start(cls, engine: EngineLike, float_model: onnx.ModelProto, workers: int) -> "WorkerPool":
+        metrics_blob = pickle.dumps(list(engine.metrics))  # a metric that cannot be pickled: the caller falls back
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                       initializer=_worker_init,
+                                       initargs=(metrics_blob, float_model.SerializeToString(), engine.batch_size,
+                                                 threads, _spinning(engine)))
+        logger.info("ranking with %d worker processes (%d threads each)", workers, threads)
+        return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
+
+    def context(self, engine: EngineLike, subset: np.ndarray) -> str:
+        key = np.asarray(subset, np.int64).tobytes()
+        if key not in self._contexts:
+            inputs, labels = fetch(engine.dataset, subset)
+            path = Path(self.scratch.name) / f"subset{len(self._contexts)}.pkl"
+            path.write_bytes(pickle.dumps((dict(inputs), labels)))
+            self._contexts[key] = str(path)
+        return self._contexts[key]
+
+    def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool) -> Future:
+        return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.scratch.cleanup()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _spinning(engine: Any) -> bool:
+    """Whether the engine's sessions let ONNX Runtime's threads spin (its workers do as it does)."""
+    options = getattr(engine, "session_options", None)
+    return options is not None and options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int, spinning: bool) -> None:
+    _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
+                   threads=threads, spinning=spinning, context=None, engine=None)
+
+
+def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
+    """In a worker: the candidate's metric on the subset (or its output distance), and samples inferred."""
+    if _WORKER["context"] != context:
+        inputs, labels = pickle.loads(Path(context).read_bytes())
+        engine = Engine(ArrayDataset(inputs, labels), _WORKER["metrics"], batch_size=_WORKER["batch_size"],
+                        intra_op_threads=_WORKER["threads"], allow_spinning=_WORKER["spinning"], progress=False)
+        engine.set_float_model(_WORKER["float"])
+        _WORKER.update(context=context, engine=engine)
+    engine = _WORKER["engine"]
+    every = np.arange(engine.num_samples)
+    if distance:
+        ref = engine.outputs(_WORKER["float"], every)
+        return -float(np.mean(output_distance(ref, engine.outputs(model_bytes, every)))), len(every)
+    ev = engine.evaluate(model_bytes, every)
+    return float(ev.values[metric]), int(ev.samples_inferred)
