@@ -233,9 +233,10 @@ def child_main(cfg: dict) -> dict:
 def run_child(cfg: dict, rss_limit_gib: float) -> dict:
     """Run ``child_main(cfg)`` in a fresh interpreter; kill it when its RSS passes the limit."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
-    with ForeignCpu() as cpu:
+    with ForeignCpu() as cpu, tempfile.TemporaryDirectory(prefix="aaq-bench-child-") as scratch:
+        # in a scratch folder: ORT's quant_pre_process leaves sym_shape_infer_temp.onnx in its working directory
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=str(REPO))
+                                cwd=scratch)
         killed = None
         while proc.poll() is None:
             time.sleep(0.25)
