@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from aaq.errors import SpecError
-from aaq.schemas.tools import format_path
 
 
 def strip_comments(text: str) -> str:

@@ -21,8 +21,8 @@ from aaq.algorithms.base import algorithms
 from aaq.engine.datasets import datasets
 from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
-from aaq.spec.loader import format_path, load_spec_file
-from aaq.schemas.tools import Problem, fill_defaults, path_values, resolve_paths, schema_errors
+from aaq.spec.loader import load_spec_file
+from aaq.schemas.tools import Problem, fill_defaults, format_path, path_values, resolve_paths, schema_errors
 from aaq.schemas import load_schema
 
 logger = logging.getLogger(__name__)
