@@ -120,15 +120,14 @@ def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path, capsys) -> None:
     assert code == 0, err
 
 
-def test_millions_of_faults_print_a_bounded_message(tmp_path: Path, capsys) -> None:
+def test_a_hundred_thousand_faults_print_a_bounded_message(tmp_path: Path, capsys) -> None:
     spec = base_spec()
-    spec["engine"]["x"] = [float("nan")] * 1_000_000
-    spec["compression"]["algorithms"][0]["params"] = {f"k{i}": 1 for i in range(20_000)}
+    spec["engine"]["x"] = [float("nan")] * 100_000
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "1000000 problems" in err and "... and 999950 more" in err
+    assert "100000 problems" in err and "... and 99950 more" in err
     assert len(err) < 50 * 600
     error = SpecError([("a", "x" * 10_000)] * 3)
     assert len(str(error)) < 3 * 600
