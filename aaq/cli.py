@@ -103,7 +103,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """List registered algorithms, metrics and datasets, with where each comes from."""
+    """List registered algorithms, metrics and datasets, with where each comes from (and broken plugins, why)."""
     from aaq.algorithms.base import algorithms
     from aaq.engine.datasets import datasets
     from aaq.engine.metrics import metrics
@@ -112,6 +112,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name:<32} {registry.source(name)}")
+        for name, error in sorted(registry.broken().items()):
+            print(f"  {name:<32} {error.source or 'unknown origin'}  BROKEN: {error.reason}")
     return EXIT_OK
 
 
