@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from aaq.errors import DataError
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -64,8 +67,8 @@ class StoredArray:
                 f.seek(self.offset + start * self._row_bytes)
                 got = f.readinto(view[at:at + size])
                 if got != size:
-                    raise OSError(f"{str(self.path)!r} ended early: rows {start}..{stop - 1} are cut short "
-                                  f"(the file changed after it was opened?)")
+                    raise DataError(f"{str(self.path)!r} ended early: rows {start}..{stop - 1} are cut short "
+                                    f"(the file changed after it was opened?)", start)
                 at += size
         return out
 
@@ -83,8 +86,14 @@ def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
 def stored_member(path: Path, archive: zipfile.ZipFile, key: str) -> StoredArray | None:
     """``key``'s member as a :class:`StoredArray`, or None when it must be read whole.
 
-    None for a compressed member, a Fortran-order or object array, a 0-d array or an
-    npy format newer than 2.0: rows of those are not byte ranges we can read.
+    None for a compressed member, a Fortran-order or object array, a 0-d array, an npy
+    format newer than 2.0 or a header numpy cannot parse: rows of those are not byte
+    ranges we can read, and reading them whole says what is wrong with them.
+
+    A member read from here bypasses zipfile, so its checks are done here instead, once:
+    the bytes its header declares must be exactly the bytes the member holds, and the
+    member's CRC-32 must match (one streaming pass, a few ms per 100 MB): a truncated or
+    altered file is a DataError, never rows read from the wrong place.
     """
     info = archive.getinfo(f"{key}.npy")
     if info.compress_type != zipfile.ZIP_STORED:
@@ -98,14 +107,41 @@ def stored_member(path: Path, archive: zipfile.ZipFile, key: str) -> StoredArray
         name_len, extra_len = fields[-2], fields[-1]
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         f.seek(start)
-        version = npy_format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(f)
-        else:  # 3.0 (utf-8 field names) has no public header reader
+        try:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:  # 3.0 (utf-8 field names) has no public header reader
+                return None
+        except (ValueError, EOFError, OSError, SyntaxError, TypeError):
             return None
         offset = f.tell()
-    if fortran or dtype.hasobject or len(shape) == 0:
+    if fortran or dtype.hasobject or len(shape) == 0 or dtype.itemsize == 0:
         return None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = start + info.file_size - offset
+    if declared != held:
+        raise DataError(f"{str(path)!r}: array {key!r} is corrupt or truncated: its header says shape "
+                        f"{list(shape)} {dtype.name} ({declared} bytes), the file holds {held} bytes for it")
+    if _crc32(path, start, info.file_size) != info.CRC:
+        raise DataError(f"{str(path)!r}: array {key!r} is corrupt: its CRC-32 does not match (the file was "
+                        f"altered or damaged)")
     return StoredArray(path, offset, shape, dtype)
+
+
+def _crc32(path: Path, start: int, size: int, chunk: int = 1 << 22) -> int:
+    crc = 0
+    buffer = bytearray(min(chunk, max(size, 1)))
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        left = size
+        while left > 0:
+            got = f.readinto(view[:min(chunk, left)])
+            if not got:
+                raise DataError(f"{str(path)!r} ended early: the file is truncated")
+            crc = zlib.crc32(view[:got], crc)
+            left -= got
+    return crc
