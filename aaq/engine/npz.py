@@ -59,7 +59,9 @@ class StoredArray:
         """Rows of ``runs`` (half-open, in order), read into one new array."""
         total = sum(stop - start for start, stop in runs)
         out = np.empty((total,) + self.shape[1:], dtype=self.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        if out.size == 0:  # no bytes to read (no rows, or rows of zero elements)
+            return out
+        view = memoryview(out.reshape(-1).view(np.uint8))
         with open(self.path, "rb", buffering=0) as f:
             at = 0
             for start, stop in runs:
@@ -98,13 +100,26 @@ def stored_member(path: Path, archive: zipfile.ZipFile, key: str) -> StoredArray
     info = archive.getinfo(f"{key}.npy")
     if info.compress_type != zipfile.ZIP_STORED:
         return None
+    try:
+        return _stored_member(path, info, key)
+    except (OSError, ValueError, OverflowError, struct.error):  # offsets that point nowhere: read it whole
+        return None
+
+
+def _stored_member(path: Path, info: zipfile.ZipInfo, key: str) -> StoredArray | None:
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         header = f.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
             return None
         fields = _LOCAL_HEADER.unpack(header)
-        name_len, extra_len = fields[-2], fields[-1]
+        flags, name_len, extra_len = fields[2], fields[-2], fields[-1]
+        if flags & 0x1:  # encrypted: zipfile says so when the member is read whole
+            return None
+        name = f.read(name_len)
+        if name not in (info.orig_filename.encode("utf-8"), info.orig_filename.encode("cp437", "replace")):
+            raise DataError(f"{str(path)!r}: array {key!r} is corrupt: the zip's directory and the member's "
+                            f"own header disagree on its name")
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         f.seek(start)
         try:
@@ -115,7 +130,7 @@ def stored_member(path: Path, archive: zipfile.ZipFile, key: str) -> StoredArray
                 shape, fortran, dtype = npy_format.read_array_header_2_0(f)
             else:  # 3.0 (utf-8 field names) has no public header reader
                 return None
-        except (ValueError, EOFError, OSError, SyntaxError, TypeError):
+        except Exception:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
             return None
         offset = f.tell()
     if fortran or dtype.hasobject or len(shape) == 0 or dtype.itemsize == 0:
