@@ -156,8 +156,9 @@ class RunFolder:
             self._release()
             _fsync_dir(runs)
             _fsync_dir(self.out_dir)
-            _remove_dangling_links(self.out_dir)
-            _prune(runs, keep={done.name, previous}, protect=self._protect)
+        # Tidying may be interrupted: what it leaves is neither current nor previous, and goes next time.
+        _remove_dangling_links(self.out_dir)
+        _prune(runs, keep={done.name, previous}, protect=self._protect)
         logger.debug("published run %s: %s", done.name, ", ".join(names))
         return {name: self.out_dir / name for name in names}
 
