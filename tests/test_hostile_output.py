@@ -401,3 +401,20 @@ def test_sigterm_from_outside_ends_a_run_quietly(tmp_path: Path) -> None:
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "report.json").exists()
     assert not list((tmp_path / "out").rglob("*.onnx"))
+
+
+def test_the_folder_of_a_run_that_died_is_pruned_once_stale(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dead = RunFolder.create(out, names=["m.onnx"])
+    dead.write("m.onnx", b"half")
+    os.close(dead._lock)  # the process is gone: its lock with it
+    dead._lock = None
+    alive = RunFolder.create(out, names=["m.onnx"])
+    old = time.time() - 3600
+    for folder in (dead.path, alive.path):
+        os.utime(folder, (old, old))
+    done = RunFolder.create(out, names=["m.onnx"])
+    done.write("m.onnx", b"whole")
+    done.commit()
+    assert not dead.path.exists() and alive.path.exists()
+    assert (out / "m.onnx").read_bytes() == b"whole"
