@@ -2,16 +2,21 @@
 
 Exit codes: 0 done and every accuracy target met; 2 bad input (spec, model, data,
 plugin); 3 finished but a target was not met (the best model is still written);
-1 anything else. A failure prints one line; the traceback only at debug level.
+128 + N interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129); 1 anything
+else. A failure prints one line (and, for ``run``, where its log is); the traceback
+only at debug level.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from aaq.errors import AaqError
 
@@ -27,16 +32,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(args.spec, progress=not args.no_progress)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(pipeline.spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(out_dir / LOG_FILE, mode="w", encoding="utf-8")
+    run, protect = _open_run_folder(out_dir, pipeline.spec, args.spec)
+    file_handler = logging.FileHandler(run.file(LOG_FILE), mode="w", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aaq").addHandler(file_handler)
     try:
         result = pipeline.run()
-        model_path = result.save(out_dir)
+        model_path = result.save(run, protect=protect)
+    except BaseException as exc:  # nothing is published; the run's log says why and stays
+        _log_failure(file_handler, exc)
+        _detach(file_handler)
+        exc.aaq_log = run.abandon(keep=(LOG_FILE,)) / LOG_FILE  # type: ignore[attr-defined]
+        raise
     finally:
-        logging.getLogger("aaq").removeHandler(file_handler)
-        file_handler.close()
+        _detach(file_handler)
     for record in result.algorithms:
         if record.summary.get("headline"):
             print(f"{record.name}: {record.summary['headline']}")
@@ -50,6 +59,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_run_folder(out_dir: Path, spec, spec_path: str):
+    """This run's private folder in ``out_dir``, refused before any work if it would replace an input."""
+    from aaq.output import RunFolder
+    from aaq.report import input_paths, output_filename
+
+    protect = [*input_paths(spec.resolved), spec_path]
+    names = [output_filename(spec.model_name), "report.json", LOG_FILE]
+    return RunFolder.create(out_dir, names=names, protect=protect), protect
+
+
+def _detach(handler: logging.Handler) -> None:
+    logging.getLogger("aaq").removeHandler(handler)
+    handler.close()
+
+
+def _log_failure(handler: logging.Handler, exc: BaseException) -> None:
+    """The run's own log says how it ended (the console gets its one line from ``main``)."""
+    if isinstance(exc, KeyboardInterrupt):
+        message, exc_info = f"run interrupted by {_signal_name(exc)}; nothing was published", None
+    elif isinstance(exc, AaqError):
+        message, exc_info = f"run failed: {exc}; nothing was published", None
+    else:
+        message = f"run failed: internal error: {type(exc).__name__}: {exc}; nothing was published"
+        exc_info = (type(exc), exc, exc.__traceback__)
+    record = logging.LogRecord("aaq.cli", logging.ERROR, __file__, 0, "%s", (message,), exc_info)
+    try:
+        handler.handle(record)
+    except Exception:  # the log is information, never a reason to hide the real error
+        pass
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Check a spec (schema, plugin names, files, cross-references) without running a model."""
     from aaq.spec.validate import load_spec
@@ -60,7 +100,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """List registered algorithms, metrics and datasets, with where each comes from."""
+    """List registered algorithms, metrics and datasets, with where each comes from (and broken plugins, why)."""
     from aaq.algorithms.base import algorithms
     from aaq.engine.datasets import datasets
     from aaq.engine.metrics import metrics
@@ -69,6 +109,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name:<32} {registry.source(name)}")
+        for name, error in sorted(registry.broken().items()):
+            print(f"  {name:<32} {error.source or 'unknown origin'}  BROKEN: {error.reason}")
     return EXIT_OK
 
 
@@ -132,23 +174,71 @@ def _configure_logging(level: str) -> None:
         root.addHandler(handler)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the run is, like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(exc: BaseException) -> str:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP behave as SIGINT does (an exception where the run is) while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level)
     try:
-        return args.handler(args)
+        with _signals_interrupt():
+            return args.handler(args)
     except AaqError as exc:
         logger.debug("traceback", exc_info=True)
         print(f"aaq: error: {exc}", file=sys.stderr)
+        _print_log_note(exc)
         return exc.exit_code
     except BrokenPipeError:  # the reader went away (``aaq list | head``): nothing left to say
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt:
-        print("aaq: interrupted; nothing half-written was left", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: 128 + the signal's number
+        print(f"aaq: interrupted by {_signal_name(exc)}; nothing half-written was left", file=sys.stderr)
+        _print_log_note(exc)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except Exception as exc:  # the promise: one line, traceback only at debug level
         logger.debug("traceback", exc_info=True)
         print(f"aaq: internal error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for the "
               f"traceback)", file=sys.stderr)
+        _print_log_note(exc)
         return EXIT_ERROR
+
+
+def _print_log_note(exc: BaseException) -> None:
+    log = getattr(exc, "aaq_log", None)
+    if log is not None:
+        print(f"aaq: the previous results (if any) are untouched; this run's log: {log}", file=sys.stderr)

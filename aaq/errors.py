@@ -32,11 +32,27 @@ class SpecError(BadInputError):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        """At most ``MAX_PROBLEMS`` lines of at most ``MAX_LINE`` characters: a spec with a million
+        faults gets a readable message, not hundreds of megabytes of it."""
         where = f"{self.source}: " if self.source else ""
-        lines = [f"{path}: {msg}" if path else msg for path, msg in self.problems]
-        if len(lines) == 1:
+        shown = self.problems[:MAX_PROBLEMS]
+        lines = [_clip(f"{path}: {msg}" if path else msg) for path, msg in shown]
+        if len(self.problems) == 1:
             return where + lines[0]
-        return where + f"{len(lines)} problems\n" + "\n".join("  " + line for line in lines)
+        more = len(self.problems) - len(shown)
+        tail = [f"  ... and {more} more"] if more else []
+        return where + f"{len(self.problems)} problems\n" + "\n".join(["  " + line for line in lines] + tail)
+
+
+MAX_PROBLEMS = 50
+"""How many problems a SpecError prints; the rest are counted."""
+MAX_LINE = 500
+"""How many characters of one problem it prints."""
+
+
+def _clip(text: str) -> str:
+    text = str(text)
+    return text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "..."
 
 
 class ModelError(BadInputError):

@@ -4,6 +4,10 @@ Built-ins register themselves when their package is imported; a registry imports
 that package the first time it is asked for a name, and loads the entry points of
 installed distributions at the same moment, so ``aaq list`` and a spec see the
 same set whatever was imported before.
+
+An installed plugin that cannot be loaded or breaks its kind's contract breaks only
+itself: it is kept as a *broken* entry with its reason, listed as such, and refused
+(with that reason) only when a spec names it.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ class Registry(Generic[T]):
         self._check = check
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        self._broken: dict[str, PluginError] = {}
         self._loaded = False
 
     def register(self, name: str, obj: T, source: str = "aaq") -> T:
@@ -70,10 +75,15 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._broken:
+                raise self._broken[name] from None
             raise SpecError([(json_path, self.unknown_message(name))]) from None
 
     def unknown_message(self, name: str) -> str:
+        """Why ``name`` cannot be used: broken (and why), or unknown with the nearest known name."""
         self._ensure_loaded()
+        if name in self._broken and name not in self._entries:
+            return f"the {self.kind} {name!r} is installed but broken: {self._broken[name]}"
         near = difflib.get_close_matches(name, self._entries, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         known = ", ".join(sorted(self._entries)) or "none"
@@ -83,6 +93,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         self._ensure_loaded()
         return sorted(self._entries)
+
+    def broken(self) -> dict[str, PluginError]:
+        """Installed plugins that could not be registered, by name, with why (``aaq list`` shows them)."""
+        self._ensure_loaded()
+        return dict(self._broken)
 
     def source(self, name: str) -> str:
         """Where ``name`` came from: ``aaq`` for built-ins, a module or a distribution otherwise."""
@@ -101,22 +116,37 @@ class Registry(Generic[T]):
         self.load_entry_points()
 
     def load_entry_points(self) -> int:
-        """Register every entry point of the group; returns how many were new."""
+        """Register every entry point of the group; returns how many were new.
+
+        One that cannot be loaded or registered is kept in ``broken()`` instead of failing
+        every command; ``get`` raises its ``PluginError`` when a spec names it.
+        """
         added = 0
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
-            dist = ep.dist.name if ep.dist is not None else ep.value
+            dist = ep.dist.name if getattr(ep, "dist", None) is not None else ep.value
+            source = f"distribution {dist}"
             if ep.name in self._entries and self._sources[ep.name].startswith("distribution "):
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # a plugin's import error must name the plugin
-                raise PluginError(f"cannot load entry point {ep.value!r}: {exc}", ep.name, dist) from exc
-            if self._entries.get(ep.name) is obj:
-                self._sources[ep.name] = f"distribution {dist}"
+            except (Exception, SystemExit) as exc:  # a plugin's import error must name the plugin
+                self._mark_broken(PluginError(f"cannot load entry point {ep.value!r}: "
+                                              f"{type(exc).__name__}: {exc}", ep.name, source))
                 continue
-            self.register(ep.name, obj, source=f"distribution {dist}")
+            if self._entries.get(ep.name) is obj:
+                self._sources[ep.name] = source
+                continue
+            try:
+                self.register(ep.name, obj, source=source)
+            except PluginError as exc:
+                self._mark_broken(exc if exc.source else PluginError(exc.reason, ep.name, source))
+                continue
             added += 1
         return added
+
+    def _mark_broken(self, error: PluginError) -> None:
+        logger.debug("%s", error)
+        self._broken.setdefault(error.name, error)
 
 
 def _module_of(obj: object) -> str:

@@ -1,18 +1,22 @@
-"""What a run did, as a ``Result`` and as report.json; files are written atomically."""
+"""What a run did, as a ``Result`` and as report.json; the model and the report are published as one pair."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnx
 
+from aaq.errors import AaqError, PluginError
+from aaq.output import RunFolder
+from aaq.spec.coerce import NAME_MAX_BYTES, OUTPUT_SUFFIX
 from aaq.state import AlgorithmRecord
 from aaq.version import __version__
 
@@ -69,65 +73,156 @@ class Result:
     spec: dict[str, Any]
     float_samples_inferred: int = 0
 
-    @property
-    def model_filename(self) -> str:
-        return f"{self.model_name}.quantized.onnx"
-
     def report(self) -> dict[str, Any]:
-        """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals."""
+        """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals.
+
+        Everything measured in time (when, how long, latency) is under ``"timings"``, so
+        that two runs of the same spec and seed give reports equal but for that field.
+        """
         evaluations = [_jsonable(e) for e in self.evaluations]
+        algorithms = [_jsonable(r) for r in self.algorithms]
         nodes = [n.op_type for n in self.model.graph.node]
+        digest = hashlib.sha256(self.model.SerializeToString(deterministic=True)).hexdigest()
+        timings = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": self.seconds,
+            "algorithms": [{"name": a.get("name"), "seconds": a.pop("seconds", None)} for a in algorithms],
+            "evaluations": [e.pop("seconds", None) if isinstance(e, dict) else None for e in evaluations],
+            "latency": {a.get("name"): a["summary"].pop("latency") for a in algorithms
+                        if isinstance(a.get("summary"), dict) and "latency" in a["summary"]},
+        }
         return {
             "aaq_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "target_met": self.target_met,
             "targets": self.targets,
             "model": {
                 "file": self.model_filename,
+                "sha256": digest,
                 "nodes": len(nodes),
                 "quantize_linear": nodes.count("QuantizeLinear"),
                 "dequantize_linear": nodes.count("DequantizeLinear"),
             },
             "metrics": {name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()},
-            "algorithms": [_jsonable(r) for r in self.algorithms],
+            "algorithms": algorithms,
             "evaluations": evaluations,
             "totals": {
-                "seconds": self.seconds,
                 "evaluations": len(evaluations),
                 "samples_inferred": sum(int(e.get("inferred", 0)) for e in evaluations),
                 "float_model_samples_inferred": self.float_samples_inferred,
             },
             "spec": self.spec,
+            "timings": timings,
         }
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the model and report.json into ``out_dir``; returns the model's path."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        model_path = out / self.model_filename
-        write_bytes_atomic(model_path, self.model.SerializeToString())
-        write_json_atomic(out / "report.json", self.report())
-        logger.info("wrote %s and %s", model_path, out / "report.json")
-        return model_path
+    def report_bytes(self) -> bytes:
+        """report.json's bytes; a value that is not JSON (an algorithm's summary) is a PluginError naming it."""
+        try:
+            return (json.dumps(self.report(), indent=2, allow_nan=False) + "\n").encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            for record in self.algorithms:
+                try:
+                    json.dumps(_jsonable(record), allow_nan=False)
+                except (TypeError, ValueError, RecursionError) as inner:
+                    detail = "it refers to itself" if isinstance(inner, RecursionError) else str(inner)
+                    name = str(getattr(record, "name", "?"))
+                    raise PluginError(f"its summary cannot be written to report.json ({detail}); a summary "
+                                      f"holds JSON values only", name, _algorithm_source(name)) from None
+            raise AaqError(f"report.json cannot be written: {exc}") from None
+
+    def save(self, out_dir: str | Path | RunFolder, *, extra_files: Mapping[str, bytes] | None = None,
+             protect: Iterable[str | Path] = ()) -> Path:
+        """Publish the model, report.json and ``extra_files`` in ``out_dir`` as one pair; the model's path.
+
+        Everything is serialised before anything is written, and the files are switched
+        in together (``aaq.output``): a reader sees this run's pair or the previous one,
+        never a mix. ``out_dir`` may be a ``RunFolder`` the caller opened (the CLI does,
+        to write the log into it); ``protect`` adds input files never to replace (the
+        spec's model and data always are).
+        """
+        model_bytes = self.model.SerializeToString(deterministic=True)
+        files = {self.model_filename: model_bytes, "report.json": self.report_bytes(), **(extra_files or {})}
+        protected = [*input_paths(self.spec), *protect]
+        if isinstance(out_dir, RunFolder):
+            run, own = out_dir, False
+        else:
+            run, own = RunFolder.create(out_dir, names=files, protect=protected), True
+        try:
+            for name, data in files.items():
+                run.write(name, data)
+            published = run.commit()
+        except BaseException:
+            if own:
+                run.abandon(keep=())
+            raise
+        logger.info("wrote %s and %s", published[self.model_filename], published["report.json"])
+        return published[self.model_filename]
+
+    @property
+    def model_filename(self) -> str:
+        return output_filename(self.model_name)
+
+
+def _algorithm_source(name: str) -> str | None:
+    from aaq.algorithms.base import algorithms
+
+    try:
+        return algorithms.source(name)
+    except Exception:
+        return None
+
+
+def output_filename(model_name: str) -> str:
+    """``NAME.quantized.onnx``, made a safe file name whatever ``NAME`` is (the spec refuses bad
+    names already; this keeps a Result built in code from writing anywhere else either)."""
+    name = "".join("_" if ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(model_name))
+    name = name.lstrip(".") or "model"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = name.encode("utf-8", "replace").decode("utf-8")
+    budget = NAME_MAX_BYTES
+    if len(name.encode("utf-8")) > budget:
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+        cut = name.encode("utf-8")[:budget - 13].decode("utf-8", "ignore")
+        name = f"{cut}-{digest}"
+    return name + OUTPUT_SUFFIX
+
+
+def input_paths(spec: Mapping[str, Any]) -> list[str]:
+    """The files a resolved spec reads (model, datasets): an output never replaces them."""
+    paths = []
+    model = spec.get("model") if isinstance(spec, Mapping) else None
+    if isinstance(model, Mapping) and isinstance(model.get("path"), str):
+        paths.append(model["path"])
+    engine = spec.get("engine") if isinstance(spec, Mapping) else None
+    for key in ("dataset", "calibration_dataset"):
+        entry = engine.get(key) if isinstance(engine, Mapping) else None
+        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+            paths.append(entry["path"])
+    return paths
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file."""
+    """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file.
+
+    The file gets the usual permissions (0666 less the umask), not a temporary file's 0600.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def _jsonable(obj: Any) -> Any:

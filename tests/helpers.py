@@ -1,6 +1,8 @@
 """Helpers the test modules share: the tiny sample's spec, a fake engine, running models and quantizing them."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,13 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 def images(n: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(np.float32)
+
+
+def optimized_op_types(model: onnx.ModelProto) -> list[str]:
+    """The node types ONNX Runtime really runs, from the optimized graph it writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]

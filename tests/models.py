@@ -107,3 +107,26 @@ def labeled_data(model_fn, n: int = 64, seed: int = 1, **kwargs) -> tuple[np.nda
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     y = sess.run(None, {model.graph.input[0].name: x})[0]
     return x, y.argmax(axis=1)
+
+
+def add_hardswish(mb: ModelBuilder, x: str, form: str = "div") -> str:
+    """The hard-swish as exporters write it: ``x * Clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``, or ``/ 6`` first)."""
+    three, zero, six = (mb.add_initializer(np.array(v, np.float32), "c") for v in (3.0, 0.0, 6.0))
+    clip = mb.add_node("Clip", [mb.add_node("Add", [x, three]), zero, six])
+    if form == "div":
+        return mb.add_node("Div", [mb.add_node("Mul", [x, clip]), six])
+    if form == "sixth":
+        return mb.add_node("Mul", [mb.add_node("Mul", [clip, x]), mb.add_initializer(np.array(1 / 6, np.float32), "c")])
+    return mb.add_node("Mul", [x, mb.add_node("Div", [clip, six])])
+
+
+def conv_hardswish_conv(seed: int = 0, opset: int = 13, form: str = "div", bias: float = 0.0) -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv(16->32, 3x3) -> hard-swish (decomposed) -> Conv(32->32, 1x1) -> y"""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_conv(x, 16, 32, name="conv1")
+    if bias:
+        h = mb.add_node("Add", [h, mb.add_initializer(np.array(bias, np.float32), "c")], "shift")
+    y = mb.add_conv(add_hardswish(mb, h, form), 32, 32, kernel=1, name="conv2")
+    mb.add_output(y, ["N", 32, 8, 8])
+    return mb.build(opset)

@@ -144,12 +144,23 @@ def test_entry_point_plugin_is_listed_and_runs_from_a_spec(tmp_path: Path) -> No
     assert report["algorithms"][0]["summary"] == {"stamped": 3}
 
 
-def test_broken_entry_point_plugin_is_refused_by_name(tmp_path: Path) -> None:
+def test_broken_entry_point_plugin_is_listed_as_broken_and_refused_only_when_named(tmp_path: Path) -> None:
     site = _demo_distribution(tmp_path / "site", broken=True)
     listed = _aaq(["list"], site, tmp_path)
-    assert listed.returncode == 2
-    assert "plugin 'Stamp' (from distribution aaq-demo-plugin)" in listed.stderr
-    assert "schema default 4 != dataclass default 3" in listed.stderr
+    assert listed.returncode == 0, listed.stderr
+    line, = [line for line in listed.stdout.splitlines() if line.split()[:1] == ["Stamp"]]
+    assert "distribution aaq-demo-plugin  BROKEN: " in line
+    assert "schema default 4 != dataclass default 3" in line
+    spec = base_spec()
+    spec["compression"]["algorithms"] = [{"name": "DefaultQuantization"}]
+    ok = _aaq(["validate", str(write_spec(tmp_path, spec, "ok.json"))], site, tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    spec["compression"]["algorithms"] = [{"name": "Stamp"}]
+    named = _aaq(["validate", str(write_spec(tmp_path, spec))], site, tmp_path)
+    assert named.returncode == 2
+    assert "compression.algorithms[0].name: the algorithm 'Stamp' is installed but broken" in named.stderr
+    assert "plugin 'Stamp' (from distribution aaq-demo-plugin)" in named.stderr
+    assert "schema default 4 != dataclass default 3" in named.stderr
 
 
 def test_python_m_aaq_help() -> None:

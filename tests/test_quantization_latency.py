@@ -18,7 +18,7 @@ from onnx import helper
 from aaq.quantization.graph import GraphIndex
 from aaq.quantization.layers import find_layout
 from aaq.quantization.prepare import prepare_model
-from models import ModelBuilder
+from models import ModelBuilder, conv_hardswish_conv, add_hardswish
 from helpers import quantize, run
 
 
@@ -45,29 +45,6 @@ def qdq_pairs(graph: onnx.GraphProto) -> list[str]:
     """QuantizeLinear nodes read by a DequantizeLinear: a round trip ORT left in the graph."""
     return [q.name for q in graph.node if q.op_type == "QuantizeLinear"
             and any(r.op_type == "DequantizeLinear" for r in readers(graph, q.output[0]))]
-
-
-def add_hardswish(mb: ModelBuilder, x: str, form: str = "div") -> str:
-    """The hard-swish as exporters write it: ``x * Clip(x + 3, 0, 6) / 6`` (or ``* (1/6)``, or ``/ 6`` first)."""
-    three, zero, six = (mb.add_initializer(np.array(v, np.float32), "c") for v in (3.0, 0.0, 6.0))
-    clip = mb.add_node("Clip", [mb.add_node("Add", [x, three]), zero, six])
-    if form == "div":
-        return mb.add_node("Div", [mb.add_node("Mul", [x, clip]), six])
-    if form == "sixth":
-        return mb.add_node("Mul", [mb.add_node("Mul", [clip, x]), mb.add_initializer(np.array(1 / 6, np.float32), "c")])
-    return mb.add_node("Mul", [x, mb.add_node("Div", [clip, six])])
-
-
-def conv_hardswish_conv(seed: int = 0, opset: int = 13, form: str = "div", bias: float = 0.0) -> onnx.ModelProto:
-    """x[N,16,8,8] -> Conv(16->32, 3x3) -> hard-swish (decomposed) -> Conv(32->32, 1x1) -> y"""
-    mb = ModelBuilder(seed)
-    x = mb.add_input("x", ["N", 16, 8, 8])
-    h = mb.add_conv(x, 16, 32, name="conv1")
-    if bias:
-        h = mb.add_node("Add", [h, mb.add_initializer(np.array(bias, np.float32), "c")], "shift")
-    y = mb.add_conv(add_hardswish(mb, h, form), 32, 32, kernel=1, name="conv2")
-    mb.add_output(y, ["N", 32, 8, 8])
-    return mb.build(opset)
 
 
 def inputs(n: int = 64, channels: int = 16, seed: int = 0) -> np.ndarray:

@@ -167,7 +167,7 @@ def test_matmul_followed_by_a_constant_add_has_its_bias_corrected() -> None:
 def test_a_quantizer_shared_with_float_readers_is_widened_so_the_producer_still_fuses() -> None:
     """conv -> HardSigmoid -> Mul(conv, .) (hard-swish), with Mul quantized: the conv's output has a float
     reader besides Mul's quantizer; ORT fuses the conv only if one Q serves every reader."""
-    from test_quantization_qdq import optimized_op_types
+    from helpers import optimized_op_types
 
     mb = ModelBuilder(0)
     x = mb.add_input("x", ["N", 3, 8, 8])

@@ -180,7 +180,7 @@ def test_affine_ops_around_convs_fold_exactly(kind: str, removed: set, kept: lis
 
 @pytest.mark.parametrize("form", ["div", "sixth", "div_first"])
 def test_a_decomposed_hardswish_becomes_one_op_and_keeps_its_output_name(form: str) -> None:
-    from test_quantization_latency import conv_hardswish_conv
+    from models import conv_hardswish_conv
 
     model = conv_hardswish_conv(form=form, opset=11)
     x = np.random.default_rng(0).normal(0, 2, (4, 16, 8, 8)).astype(np.float32)
@@ -196,7 +196,7 @@ def test_a_decomposed_hardswish_becomes_one_op_and_keeps_its_output_name(form: s
 
 
 def test_a_hardswish_whose_parts_are_read_elsewhere_is_left_alone() -> None:
-    from test_quantization_latency import add_hardswish
+    from models import add_hardswish
 
     mb = ModelBuilder(0)
     x = mb.add_input("x", ["N", 4])

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from aaq.quantization.qdq import apply_plan
 from models import ModelBuilder, conv_net, mlp
-from helpers import images, quantize, run
+from helpers import optimized_op_types, images, quantize, run
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -26,16 +26,6 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 def weight_dq(model: onnx.ModelProto, layer: str) -> onnx.NodeProto:
     node = next(n for n in model.graph.node if n.name == layer)
     return producers(model)[node.input[1]]
-
-
-def optimized_op_types(model: onnx.ModelProto) -> list[str]:
-    """The node types ONNX Runtime really runs, from the optimized graph it writes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
 
 
 def single_gemm(seed: int = 0) -> onnx.ModelProto:
@@ -249,7 +239,7 @@ def test_quantize_activation_matmul_quantizes_both_operands() -> None:
     from aaq.algorithms.default import DefaultQuantization
     from aaq.errors import ModelError
     from aaq.state import PipelineState
-    from test_statistics import FakeEngine
+    from helpers import FakeEngine
 
     def go(**params):
         algorithm = DefaultQuantization(DefaultQuantization.Params(**params))

@@ -96,14 +96,105 @@ def dataset_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.data
 
 
 def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[dict[str, np.ndarray], Labels]:
-    """The stacked inputs and labels of ``indices``, by the fast path when the dataset has one."""
+    """The stacked inputs and labels of ``indices``, by the fast path when the dataset has one.
+
+    Everything a dataset hands over is checked here, where the dataset and the sample
+    are known: user code that raises or returns something else than a ``Sample``, inputs
+    that do not stack, NaN or Inf in float inputs. Each is a DataError naming the dataset
+    (its file or factory) and the first bad sample.
+    """
     fast = getattr(dataset, "batch", None)
     if fast is not None:
-        return fast(indices)
-    samples = [dataset[int(i)] for i in indices]
-    inputs = {name: np.stack([s.inputs[name] for s in samples]) for name in samples[0].inputs}
-    labels = [s.label for s in samples]
-    return inputs, (None if all(lab is None for lab in labels) else labels)
+        try:
+            got = fast(indices)
+        except BadInputError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{describe_dataset(dataset)} failed to give samples {_span(indices)}: "
+                            f"{type(exc).__name__}: {exc}", _first(indices)) from None
+        if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict)):
+            raise DataError(f"{describe_dataset(dataset)}: batch() must return (dict of input arrays, labels), got "
+                            f"{type(got).__name__}", _first(indices))
+        inputs, labels = got
+        inputs = {name: _as_array(dataset, name, a, indices) for name, a in inputs.items()}
+    else:
+        samples = [_sample(dataset, int(i)) for i in indices]
+        inputs = {name: _stack(dataset, name, samples, indices) for name in samples[0].inputs} if samples else {}
+        labels = [s.label for s in samples]
+        labels = None if all(lab is None for lab in labels) else labels
+    for name, array in inputs.items():
+        _check_finite_input(dataset, name, array, indices)
+    return inputs, labels
+
+
+def describe_dataset(dataset: Any) -> str:
+    """How errors name a dataset: its file or factory when known, else its type."""
+    source = getattr(dataset, "source", None)
+    return f"dataset {source!r}" if isinstance(source, str) else f"dataset {type(dataset).__name__}"
+
+
+def _sample(dataset: Dataset, index: int) -> Sample:
+    try:
+        sample = dataset[index]
+    except BadInputError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{describe_dataset(dataset)} raised {type(exc).__name__}: {exc}", index) from None
+    inputs = getattr(sample, "inputs", None)
+    if not isinstance(inputs, dict) or not inputs:
+        raise DataError(f"{describe_dataset(dataset)} returned {type(sample).__name__} (expected an aaq Sample "
+                        f"with a dict of input arrays)", index)
+    return sample
+
+
+def _stack(dataset: Dataset, name: str, samples: list, indices: np.ndarray) -> np.ndarray:
+    rows = []
+    for sample, index in zip(samples, indices):
+        if name not in sample.inputs:
+            raise DataError(f"{describe_dataset(dataset)}: the sample has no input {name!r} (sample "
+                            f"{int(indices[0])} has)", int(index))
+        rows.append(_as_array(dataset, name, sample.inputs[name], np.asarray([index])))
+    shapes = {row.shape for row in rows}
+    if len(shapes) > 1 or len({row.dtype for row in rows}) > 1:
+        j = next(j for j, row in enumerate(rows) if row.shape != rows[0].shape or row.dtype != rows[0].dtype)
+        raise DataError(f"{describe_dataset(dataset)}: input {name!r} is {list(rows[j].shape)} "
+                        f"{rows[j].dtype.name}, sample {int(indices[0])}'s is {list(rows[0].shape)} "
+                        f"{rows[0].dtype.name}: samples must agree", int(indices[j]))
+    return np.stack(rows)
+
+
+def _as_array(dataset: Dataset, name: str, value: Any, indices: np.ndarray) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as exc:
+        raise DataError(f"{describe_dataset(dataset)}: input {name!r} is not an array: {exc}", _first(indices)) \
+            from None
+    if array.dtype.kind not in "biufc":
+        raise DataError(f"{describe_dataset(dataset)}: input {name!r} holds {array.dtype.name} values, not "
+                        f"numbers", _first(indices))
+    return array
+
+
+def _check_finite_input(dataset: Dataset, name: str, array: np.ndarray, indices: np.ndarray) -> None:
+    """NaN or Inf in a float input names the dataset and the sample (one float64 sum when all is well)."""
+    if array.dtype.kind not in "fc" or array.size == 0 or np.isfinite(array.sum(dtype=np.complex128 if
+                                                                                 array.dtype.kind == "c"
+                                                                                 else np.float64)):
+        return
+    rows = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1) if array.ndim else np.array([True])
+    if not rows.any():  # the sum itself overflowed: every value is finite
+        return
+    j = int(np.argmax(rows))
+    index = int(indices[j]) if j < len(indices) else _first(indices)
+    raise DataError(f"{describe_dataset(dataset)}: input {name!r} holds NaN or Inf", index)
+
+
+def _first(indices: np.ndarray) -> int | None:
+    return int(indices[0]) if len(indices) else None
+
+
+def _span(indices: np.ndarray) -> str:
+    return f"{int(indices[0])}..{int(indices[-1])}" if len(indices) else "(none)"
 
 
 class ArrayDataset:
@@ -115,7 +206,7 @@ class ArrayDataset:
             raise DataError(f"{source}: a dataset needs at least one input array")
         lengths = {name: (np.shape(a)[0] if np.ndim(a) else None) for name, a in inputs.items()}
         if labels is not None:
-            lengths["labels"] = len(labels)
+            lengths["labels"] = len(labels) if np.ndim(labels) else None
         if None in lengths.values() or len(set(lengths.values())) != 1:
             sizes = ", ".join(f"{k}: {v if v is not None else 'a scalar'}" for k, v in lengths.items())
             raise DataError(f"{source}: every array needs the same number of samples on its first axis, "
@@ -186,28 +277,54 @@ class NpzDataset(ArrayDataset):
             archive = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise BadInputError(f"dataset file {str(path)!r} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"dataset file {str(path)!r} cannot be read as .npz: {exc}") from None
+        except Exception as exc:  # zipfile, zlib and numpy each raise their own types for a broken file
+            raise DataError(f"dataset file {str(path)!r} cannot be read as .npz: {_reason(exc)}") from None
         if not hasattr(archive, "files"):
             raise BadInputError(f"dataset file {str(path)!r} is a single array, not an .npz archive")
         with archive:
-            keys = dict(inputs)
-            if labels is not None:
-                keys["labels"] = labels
-            for role, key in keys.items():
-                if key not in archive.files:
-                    what = "the labels" if role == "labels" else f"input {role!r}"
-                    raise DataError(f"{str(path)!r} has no array {key!r} (for {what}); "
-                                    f"its arrays: {', '.join(sorted(archive.files))}")
-            arrays: dict[str, np.ndarray | StoredArray] = {}
-            for name, key in inputs.items():
-                stored = stored_member(path, archive.zip, key)
-                if stored is None:
-                    logger.info("%s: array %r is compressed (or not row-addressable), reading it into memory; "
-                                "save it with np.savez (not savez_compressed) to stream it", path, key)
-                arrays[name] = archive[key] if stored is None else stored
-            label_array = archive[labels] if labels is not None else None
+            return cls._from_archive(path, archive, inputs, labels)
+
+    @classmethod
+    def _from_archive(cls, path: Path, archive: Any, inputs: dict[str, str], labels: str | None) -> "NpzDataset":
+        keys = dict(inputs)
+        if labels is not None:
+            keys["labels"] = labels
+        for role, key in keys.items():
+            if key not in archive.files:
+                what = "the labels" if role == "labels" else f"input {role!r}"
+                raise DataError(f"{str(path)!r} has no array {key!r} (for {what}); "
+                                f"its arrays: {', '.join(sorted(archive.files))}")
+        arrays: dict[str, np.ndarray | StoredArray] = {}
+        for name, key in inputs.items():
+            stored = stored_member(path, archive.zip, key)
+            if stored is None:
+                logger.info("%s: array %r is compressed (or not row-addressable), reading it into memory; "
+                            "save it with np.savez (not savez_compressed) to stream it", path, key)
+            arrays[name] = _read_whole(path, archive, key) if stored is None else stored
+        label_array = _read_whole(path, archive, labels, numeric=False) if labels is not None else None
         return cls(arrays, label_array, source=str(path))
+
+
+def _read_whole(path: Path, archive: Any, key: str, numeric: bool = True) -> np.ndarray:
+    """One member read into memory; a truncated, corrupt or object member is a DataError naming it.
+
+    Inputs must be numbers; labels may also be text (``numeric=False``), for metrics that read it.
+    """
+    try:
+        array = archive[key]
+    except Exception as exc:
+        raise DataError(f"{str(path)!r}: array {key!r} cannot be read: {_reason(exc)}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in ("biufc" if numeric else "biufcUS"):
+        kind = array.dtype.name if isinstance(array, np.ndarray) else type(array).__name__
+        raise DataError(f"{str(path)!r}: array {key!r} holds {kind} values; a dataset holds numbers")
+    return array
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "allow_pickle" in text or "Object arrays" in text:
+        return "it holds Python objects (dtype object), which aaq does not unpickle; save numeric arrays"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @register_dataset("python")
@@ -238,7 +355,39 @@ class PythonDataset:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise PluginError(f"the factory must return a Dataset (__len__ and __getitem__), "
                               f"got {type(dataset).__name__}", ref)
-        return dataset
+        return FactoryDataset(dataset, ref)
+
+
+class FactoryDataset:
+    """A dataset made by a factory, named after it in every error; reads pass straight through.
+
+    Its length is read once, here: a ``__len__`` that raises or is not a count is the
+    factory's fault, said before any inference.
+    """
+
+    def __init__(self, dataset: Any, ref: str) -> None:
+        try:
+            size = len(dataset)
+        except Exception as exc:
+            raise PluginError(f"len() of the dataset raised {type(exc).__name__}: {exc}", ref) from None
+        if not isinstance(size, int) or size < 0:
+            raise PluginError(f"len() of the dataset must be a count, got {size!r}", ref)
+        self.dataset = dataset
+        self.source = f"python:{ref}"
+        self._len = size
+        if callable(getattr(dataset, "batch", None)):
+            self.batch = dataset.batch
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:  # anything else the user's object offers
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def import_factory(ref: str, base_dir: Path) -> Callable[..., Any]:

@@ -307,7 +307,7 @@ class Engine:
                 if count != len(bidx):
                     raise DataError(f"metric {metric.name!r} returned {count} entries for a batch of "
                                     f"{len(bidx)} samples (one per sample expected)", int(bidx[0]))
-                cache.put(metric, bidx, np.asarray(entries, np.float64) if metric.per_sample else entries)
+                cache.put(metric, bidx, entries)  # ScoreCache.put checks the metric contract (evaluation.py)
             cache.have[bidx] = True
             self.inferred_by_model[digest] += len(bidx)
             yield len(bidx)

@@ -62,9 +62,10 @@ class ScoreCache:
             m.name: np.full(size, np.nan) if m.per_sample else np.empty(size, dtype=object) for m in metrics}
 
     def put(self, metric: Metric, indices: np.ndarray, entries: Any) -> None:
+        """Store a batch's entries as ``metric.score`` returned them, once they honour the contract."""
         store = self.entries[metric.name]
         if metric.per_sample:
-            store[indices] = entries
+            store[indices] = check_entries(metric, indices, entries)
         else:  # objects (tuples, strings) must not be broadcast into the array
             for i, entry in zip(indices, entries):
                 store[i] = entry
@@ -78,10 +79,10 @@ class ScoreCache:
             entries = self.entries[metric.name][indices]
             if metric.per_sample:
                 per_sample[metric.name] = entries
-                values[metric.name] = float(metric.aggregate(entries))
+                values[metric.name] = check_value(metric, entries, entries)
             else:
                 per_sample[metric.name] = None
-                values[metric.name] = float(metric.aggregate(list(entries)))
+                values[metric.name] = check_value(metric, list(entries), entries)
         return values, per_sample
 
 
@@ -119,6 +120,68 @@ class OutputStore:
         for name, store in self.arrays.items():
             out[name] = np.stack(list(store[indices])) if store.dtype == object else store[indices]
         return out
+
+
+def check_entries(metric: Metric, indices: np.ndarray, entries: Any) -> np.ndarray:
+    """A per-sample metric's entries as float64, refused unless they are what the metric declares.
+
+    One finite number per sample, inside ``metric.bounds`` when it declares them: early
+    stopping bounds the final value with those bounds, so a metric that breaks them
+    would make it decide wrongly. A fault names the metric and the first bad sample.
+    """
+    indices = np.asarray(indices)
+    first = int(indices[0]) if len(indices) else None
+    try:
+        given = np.asarray(entries)
+    except Exception as exc:
+        raise DataError(f"metric {metric.name!r} returned entries that are not numbers: {exc}", first) from None
+    if given.dtype.kind not in "biuf":
+        flat = list(given.reshape(-1)) if given.ndim else [given.item()]
+        j = next((j for j, e in enumerate(flat) if not _is_number(e)), 0)
+        example = flat[j].item() if isinstance(flat[j], np.generic) else flat[j]
+        kind = {"U": "str", "S": "bytes", "O": "object"}.get(given.dtype.kind, given.dtype.name)
+        where = int(indices[j]) if j < len(indices) else first
+        raise DataError(f"metric {metric.name!r} returned {kind} entries (here {example!r}); a per-sample "
+                        f"metric returns one number per sample", where)
+    if given.size != len(indices):
+        raise DataError(f"metric {metric.name!r} returned entries of shape {list(given.shape)} for a batch of "
+                        f"{len(indices)} samples (one number per sample expected)", first)
+    values = given.astype(np.float64, copy=False).reshape(-1)
+    finite = np.isfinite(values)
+    if not finite.all():
+        j = int(np.argmax(~finite))
+        raise DataError(f"metric {metric.name!r} returned {float(values[j])} (a per-sample score must be a "
+                        f"finite number)", int(indices[j]))
+    if metric.bounds is not None:
+        low, high = (float(b) for b in metric.bounds)
+        slack = 1e-9 * max(1.0, high - low)
+        outside = (values < low - slack) | (values > high + slack)
+        if outside.any():
+            j = int(np.argmax(outside))
+            raise DataError(f"metric {metric.name!r} returned {float(values[j])!r}, outside the bounds "
+                            f"{tuple(metric.bounds)} it declares", int(indices[j]))
+    return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating))
+
+
+def check_value(metric: Metric, entries: Any, raw: np.ndarray) -> float:
+    """``metric.aggregate(entries)`` as a float; a failure, a non-number or NaN over samples is a DataError."""
+    try:
+        value = metric.aggregate(entries)
+        number = float(value)
+    except AaqError:
+        raise
+    except Exception as exc:
+        raise DataError(f"metric {metric.name!r}: aggregate failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(value, (str, bytes)):
+        raise DataError(f"metric {metric.name!r}: aggregate returned the string {value!r}, not a number")
+    if len(raw) and not np.isfinite(number):
+        raise DataError(f"metric {metric.name!r}: aggregate returned {number} over {len(raw)} samples (a metric "
+                        f"value must be a finite number)")
+    return number
 
 
 def check_finite(array: np.ndarray, indices: np.ndarray, name: str) -> None:

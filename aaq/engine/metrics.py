@@ -153,7 +153,7 @@ class Accuracy(Metric):
         if scores.ndim != 2:
             raise DataError(f"metric {self.name!r} expects class scores of shape (B, C), "
                             f"got {list(scores.shape)}")
-        target = class_labels(labels, batch, self.name)
+        target = class_labels(labels, batch, self.name, classes=scores.shape[1])
         if self.top_k == 1:
             return (scores.argmax(axis=1) == target).astype(np.float64)
         k = min(self.top_k, scores.shape[1])
@@ -161,8 +161,12 @@ class Accuracy(Metric):
         return (top == target[:, None]).any(axis=1).astype(np.float64)
 
 
-def class_labels(labels: Any, batch: int, metric: str) -> np.ndarray:
-    """Labels as a ``(B,)`` integer array; anything else is a DataError that says what was given."""
+def class_labels(labels: Any, batch: int, metric: str, classes: int | None = None) -> np.ndarray:
+    """Labels as a ``(B,)`` integer array; anything else is a DataError that says what was given.
+
+    With ``classes``, a label outside ``0..classes-1`` is refused too (1-based labels for a
+    0-based classifier would otherwise score 0 and look like a met target).
+    """
     if labels is None:
         raise DataError(f"metric {metric!r} needs labels; the dataset has none")
     target = np.asarray(labels)
@@ -175,6 +179,12 @@ def class_labels(labels: Any, batch: int, metric: str) -> np.ndarray:
         if not (np.issubdtype(target.dtype, np.floating) and np.all(target == np.round(target))):
             raise DataError(f"metric {metric!r} expects integer class indices, got {target.dtype} labels")
         target = target.astype(np.int64)
+    if classes is not None:
+        outside = (target < 0) | (target >= classes)
+        if outside.any():
+            j = int(np.argmax(outside))
+            raise DataError(f"metric {metric!r}: label {target[j]} is not a class of the model's output, which "
+                            f"has {classes} classes (0..{classes - 1}); are the labels 1-based?")
     return target
 
 
@@ -195,7 +205,12 @@ class MeanSquaredError(Metric):
         batch = pred.shape[0]
         if labels is None:
             raise DataError(f"metric {self.name!r} needs labels; the dataset has none")
-        target = np.asarray(labels, dtype=np.float64)
+        try:
+            target = np.asarray(labels, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"metric {self.name!r} expects numeric labels: {exc}") from None
+        if not np.isfinite(target).all():
+            raise DataError(f"metric {self.name!r}: the labels hold NaN or Inf")
         if target.size != pred.size:
             raise DataError(f"metric {self.name!r}: output {list(pred.shape)} and labels "
                             f"{list(target.shape)} differ in size")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from aaq.errors import DataError
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -56,7 +59,9 @@ class StoredArray:
         """Rows of ``runs`` (half-open, in order), read into one new array."""
         total = sum(stop - start for start, stop in runs)
         out = np.empty((total,) + self.shape[1:], dtype=self.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        if out.size == 0:  # no bytes to read (no rows, or rows of zero elements)
+            return out
+        view = memoryview(out.reshape(-1).view(np.uint8))
         with open(self.path, "rb", buffering=0) as f:
             at = 0
             for start, stop in runs:
@@ -64,8 +69,8 @@ class StoredArray:
                 f.seek(self.offset + start * self._row_bytes)
                 got = f.readinto(view[at:at + size])
                 if got != size:
-                    raise OSError(f"{str(self.path)!r} ended early: rows {start}..{stop - 1} are cut short "
-                                  f"(the file changed after it was opened?)")
+                    raise DataError(f"{str(self.path)!r} ended early: rows {start}..{stop - 1} are cut short "
+                                    f"(the file changed after it was opened?)", start)
                 at += size
         return out
 
@@ -83,29 +88,75 @@ def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
 def stored_member(path: Path, archive: zipfile.ZipFile, key: str) -> StoredArray | None:
     """``key``'s member as a :class:`StoredArray`, or None when it must be read whole.
 
-    None for a compressed member, a Fortran-order or object array, a 0-d array or an
-    npy format newer than 2.0: rows of those are not byte ranges we can read.
+    None for a compressed member, a Fortran-order or object array, a 0-d array, an npy
+    format newer than 2.0 or a header numpy cannot parse: rows of those are not byte
+    ranges we can read, and reading them whole says what is wrong with them.
+
+    A member read from here bypasses zipfile, so its checks are done here instead, once:
+    the bytes its header declares must be exactly the bytes the member holds, and the
+    member's CRC-32 must match (one streaming pass, a few ms per 100 MB): a truncated or
+    altered file is a DataError, never rows read from the wrong place.
     """
     info = archive.getinfo(f"{key}.npy")
     if info.compress_type != zipfile.ZIP_STORED:
         return None
+    try:
+        return _stored_member(path, info, key)
+    except (OSError, ValueError, OverflowError, struct.error):  # offsets that point nowhere: read it whole
+        return None
+
+
+def _stored_member(path: Path, info: zipfile.ZipInfo, key: str) -> StoredArray | None:
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         header = f.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
             return None
         fields = _LOCAL_HEADER.unpack(header)
-        name_len, extra_len = fields[-2], fields[-1]
+        flags, name_len, extra_len = fields[2], fields[-2], fields[-1]
+        if flags & 0x1:  # encrypted: zipfile says so when the member is read whole
+            return None
+        name = f.read(name_len)
+        if name not in (info.orig_filename.encode("utf-8"), info.orig_filename.encode("cp437", "replace")):
+            raise DataError(f"{str(path)!r}: array {key!r} is corrupt: the zip's directory and the member's "
+                            f"own header disagree on its name")
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         f.seek(start)
-        version = npy_format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(f)
-        else:  # 3.0 (utf-8 field names) has no public header reader
+        try:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:  # 3.0 (utf-8 field names) has no public header reader
+                return None
+        except Exception:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
             return None
         offset = f.tell()
-    if fortran or dtype.hasobject or len(shape) == 0:
+    if fortran or dtype.hasobject or len(shape) == 0 or dtype.itemsize == 0:
         return None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = start + info.file_size - offset
+    if declared != held:
+        raise DataError(f"{str(path)!r}: array {key!r} is corrupt or truncated: its header says shape "
+                        f"{list(shape)} {dtype.name} ({declared} bytes), the file holds {held} bytes for it")
+    if _crc32(path, start, info.file_size) != info.CRC:
+        raise DataError(f"{str(path)!r}: array {key!r} is corrupt: its CRC-32 does not match (the file was "
+                        f"altered or damaged)")
     return StoredArray(path, offset, shape, dtype)
+
+
+def _crc32(path: Path, start: int, size: int, chunk: int = 1 << 22) -> int:
+    crc = 0
+    buffer = bytearray(min(chunk, max(size, 1)))
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        left = size
+        while left > 0:
+            got = f.readinto(view[:min(chunk, left)])
+            if not got:
+                raise DataError(f"{str(path)!r} ended early: the file is truncated")
+            crc = zlib.crc32(view[:got], crc)
+            left -= got
+    return crc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from aaq.errors import ModelError
+from aaq.errors import BadInputError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def session_options(intra_op_threads: int = 0, graph_optimization_level: str = "
     batch 64 (50 vs 31 ms) and its timings noisy; PP-OCR rec, whose ops are long,
     is the same either way.
     """
+    limit = max_threads()
+    if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, (int, np.integer)) \
+            or not 0 <= intra_op_threads <= limit:
+        raise BadInputError(f"intra_op_threads must be an integer from 0 (ONNX Runtime chooses) to {limit} "
+                            f"(the logical CPUs of this machine), got {intra_op_threads!r}")
     if graph_optimization_level not in OPTIMIZATION_LEVELS:
         raise ValueError(f"graph_optimization_level must be one of {', '.join(OPTIMIZATION_LEVELS)}, "
                          f"got {graph_optimization_level!r}")
@@ -94,6 +100,15 @@ def session_options(intra_op_threads: int = 0, graph_optimization_level: str = "
         options.intra_op_num_threads = intra_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     return options
+
+
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: the machine's logical CPUs.
+
+    More threads than CPUs only slow ONNX Runtime down; far more (a typo such as
+    1000000) never finishes starting while memory grows, so they are refused.
+    """
+    return max(os.cpu_count() or 1, 1)
 
 
 class SessionCache:

@@ -1,8 +1,10 @@
-"""Read a spec file: JSON with ``//`` and ``/* */`` comments, duplicate keys refused.
+"""Read a spec file: UTF-8 JSON with ``//`` and ``/* */`` comments, duplicate keys refused.
 
 Comments are blanked out by a small scanner that respects strings and keeps every
 other character in place, so the line:col of a syntax error points into the file
-the user wrote.
+the user wrote. Whatever the bytes, the outcome is a dict or a ``SpecError`` that
+says where: another encoding, nesting too deep for the parser, NaN, integers too
+long to convert are refused like a syntax error.
 """
 from __future__ import annotations
 
@@ -11,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from aaq.errors import SpecError
+from aaq.spec.coerce import MAX_DEPTH, check_values, depth_problem
+
+MAX_SPEC_BYTES = 64 * 1024 * 1024
+"""A spec file larger than this is refused before it is parsed (``aaq validate /dev/zero``)."""
+
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+         b"\xfe\xff": "UTF-16"}
 
 
 def strip_comments(text: str) -> str:
@@ -75,6 +84,15 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
         data = json.loads(cleaned, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as exc:
         raise SpecError(f"{source}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to parse (a spec nests a few levels, at most "
+                        f"{MAX_DEPTH})") from None
+    except ValueError as exc:  # an integer literal longer than Python converts (4300 digits by default)
+        detail = "an integer has too many digits" if "digits" in str(exc) else str(exc)
+        raise SpecError(f"{source}: {detail}") from None
+    too_deep = depth_problem(data)
+    if too_deep:  # before the walks below, which recurse
+        raise SpecError([too_deep], source)
     if duplicates:
         problems = [(f"{path}.{key}" if path else key, "duplicate key")
                     for path, obj in _walk(data, "") if id(obj) in duplicates
@@ -82,16 +100,37 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
         raise SpecError(problems, source)
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec is a JSON object, got {type(data).__name__}")
+    check_values(data, source)
     return data
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror or exc}") from None
-    return parse_spec_text(text, str(path))
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; not a spec")
+    return parse_spec_text(decode_spec_bytes(raw, str(path)), str(path))
+
+
+def decode_spec_bytes(raw: bytes, source: str = "<spec>") -> str:
+    """The text of a UTF-8 spec (a UTF-8 byte order mark is allowed); any other encoding is a SpecError."""
+    for bom, name in _BOMS.items():
+        if raw.startswith(bom):
+            raise SpecError(f"{source}: the file is {name} text; save the spec as UTF-8")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise SpecError(f"{source}:{line}:{col}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the spec as "
+                        f"UTF-8") from None
 
 
 def _walk(node: Any, path: str):

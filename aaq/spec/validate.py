@@ -21,6 +21,7 @@ from aaq.algorithms.base import algorithms
 from aaq.engine.datasets import datasets
 from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
+from aaq.spec.coerce import check_values, coerce_integers
 from aaq.spec.loader import load_spec_file
 from aaq.schemas.tools import Problem, fill_defaults, format_path, path_values, resolve_paths, schema_errors
 from aaq.schemas import load_schema
@@ -55,12 +56,14 @@ def load_spec(spec: dict[str, Any] | str | Path) -> Spec:
 
 
 def resolve_spec(raw: dict[str, Any], *, base_dir: Path, source: str) -> Spec:
+    check_values(raw, source)  # aaq.spec.coerce: nesting, NaN/Infinity, NUL, model.name, machine limits
     problems = list(schema_problems(raw))
     if problems:
         raise SpecError(problems, source)
     resolved = copy.deepcopy(raw)
     for schema, node, _ in _sections(resolved):
         filled = fill_defaults(node, schema)
+        filled = coerce_integers(filled, schema)  # aaq.spec.coerce: 32.0 -> 32 where the schema says integer
         resolve_paths(filled, schema, base_dir)
         node.clear()
         node.update(filled)
