@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aaq.engine import ArrayDataset, Dataset, NpzDataset, PythonDataset, Sample, datasets, register_dataset
-from aaq.engine.datasets import fetch
+from aaq.engine.feeds import fetch
 from aaq.engine.npz import StoredArray
 from aaq.errors import BadInputError, DataError, PluginError, SpecError
 

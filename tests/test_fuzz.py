@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aaq.cli import main
-from aaq.engine.datasets import NpzDataset, fetch
+from aaq.engine.datasets import NpzDataset
+from aaq.engine.feeds import fetch
 from aaq.errors import BadInputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -85,3 +85,10 @@ def test_validate_and_run_refuse_the_same_spec_before_any_inference(name: str, t
     assert run_error == validate_error
     assert session_runs == [], "a spec fault must cost no inference"
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_an_output_dir_that_does_not_exist_yet_is_not_a_fault(tmp_path: Path) -> None:
+    spec = {**tiny_spec(), "output": {"dir": str(tmp_path / "not" / "yet")}}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    assert main(["validate", str(spec_file)]) == 0

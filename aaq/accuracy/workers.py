@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from aaq.accuracy.subsets import output_distance
-from aaq.engine.datasets import ArrayDataset, fetch
+from aaq.engine.datasets import ArrayDataset
+from aaq.engine.feeds import fetch
 from aaq.engine.engine import Engine
 from aaq.engine.protocol import EngineLike
 

@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from aaq.engine.datasets import Dataset, dataset_from_spec, fetch
-from aaq.engine.feeds import check_dataset_fits, checked_indices, unique_in_order
+from aaq.engine.datasets import Dataset, dataset_from_spec
+from aaq.engine.feeds import check_dataset_fits, checked_indices, fetch, unique_in_order
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
 from aaq.engine.metrics import Metric, metric_from_spec

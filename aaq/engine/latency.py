@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from aaq.engine.datasets import fetch
+from aaq.engine.feeds import fetch
 from aaq.engine.protocol import EngineLike
 from aaq.engine.session import model_bytes, session_options
 

@@ -86,7 +86,7 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     problems: list[Problem] = []
     for schema, node, prefix in _sections(spec.resolved):
         for path, value in path_values(node, schema, prefix):
-            if not Path(value).exists():
+            if path[:1] != ("output",) and not Path(value).exists():  # inputs must exist; outputs are made
                 problems.append((format_path(path), f"file not found: {value}"))
     names = [m["name"] for m in spec.resolved["engine"]["metrics"]]
     for i, name in enumerate(names):
