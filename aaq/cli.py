@@ -1,4 +1,4 @@
-"""``aaq run | validate | list | schema``: argument parsing, printing and exit codes, no logic.
+"""``aaq run | validate | list | schema | report``: argument parsing, printing and exit codes, no logic.
 
 Exit codes: 0 done and every accuracy target met; 2 bad input (spec, model, data,
 plugin); 3 finished but a target was not met (the best model is still written);
@@ -34,6 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         result = pipeline.run()
         model_path = result.save(out_dir)
+        html = None if args.no_html else _write_html(out_dir)
     finally:
         logging.getLogger("aaq").removeHandler(file_handler)
         file_handler.close()
@@ -44,9 +45,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(m.describe(name))
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
+    if html is not None:
+        print(f"html: {html}")
     if not result.target_met:
         print("accuracy target NOT met: the best model found was written (see report.json)")
         return EXIT_TARGET_MISSED
+    return EXIT_OK
+
+
+def _write_html(out_dir: Path) -> Path | None:
+    """report.html beside report.json; failing to draw it is logged, never the run's failure."""
+    from aaq.report_html import write_report_html
+
+    try:
+        path = write_report_html(out_dir / "report.json", out_dir / "report.html")
+    except Exception as exc:
+        logger.debug("traceback", exc_info=True)
+        logger.warning("report.html was NOT written (%s: %s); report.json is complete; retry with: "
+                       "python -m aaq report %s", type(exc).__name__, exc, out_dir / "report.json")
+        return None
+    logger.info("wrote %s", path)
+    return path
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Draw a report.json as one self-contained HTML page (default: report.html beside it)."""
+    from aaq.report_html import write_report_html
+
+    print(f"html: {write_report_html(args.report, args.output)}")
     return EXIT_OK
 
 
@@ -94,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "schema": _cmd_schema}
+        "run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "schema": _cmd_schema,
+        "report": _cmd_report}
     for name, handler in commands.items():
         cmd = sub.add_parser(name, help=handler.__doc__, description=handler.__doc__)
         cmd.set_defaults(handler=handler)
@@ -106,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--output-dir", help="where to write the model, report.json and the log "
                                                   "(default: the spec's output.dir, else aaq-results/NAME)")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+            cmd.add_argument("--no-html", action="store_true", help="do not write report.html beside report.json")
+        if name == "report":
+            cmd.add_argument("report", help="a report.json written by aaq run")
+            cmd.add_argument("-o", "--output", help="the HTML file to write (default: report.html beside it)")
         if name == "schema":
             cmd.add_argument("name", nargs="?", help="an algorithm name; omit for the spec's envelope")
     return parser
