@@ -11,6 +11,28 @@ defaults and says what is missing instead of failing; a section that still
 cannot be drawn shows a note naming the problem, and the rest of the page is
 drawn. Only a file that is not a report at all (not JSON, truncated, another
 major version, no outcome) is refused, as a ``ReportError`` (exit 2).
+
+Fields read (keep them, or change the sections with them):
+
+* top level: ``aaq_version``, ``created``, ``target_met``, ``targets``, ``metrics.<m>.{float, quantized,
+  drop, higher_is_better}``, ``model.{file, nodes, quantize_linear, dequantize_linear, bytes,
+  float_file_bytes}``, ``evaluations[].{model_digest, full, complete, samples, inferred, seconds, values}``
+  (the last two: the float and the final model), ``totals.seconds``, ``spec.model.name``,
+  ``spec.compression.algorithms[].name``; ``algorithms[].{name, params, seconds, summary}``.
+* DefaultQuantization summary: ``preset, layers_quantized, layers, groups, activation_quantizers,
+  output_quantizers, ignored, not_quantized, weights_reduce_range, bias_corrections,
+  bias_corrected_layers, preparation.{opset_from, opset, folded_batchnorms, simplified}``.
+* AccuracyAwareQuantization summary: ``target_met, stop_reason, search, metrics.<m>.{reference | float,
+  allowed_drop, met}, groups_quantized, groups_reverted, reverted[].{group, layers, score},
+  steps[].{group, score, kept, note, drops}`` (a drop is a number or ``[low, high]``), ``rankings``
+  (``[{metric, subset_size, scores: [{group, score}]}]``, or older: a count), ``plan.groups[].{id,
+  layers, reverted}``, ``alternatives.<what>.{tried[].{params, subset_score}, kept}``,
+  ``evaluations.{seconds, ranking_seconds?, full_samples_inferred, subset_samples_inferred}``,
+  ``latency.{float_ms, final_ms, ratio, slower_than_float, ratio_quartiles, runs, batch_size,
+  statement}``, ``seconds`` (the search's timer, stopped before the latency check); the record's
+  ``params.ranking_method``.
+* Tuning summary: ``trials[].{config, objectives, accuracy, passed, seconds}``, ``best`` (an index, or
+  ``{trial | index | config}``), ``exit_case``.
 """
 from __future__ import annotations
 
@@ -121,9 +143,10 @@ details>summary{cursor:pointer;color:var(--muted);font-size:13px}
 .band{fill:#56B4E9;opacity:.35}path.step,path.clipped{fill:none;stroke-width:2}.interval{stroke-width:2}
 .s0{fill:#0072B2;stroke:#0072B2}.s1{fill:#E69F00;stroke:#E69F00}.s2{fill:#009E73;stroke:#009E73}
 .s3{fill:#CC79A7;stroke:#CC79A7}.s4{fill:#56B4E9;stroke:#56B4E9}.s5{fill:#D55E00;stroke:#D55E00}
+.s6{fill:#F0E442;stroke:#F0E442}.s7{fill:#8c959f;stroke:#8c959f}
 text.limit-label{stroke:none}.key{margin-right:10px}
 .key.s0{color:#0072B2}.key.s1{color:#E69F00}.key.s2{color:#009E73}.key.s3{color:#CC79A7}
-.key.s4{color:#56B4E9}.key.s5{color:#D55E00}
+.key.s4{color:#56B4E9}.key.s5{color:#D55E00}.key.s6{color:#b8a800}.key.s7{color:#57606a}
 .point.rolled-back,.point.failed{fill:#fff;stroke-width:2}.point.chosen{stroke:#1b1f24;stroke-width:3}
 .segment{stroke:#fff;stroke-width:1}
 @media print{body{font-size:11px}main{max-width:none;padding:0}h2{break-after:avoid}

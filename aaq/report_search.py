@@ -67,11 +67,13 @@ def sensitivity(report: dict) -> str:
     method = ((record(report, AAQ) or {}).get("params") or {}).get("ranking_method", "metric")
     score = "minus the distance of its outputs to the float model's" if method == "output_distance" else "the metric"
     figures = [_ranking_figure(k, len(rankings), r, layers, reverted) for k, r in enumerate(rankings, 1)]
-    more = (f'<details class="more"><summary>rankings 2–{len(figures)}</summary>{"".join(figures[1:])}</details>'
+    rest = "ranking 2" if len(figures) == 2 else f"rankings 2–{len(figures)}"
+    more = (f'<details class="more"><summary>{rest}</summary>{"".join(figures[1:])}</details>'
             if len(figures) > 1 else "")
     return ((f'<p class="note">{escape(note)}</p>' if note else "")
-            + f"<p>{len(rankings)} ranking(s). A group's score is {score} on the ranking subset with that group in "
-              "float: the higher, the more reverting it helps. Groups left in float at the end are marked.</p>"
+            + f"<p>{'' if note else f'{len(rankings)} ranking(s). '}A group's score is {score} on the ranking "
+              "subset with that group in float: the higher, the more reverting it helps. Groups left in float at "
+              "the end are marked.</p>"
             + figures[0] + more)
 
 
@@ -146,7 +148,8 @@ def search(report: dict) -> str:
     for name, t in targets.items():
         if is_num(t.get("allowed_drop")):
             limits.setdefault(t["allowed_drop"], []).append(name)
-    hlines = [(v, f"allowed: {', '.join(names)} {v:.4f}", metrics.index(names[0])) for v, names in limits.items()]
+    hlines = [(v, f"allowed: {', '.join(names)} {v:.4f}", metrics.index(names[0]) if len(names) == 1 else -1)
+              for v, names in limits.items()]
     every = max(1, math.ceil(len(steps) / 20))
     ticks = ([(0.0, "start")] if start else []) + [(float(k), str(k)) for k in range(1, len(steps) + 1)
                                                   if k % every == 0 or k == 1]
@@ -154,7 +157,7 @@ def search(report: dict) -> str:
             + td(st.get("score")) + flag(bool(st.get("kept")), "kept", "rolled back") + td(st.get("note", ""))
             + "".join(td((st.get("drops") or {}).get(m), signed=True) for m in metrics)
             for k, st in enumerate(steps, 1)]
-    legend = "".join(f'<span class="key s{i % 6}">● {escape(n)}</span>' for i, n in enumerate(metrics))
+    legend = "".join(f'<span class="key s{i % 8}">● {escape(n)}</span>' for i, n in enumerate(metrics))
     kept = sum(1 for st in steps if st.get("kept"))
     chart = point_chart(series, label="drop after each step", x_label="step", y_label="drop", x_ticks=ticks,
                         hlines=hlines, paths=paths)

@@ -142,7 +142,9 @@ def outcome(report: dict) -> str:
     latency = _latency(report)
     if latency:
         low, high = _quartiles(latency)
-        out.append(figure("latency", band_chart(latency["ratio"], low, high, label="latency against float"),
+        out.append(figure("latency", band_chart(latency["ratio"], low, high, label="latency against float",
+                                                    axis_label="final / float latency (band: quartiles of the "
+                                                               "per-round ratios)"),
                           escape(str(latency.get("statement", ""))),
                           table(["float ms", "final ms", "ratio", "ratio quartiles", "runs", "batch"],
                                 [td(latency.get("float_ms"), 3) + td(latency.get("final_ms"), 3)

@@ -16,7 +16,7 @@ from html import escape
 from typing import Any, Sequence
 
 WIDTH = 880
-SERIES = 6  # CSS defines .s0 ... .s5 (Okabe-Ito colours, distinguishable with colour-blindness)
+SERIES = 8  # CSS defines .s0 ... .s7 (Okabe-Ito colours, distinguishable with colour-blindness)
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,13 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def _tick(v: float) -> str:
     return f"{v:.6g}"
+
+
+def _padded(values: Sequence[float]) -> tuple[float, float]:
+    """The data's range plus 4% each side, so no point sits on the frame; not below 0 for data that is not."""
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.04
+    return (lo - pad if lo - pad >= 0 or lo < 0 else 0.0), hi + pad
 
 
 class _Scale:
@@ -142,7 +149,7 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
     """Points per series (``s0``... colours), optional step paths and labelled horizontal lines.
 
     ``x_ticks``: fixed (value, text) ticks, e.g. step numbers; else round numbers.
-    ``hlines``: (y, text, series) dashed lines, e.g. the allowed drop of each metric.
+    ``hlines``: (y, text, series) dashed lines, e.g. the allowed drop of each metric (series -1: no colour).
     ``paths``: (points, series) drawn as a step line (horizontal, then vertical).
     """
     left, right, top, bottom = 64, WIDTH - 20, 12, height - 44
@@ -153,12 +160,12 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
     ys += [y for y, _, _ in hlines] + [y for path, _ in paths for _, y in path]
     xs, ys = xs or [0.0, 1.0], ys or [0.0, 1.0]
     if x_ticks is None:
-        xt = nice_ticks(min(xs), max(xs))
+        xt = nice_ticks(*_padded(xs))
         x = _Scale(xt[0], xt[-1], left + 8, right - 8)
     else:
         pad = (max(xs) - min(xs)) * 0.04 or 0.5
         x = _Scale(min(xs) - pad, max(xs) + pad, left, right)
-    yt = nice_ticks(min(ys), max(ys))
+    yt = nice_ticks(*_padded(ys))
     y = _Scale(yt[0], yt[-1], bottom, top)
     body = _y_axis(y, yt, left, right, y_label)
     if x_ticks is not None:
@@ -170,9 +177,9 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
     else:
         body += _x_axis(x, xt, top, bottom, x_label)
     for value, text, s in hlines:
-        yy = y(value)
-        body.append(f'<line class="limit s{s % SERIES}" x1="{left}" y1="{yy:.1f}" x2="{right}" y2="{yy:.1f}"/>'
-                    f'<text class="limit-label s{s % SERIES}" x="{right - 4}" y="{yy - 4:.1f}" '
+        yy, colour = y(value), f" s{s % SERIES}" if s >= 0 else ""
+        body.append(f'<line class="limit{colour}" x1="{left}" y1="{yy:.1f}" x2="{right}" y2="{yy:.1f}"/>'
+                    f'<text class="limit-label{colour}" x="{right - 4}" y="{yy - 4:.1f}" '
                     f'text-anchor="end">{escape(text)}</text>')
     for path, s in paths:
         if path:
@@ -209,18 +216,18 @@ def stacked_bar(parts: Sequence[tuple[str, float]], *, label: str, unit: str = "
     for i, (name, v) in enumerate(parts):
         lx, ly = left + (i % 2) * column, top + 48 + (i // 2) * 18
         body.append(f'<rect class="swatch s{i % SERIES}" x="{lx:.1f}" y="{ly - 10}" width="12" height="12"/>'
-                    f'<text class="legend" x="{lx + 17:.1f}" y="{ly}">{escape(name)} {v:.3g} {unit}</text>')
+                    f'<text class="legend" x="{lx + 17:.1f}" y="{ly}">{escape(name)}: {v:.3g} {unit}</text>')
     return _svg(top + 48 + 18 * ((len(parts) + 1) // 2), label, body)
 
 
 def band_chart(value: float, low: float | None, high: float | None, *, label: str, reference: float = 1.0,
-               reference_label: str = "float") -> str:
+               reference_label: str = "float", axis_label: str = "") -> str:
     """One value on an axis with its noise band (``rect.band``) and a reference line (x1.0: as fast as float)."""
     left, right, top = 20, WIDTH - 20, 14
     vals = [v for v in (value, low, high, reference) if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min(vals) - 0.05, max(vals) + 0.05, 6)
     x = _Scale(ticks[0], ticks[-1], left, right)
-    body = _x_axis(x, ticks, top, top + 30)
+    body = _x_axis(x, ticks, top, top + 30, axis_label)
     if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
         body.append(f'<rect class="band" x="{x(low):.1f}" y="{top + 4}" width="{max(x(high) - x(low), 1):.1f}" '
                     f'height="22"><title>per-round ratios, quartiles: x{low:.3f} to x{high:.3f}</title></rect>')
@@ -229,7 +236,7 @@ def band_chart(value: float, low: float | None, high: float | None, *, label: st
                 f'<text class="tick" x="{rx + 4:.1f}" y="{top + 10}">{escape(reference_label)}</text>'
                 f'<circle class="point s0" cx="{x(value):.1f}" cy="{top + 15}" r="6"><title>x{value:.3f}</title>'
                 f'</circle>')
-    return _svg(top + 52, label, body)
+    return _svg(top + (68 if axis_label else 52), label, body)
 
 
 # ------------------------------------------------------------------------------- the tables beside the charts
