@@ -93,10 +93,15 @@ def check_report(report: Any, source: str | None = None) -> None:
 
 
 def write_report_html(report_json_path: str | Path, html_path: str | Path | None = None) -> Path:
-    """Render the report at ``report_json_path`` to ``html_path`` (default: report.html beside it), atomically."""
+    """Render the report at ``report_json_path`` (or in that directory) to ``html_path``, atomically.
+
+    ``html_path`` defaults to report.html beside the report.
+    """
     from aaq.report import write_bytes_atomic
 
     source = Path(report_json_path)
+    if source.is_dir():  # an output directory: its report.json
+        source = source / "report.json"
     target = Path(html_path) if html_path is not None else source.with_suffix(".html")
     page = render_report(load_report(source))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +158,8 @@ text.limit-label{stroke:none}.key{margin-right:10px}
 figure,table,.cards{break-inside:avoid}details>summary{display:none}}
 """
 
-# Printing opens every <details>: a printed page shows all that the screen can.
-_PRINT_SCRIPT = ('<script>addEventListener("beforeprint",()=>document.querySelectorAll("details")'
+# Printing opens the folded charts and tables (not the list of every evaluation: pages of rows).
+_PRINT_SCRIPT = ('<script>addEventListener("beforeprint",()=>document.querySelectorAll("details:not(.bulk)")'
                  ".forEach(d=>d.open=true));</script>")
 
 

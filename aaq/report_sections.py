@@ -280,7 +280,7 @@ def _evaluation_tables(evals: list[dict]) -> str:
             + table(["kind", "evaluations", "served from cache", "samples inferred", "seconds"], counts, "counts")
             + '<p class="note">A full-set evaluation stops once its question is decided (is the target met? is it '
               "worse than the current model?); ranking also evaluates models on the whole set to pick its subset.</p>"
-            + f'<details class="more"><summary>all {len(evals)} evaluations</summary>'
+            + f'<details class="more bulk"><summary>all {len(evals)} evaluations</summary>'
             + table(["#", "model", "kind", "samples", "inferred", "seconds", "values"], rows, "evaluations")
             + "</details>")
 

@@ -150,6 +150,7 @@ def test_report_command_writes_beside_or_where_told(tiny_run: Path, tmp_path: Pa
     assert (tmp_path / "sub" / "page.html").read_text().startswith("<!DOCTYPE html>")
     assert f"html: {tmp_path / 'sub' / 'page.html'}" in capsys.readouterr().out
     assert not list((tmp_path / "sub").glob("*.tmp"))
+    assert write_report_html(tiny_run) == tiny_run / "report.html"  # a run's directory names its report
 
 
 def test_page_is_self_contained_and_escapes_the_report(tiny_run: Path) -> None:
