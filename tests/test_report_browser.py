@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from aaq.cli import main
-from pages import parse
-from test_report_html import AAQ_SPEC
+from pages import AAQ_SPEC, parse
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)
