@@ -15,17 +15,17 @@ major version, no outcome) is refused, as a ``ReportError`` (exit 2).
 Fields read (keep them, or change the sections with them):
 
 * top level: ``aaq_version``, ``created``, ``target_met``, ``targets``, ``metrics.<m>.{float, quantized,
-  drop, higher_is_better}``, ``model.{file, nodes, quantize_linear, dequantize_linear, bytes,
+  drop, higher_is_better, reference, reference_kind}``, ``model.{file, nodes, quantize_linear, dequantize_linear, bytes,
   float_file_bytes}``, ``evaluations[].{model_digest, full, complete, samples, inferred, seconds, values}``
   (the last two: the float and the final model), ``totals.seconds``, ``spec.model.name``,
   ``spec.compression.algorithms[].name``; ``algorithms[].{name, params, seconds, summary}``.
-* DefaultQuantization summary: ``preset, layers_quantized, layers, groups, activation_quantizers,
+* DefaultQuantization summary: ``preset, calibration_samples, layers_quantized, layers, groups, activation_quantizers,
   output_quantizers, ignored, not_quantized, weights_reduce_range, bias_corrections,
   bias_corrected_layers, preparation.{opset_from, opset, folded_batchnorms, simplified}``.
 * AccuracyAwareQuantization summary: ``target_met, stop_reason, search, metrics.<m>.{reference | float,
   allowed_drop, met}, groups_quantized, groups_reverted, reverted[].{group, layers, score},
   steps[].{group, score, kept, note, drops}`` (a drop is a number or ``[low, high]``), ``rankings``
-  (``[{metric, subset_size, scores: [{group, score}]}]``, or older: a count), ``plan.groups[].{id,
+  (``[{metric, subset_size, by, reverted, scores: [{group, score}]}]``, or older: a count), ``plan.groups[].{id,
   layers, reverted}``, ``alternatives.<what>.{tried[].{params, subset_score}, kept}``,
   ``evaluations.{seconds, ranking_seconds?, full_samples_inferred, subset_samples_inferred}``,
   ``latency.{float_ms, final_ms, ratio, slower_than_float, ratio_quartiles, runs, batch_size,
@@ -74,7 +74,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 def check_report(report: Any, source: str | None = None) -> None:
     """Refuse what is not an aaq report of this major version; what it lacks beyond that is drawn as missing."""
-    from aaq import __version__
+    from aaq.version import __version__
 
     if not isinstance(report, dict):
         raise ReportError(f"not an aaq report: a JSON {type(report).__name__}, not an object", source)

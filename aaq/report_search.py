@@ -50,8 +50,11 @@ def _ranking_figure(k: int, count: int, ranking: dict, layers: dict, reverted: s
                         title, g in reverted))
         rows.append(td(rank) + td(g) + td(", ".join(names) or "—") + td(score)
                     + ('<td class="bad">float</td>' if g in reverted else "<td>int8</td>"))
+    already = ranking.get("reverted") if isinstance(ranking.get("reverted"), list) else []
     what = (f"Ranking {k} of {count}" + (f", for {ranking['metric']}" if ranking.get("metric") else "")
-            + (f", on {ranking['subset_size']} samples" if ranking.get("subset_size") else ""))
+            + (f", on {ranking['subset_size']} samples" if ranking.get("subset_size") else "")
+            + (f", by {ranking['by'].replace('_', ' ')}" if isinstance(ranking.get("by"), str) else "")
+            + (f", with group(s) {', '.join(map(str, already))} already in float" if already else ""))
     return figure(f"ranking-{k}", bar_chart(bars, label=what, axis_label="score", marked_note="float"),
                   escape(what) + f": {len(bars)} groups.", table(["rank", "group", "layers", "score", "final"], rows,
                                                                  "ranking"))
@@ -64,7 +67,7 @@ def sensitivity(report: dict) -> str:
         return "<p>No ranking was needed: the quantized model met the target.</p>" if aaq and not aaq.get(
             "steps") else ""
     layers, reverted = group_layers(report), reverted_groups(aaq)
-    method = ((record(report, AAQ) or {}).get("params") or {}).get("ranking_method", "metric")
+    method = rankings[0].get("by") or ((record(report, AAQ) or {}).get("params") or {}).get("ranking_method")
     score = "minus the distance of its outputs to the float model's" if method == "output_distance" else "the metric"
     figures = [_ranking_figure(k, len(rankings), r, layers, reverted) for k, r in enumerate(rankings, 1)]
     rest = "ranking 2" if len(figures) == 2 else f"rankings 2–{len(figures)}"

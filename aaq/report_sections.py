@@ -117,7 +117,9 @@ def outcome(report: dict) -> str:
         t, drop = targets.get(name) or {}, m.get("drop")
         allowed, met = t.get("allowed_drop"), _met(report, targets, name)
         rows.append(td(name) + td("higher" if m.get("higher_is_better", True) else "lower")
-                    + td(t.get("reference", m.get("float"))) + td(m.get("float")) + td(m.get("quantized"))
+                    + td(t.get("reference", m.get("reference", m.get("float"))))
+                    + td(t.get("reference_kind", m.get("reference_kind", "measured"))) + td(m.get("float"))
+                    + td(m.get("quantized"))
                     + td(drop, signed=True) + td(allowed) + flag(met))
         if is_num(drop):
             title = f"{name}: drop {drop:+.4f}" + (f", allowed {allowed:.4f}" if is_num(allowed) else "")
@@ -127,8 +129,8 @@ def outcome(report: dict) -> str:
         out.append(f'<p class="banner missed">The search stopped: {escape(str(aaq["stop_reason"]))}. The best '
                    f"model found was written.</p>")
     out.append(_cards(report, aaq))
-    metrics = table(["metric", "better", "reference", "float", "final", "drop", "allowed drop", "met"], rows,
-                    "metrics")
+    metrics = table(["metric", "better", "reference", "reference is", "float", "final", "drop", "allowed drop",
+                     "met"], rows, "metrics")
     if bars:
         limits = any(b.limit is not None for b in bars)
         out.append(figure("drops", bar_chart(bars, label="drop per metric against the allowed drop",
@@ -171,7 +173,8 @@ def _why_float(reason: str) -> str:
 
 def _facts(dq: dict) -> str:
     prep = dq.get("preparation") or {}
-    facts = [("preset", dq.get("preset")), ("layers quantized", dq.get("layers_quantized")),
+    facts = [("preset", dq.get("preset")), ("calibration samples", dq.get("calibration_samples")),
+             ("layers quantized", dq.get("layers_quantized")),
              ("groups", dq.get("groups")), ("activation quantizers", dq.get("activation_quantizers")),
              ("output quantizers", dq.get("output_quantizers")), ("bias corrections", dq.get("bias_corrections")),
              ("weights", "7-bit range (this CPU's int8 kernels saturate)" if dq.get("weights_reduce_range")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from aaq import __version__
+from aaq.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 AAQ_SPEC = ROOT / "algorithms_specs" / "AccuracyAwareQuantization.json"
@@ -90,6 +90,14 @@ def table_values(table: Element, column: int) -> list[str]:
     return [row[column].attrs.get("data-value", row[column].all_text()) for row in table.rows()]
 
 
+def ranked_groups(aaq_summary: dict) -> int:
+    """Bars the first sensitivity chart must have: the first ranking's groups (older reports: the groups tried)."""
+    rankings = aaq_summary["rankings"]
+    if isinstance(rankings, list):
+        return len(rankings[0]["scores"])
+    return len({str(s["group"]) for s in aaq_summary["steps"]} | {str(r["group"]) for r in aaq_summary["reverted"]})
+
+
 def synthetic_report() -> dict:
     """A report in the shape AccuracyAwareQuantization is growing into (rankings, plan), plus a Tuning record."""
     groups = [{"id": g, "layers": [f"conv{g}", f"relu{g}"] if g == 3 else [f"conv{g}"], "quantizers": [],
@@ -125,10 +133,10 @@ def synthetic_report() -> dict:
                             "complete": False, "drops": {"top1": [0.06, 0.2], "top5": [0.03, 0.1]}},
                            {"group": 1, "score": 0.6, "kept": True, "note": "kept", "complete": True,
                             "drops": drops(0.03)}],
-                 "rankings": [{"metric": "top1", "subset_size": 50,
+                 "rankings": [{"metric": "top1", "subset_size": 50, "by": "metric", "reverted": [],
                                "scores": [{"group": g, "score": s} for g, s in
                                           [(3, 0.8), (0, 0.7), (1, 0.6), (2, 0.5), (4, 0.4)]]},
-                              {"metric": "top1", "subset_size": 40,
+                              {"metric": "top1", "subset_size": 40, "by": "metric", "reverted": [3],
                                "scores": [{"group": 1, "score": 0.6}, {"group": 2, "score": 0.55}]}],
                  "plan": {"groups": groups, "layers": [], "activations": []},
                  "evaluations": {"full": 4, "full_stopped_early": 1, "full_samples_inferred": 300,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from aaq.cli import main
-from pages import AAQ_SPEC, parse
+from pages import AAQ_SPEC, parse, ranked_groups
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if shutil.which(n)), None)
@@ -76,8 +76,7 @@ def test_report_of_a_tiny_run_loads_without_errors_and_draws_its_charts(tiny_pag
     aaq = json.loads((tiny_page / "report.json").read_text())["algorithms"][1]["summary"]
     assert {s.attrs["id"] for s in dom.find("section")} >= {"outcome", "sensitivity", "search", "quantization", "time"}
     ranking = dom.one("figure", id="ranking-1")
-    scored = {str(s["group"]) for s in aaq["steps"]} | {str(r["group"]) for r in aaq["reverted"]}
-    assert len(ranking.find("rect", "bar")) == len(scored)
+    assert len(ranking.find("rect", "bar")) == ranked_groups(aaq)
     assert len(ranking.find("rect", "bar", "reverted")) == len(aaq["reverted"])
     assert len(dom.one("figure", id="steps").find("circle", "point")) == len(aaq["steps"]) + 1
     assert len(dom.one("figure", id="drops").find("rect", "bar")) == 1

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from aaq import __version__
+from aaq.version import __version__
 from aaq.cli import main
 from aaq.errors import ReportError
 from aaq.report_html import check_report, render_report, write_report_html
-from pages import AAQ_SPEC, ROOT, parse, synthetic_report, table_values
+from pages import AAQ_SPEC, ROOT, parse, ranked_groups, synthetic_report, table_values
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,10 @@ def test_run_writes_report_html_whose_tables_equal_report_json(tiny_run: Path) -
     page = parse((tiny_run / "report.html").read_text())
     metrics = page.one("table", "metrics")
     assert table_values(metrics, 0) == list(report["metrics"])
-    for column, key in ((3, "float"), (4, "quantized"), (5, "drop")):
+    for column, key in ((4, "float"), (5, "quantized"), (6, "drop")):
         assert [float(v) for v in table_values(metrics, column)] == [m[key] for m in report["metrics"].values()]
     aaq = report["algorithms"][1]["summary"]
-    assert float(table_values(metrics, 6)[0]) == aaq["metrics"]["top1"]["allowed_drop"]
+    assert float(table_values(metrics, 7)[0]) == aaq["metrics"]["top1"]["allowed_drop"]
     steps = page.one("table", "steps")
     assert [int(v) for v in table_values(steps, 1)] == [s["group"] for s in aaq["steps"]]
     assert [float(v) for v in table_values(steps, 6)] == [s["drops"]["top1"] for s in aaq["steps"]]
@@ -46,8 +46,7 @@ def test_run_charts_count_the_groups_and_steps_of_the_run(tiny_run: Path) -> Non
     aaq = report["algorithms"][1]["summary"]
     page = parse((tiny_run / "report.html").read_text())
     ranking = page.one("figure", id="ranking-1")
-    scored = {str(s["group"]) for s in aaq["steps"]} | {str(r["group"]) for r in aaq["reverted"]}
-    assert len(ranking.find("rect", "bar")) == len(scored)
+    assert len(ranking.find("rect", "bar")) == ranked_groups(aaq)
     assert len(ranking.find("rect", "bar", "reverted")) == len(aaq["reverted"])
     steps = page.one("figure", id="steps")
     assert len(steps.find("circle", "point")) == len(aaq["steps"]) + 1  # + the fully quantized start
@@ -99,7 +98,10 @@ def test_sensitivity_from_the_rankings_every_group_with_the_reverted_marked() ->
     assert [float(v) for v in table_values(table, 3)] == [s["score"] for s in ranking["scores"]]
     assert table_values(table, 2)[0] == "conv3, relu3"  # layer names from the plan
     assert [v.strip() for v in table_values(table, 4)] == ["float", "int8", "float", "int8", "int8"]
-    assert len(page.one("figure", id="ranking-2").find("rect", "bar")) == 2
+    second = page.one("figure", id="ranking-2")
+    assert len(second.find("rect", "bar")) == 2
+    assert "Ranking 2 of 2, for top1, on 40 samples, by metric, with group(s) 3 already in float" in \
+        second.one("figcaption").all_text()
 
 
 def test_sensitivity_of_an_older_report_uses_the_scores_of_the_steps() -> None:
