@@ -83,20 +83,27 @@ def sensitivity(report: dict) -> str:
 # ------------------------------------------------------------------------------------------ search
 
 
-def _start_drops(report: dict, targets: dict) -> dict[str, float]:
-    """Drops of the fully quantized model, from the evaluation history of a pipeline run.
+def _start_drops(report: dict, aaq: dict) -> dict[str, float]:
+    """Drops of the fully quantized model, the search's start, read from the evaluation history.
 
-    The pipeline's last two evaluations are the float and the final model; the
-    search's first full-set evaluation of another model is the quantized one.
+    The search's first full-set evaluation is of the quantized model, after the float
+    model's (whose values are the float values) when the float model was measured.
+    Drawn only when that reading is sure to be right: no whole-model alternative was
+    kept (the search would start from that model) and the drops found exceed the
+    target (else there would have been no search). Empty otherwise.
     """
-    evals = [e for e in report.get("evaluations") or [] if isinstance(e, dict)]
-    if len(evals) < 2 or not targets:
+    targets = aaq.get("metrics") or {}
+    if not targets or any((r or {}).get("kept") for r in (aaq.get("alternatives") or {}).values()):
         return {}
-    float_digest = evals[-2].get("model_digest")
-    full = [e for e in evals[:-2] if e.get("full") or not e.get("complete", True)]
-    first = next((e.get("model_digest") for e in full if e.get("model_digest") != float_digest), None)
-    done = [e for e in full if e.get("model_digest") == first and e.get("complete", True)]
-    if first is None or not done:
+    full = [e for e in report.get("evaluations") or [] if isinstance(e, dict)
+            and (e.get("full") or not e.get("complete", True))]
+    if full and all(is_num(t.get("float")) and (full[0].get("values") or {}).get(n) == t["float"]
+                    for n, t in targets.items()):
+        float_digest = full[0].get("model_digest")
+        full = [e for e in full if e.get("model_digest") != float_digest]
+    done = [e for e in full if full and e.get("model_digest") == full[0].get("model_digest")
+            and e.get("complete", True)]
+    if not done:
         return {}
     out = {}
     for name, t in targets.items():
@@ -104,7 +111,8 @@ def _start_drops(report: dict, targets: dict) -> dict[str, float]:
         higher = (report["metrics"].get(name) or {}).get("higher_is_better", True)
         if is_num(value) and is_num(ref):
             out[name] = ref - value if higher else value - ref
-    return out
+    over = any(is_num(t.get("allowed_drop")) and out.get(n, -math.inf) > t["allowed_drop"] for n, t in targets.items())
+    return out if over and len(out) == len(targets) else {}
 
 
 def _series(name: str, steps: list[dict], start: float | None) -> tuple[list[Point], list[tuple[float, float]]]:
@@ -141,7 +149,7 @@ def search(report: dict) -> str:
     reason = escape(str(aaq.get("stop_reason", "")))
     if not steps:
         return f"<p>No group was reverted (stop reason: {reason or '—'}).</p>"
-    start, layers, metrics = _start_drops(report, targets), group_layers(report), list(targets)
+    start, layers, metrics = _start_drops(report, aaq), group_layers(report), list(targets)
     series, paths = [], []
     for s, name in enumerate(metrics):
         points, path = _series(name, steps, start.get(name))

@@ -132,6 +132,25 @@ def test_steps_chart_marks_rolled_back_and_stopped_evaluations() -> None:
     assert [r[4].all_text() for r in table.rows()] == ["kept", "rolled back", "kept"]
 
 
+def _start_points(report: dict) -> list[str]:
+    steps = parse(render_report(report)).one("figure", id="steps")
+    return [p.one("title").all_text() for p in steps.find("circle", "point", "start")]
+
+
+def test_search_start_is_drawn_only_when_the_history_says_it_surely() -> None:
+    report = synthetic_report()
+    assert len(_start_points(report)) == 2  # the float model's evaluation first, then the quantized one
+    del report["evaluations"][0]  # every baseline given: the float model was never evaluated
+    report["algorithms"][1]["summary"]["metrics"]["top1"].update(float=None, reference_kind="baseline_value")
+    assert _start_points(report)[0].endswith("top1 drop +0.0600")
+    report = synthetic_report()
+    report["algorithms"][1]["summary"]["alternatives"] = {"mixed_preset": {"tried": [], "kept": {"preset": "mixed"}}}
+    assert _start_points(report) == []  # the search started from the kept alternative's model
+    report = synthetic_report()
+    report["evaluations"][1]["values"] = {"top1": 0.9, "top5": 0.99}  # a first model within the target: not a start
+    assert _start_points(report) == []
+
+
 def test_trials_section_marks_the_chosen_trial_and_the_exit_case() -> None:
     page = parse(render_report(synthetic_report()))
     trials = page.one("section", id="trials")
