@@ -261,7 +261,21 @@ def _time_parts(report: dict) -> tuple[list[tuple[str, float]], bool]:
     return parts, estimated
 
 
-def _evaluation_tables(evals: list[dict]) -> str:
+def _model_names(report: dict, evals: list[dict]) -> dict[str, str]:
+    """"float" and "final" for the digests whose full-set values are those of report.json's metrics."""
+    names: dict[str, str] = {}
+    for key, label in (("float", "float"), ("quantized", "final")):
+        want = {n: m.get(key) for n, m in report["metrics"].items()}
+        if not want or not all(is_num(v) for v in want.values()):
+            continue
+        order = evals if key == "float" else list(reversed(evals))  # the float model's is the first, the final's last
+        hit = next((e.get("model_digest") for e in order if e.get("full") and e.get("values") == want), None)
+        if hit is not None:
+            names[hit] = "float = final" if hit in names else label
+    return names
+
+
+def _evaluation_tables(report: dict, evals: list[dict]) -> str:
     kinds: dict[str, list[dict]] = {"full set": [], "stopped once decided": [], "subset": []}
     for e in evals:
         kinds["full set" if e.get("full") else "stopped once decided" if not e.get("complete", True)
@@ -269,11 +283,7 @@ def _evaluation_tables(evals: list[dict]) -> str:
     counts = [td(k) + td(len(v)) + td(sum(1 for e in v if e.get("inferred") == 0))
               + td(sum(int(e.get("inferred") or 0) for e in v)) + td(sum(e.get("seconds") or 0.0 for e in v), 3)
               for k, v in kinds.items()]
-    names = {}
-    if len(evals) >= 2:  # a pipeline run ends by evaluating the float model, then the final one
-        names = {evals[-2].get("model_digest"): "float", evals[-1].get("model_digest"): "final"}
-        if evals[-1].get("model_digest") == evals[-2].get("model_digest"):
-            names = {evals[-1].get("model_digest"): "float = final"}
+    names = _model_names(report, evals)
     rows = [td(i) + td(names.get(e.get("model_digest"), str(e.get("model_digest", ""))[:12]))
             + td("full set" if e.get("full") else "stopped early" if not e.get("complete", True) else "subset")
             + td(e.get("samples")) + td(e.get("inferred")) + td(e.get("seconds"), 3)
@@ -298,4 +308,4 @@ def time(report: dict) -> str:
     return (figure("time-chart", stacked_bar(parts, label="where the time went"),
                    f"Run time {seconds_text(total)}, by part.{note}", table(["part", "seconds", "% of run"], rows,
                                                                             "time"))
-            + _evaluation_tables(evals))
+            + _evaluation_tables(report, evals))

@@ -179,6 +179,8 @@ def test_outcome_quantization_and_time_read_the_report() -> None:
     assert time["DefaultQuantization (calibration, ranges, QDQ)"] == 2.0
     assert sum(time.values()) == pytest.approx(14.0)
     assert len(page.one("figure", id="time-chart").find("rect", "segment")) == len(time)
+    models = [r[1].all_text() for r in page.one("table", "evaluations").rows()]
+    assert models == ["float", "q" * 12, "float", "final"]  # named by their values, the rest by digest
 
 
 @pytest.mark.parametrize("mutate", [
