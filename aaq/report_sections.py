@@ -163,6 +163,10 @@ def outcome(report: dict) -> str:
 # ------------------------------------------------------------------------------------------ DefaultQuantization
 
 
+_DECISION_COLOURS = {"int8": 0, "float: reverted by the search": 5, "float: latency": 1, "float: ignored": 3,
+                     "float: dtype": 4, "float: not quantizable": 7}
+
+
 def _why_float(reason: str) -> str:
     if reason.startswith("latency"):
         return "latency"
@@ -208,7 +212,9 @@ def quantization(report: dict) -> str:
         rows.append(td(layer) + '<td class="bad">float</td>'
                     + td(reason if str(reason).startswith(why) else f"{why}: {reason}"))
     parts = [(k, float(v)) for k, v in counts.items() if v]
-    return _facts(dq) + figure("layers", stacked_bar(parts, label="layers by decision", unit="layers"),
+    colours = [_DECISION_COLOURS.get(k, 7) for k, _ in parts]  # reverted: the colour of reverted bars
+    return _facts(dq) + figure("layers", stacked_bar(parts, label="layers by decision", unit="layers",
+                                                     colours=colours),
                                "Every layer DefaultQuantization considered, by what became of it.",
                                table(["layer", "runs in", "why"], rows, "decisions"))
 

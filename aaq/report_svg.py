@@ -202,20 +202,25 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
     return _svg(height, label, body)
 
 
-def stacked_bar(parts: Sequence[tuple[str, float]], *, label: str, unit: str = "s") -> str:
-    """One horizontal bar split into parts (``rect.segment s<i>``), with a legend below it."""
+def stacked_bar(parts: Sequence[tuple[str, float]], *, label: str, unit: str = "s",
+                colours: Sequence[int] | None = None) -> str:
+    """One horizontal bar split into parts (``rect.segment s<i>``), with a legend below it.
+
+    ``colours``: the series of each part (default: in order), so a category keeps its colour.
+    """
+    colours = list(colours) if colours is not None else list(range(len(parts)))
     total = sum(max(v, 0.0) for _, v in parts) or 1.0
     left, right, top = 10, WIDTH - 10, 8
     body, at = [], float(left)
     for i, (name, v) in enumerate(parts):
         w = max(v, 0.0) / total * (right - left)
-        body.append(f'<rect class="segment s{i % SERIES}" x="{at:.1f}" y="{top}" width="{w:.1f}" height="26">'
+        body.append(f'<rect class="segment s{colours[i] % SERIES}" x="{at:.1f}" y="{top}" width="{w:.1f}" height="26">'
                     f'<title>{escape(name)}: {v:.3g} {unit} ({100 * max(v, 0.0) / total:.0f}%)</title></rect>')
         at += w
     column = (right - left) / 2
     for i, (name, v) in enumerate(parts):
         lx, ly = left + (i % 2) * column, top + 48 + (i // 2) * 18
-        body.append(f'<rect class="swatch s{i % SERIES}" x="{lx:.1f}" y="{ly - 10}" width="12" height="12"/>'
+        body.append(f'<rect class="swatch s{colours[i] % SERIES}" x="{lx:.1f}" y="{ly - 10}" width="12" height="12"/>'
                     f'<text class="legend" x="{lx + 17:.1f}" y="{ly}">{escape(name)}: {v:.3g} {unit}</text>')
     return _svg(top + 48 + 18 * ((len(parts) + 1) // 2), label, body)
 
