@@ -181,14 +181,17 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
         body.append(f'<line class="limit{colour}" x1="{left}" y1="{yy:.1f}" x2="{right}" y2="{yy:.1f}"/>'
                     f'<text class="limit-label{colour}" x="{right - 4}" y="{yy - 4:.1f}" '
                     f'text-anchor="end">{escape(text)}</text>')
+    def dodge(s: int) -> float:  # series side by side at one x, so one's interval does not hide another's
+        return (s - (len(series) - 1) / 2) * 6.0 if len(series) > 1 else 0.0
+
     for path, s in paths:
         if path:
-            d = f"M{x(path[0][0]):.1f},{y(path[0][1]):.1f}" + "".join(
-                f" H{x(px):.1f} V{y(py):.1f}" for px, py in path[1:])
+            d = f"M{x(path[0][0]) + dodge(s):.1f},{y(path[0][1]):.1f}" + "".join(
+                f" H{x(px) + dodge(s):.1f} V{y(py):.1f}" for px, py in path[1:])
             body.append(f'<path class="step s{s % SERIES}" d="{d}"/>')
     for s, (_, ps) in enumerate(series):
         for p in ps:
-            cx, cy = x(p.x), y(p.y)
+            cx, cy = x(p.x) + dodge(s), y(p.y)
             if p.low is not None and p.high is not None:
                 y0, y1 = (y(min(max(v, yt[0]), yt[-1])) for v in (p.low, p.high))
                 body.append(f'<line class="interval s{s % SERIES}" x1="{cx:.1f}" y1="{y0:.1f}" '
@@ -279,7 +282,13 @@ def table(head: Sequence[str], rows: Sequence[str], cls: str = "") -> str:
             + "</tr></thead><tbody>" + "".join(f"<tr>{r}</tr>" for r in rows) + "</tbody></table>")
 
 
+FOLD_ROWS = 12
+"""A chart's table longer than this starts folded on screen (the chart shows it; printing unfolds it)."""
+
+
 def figure(fid: str, svg: str, caption: str, numbers: str) -> str:
-    """A chart, its caption (HTML) and its numbers (a table, open: printed with the chart)."""
+    """A chart, its caption (HTML) and its numbers (a table; open unless long, always printed)."""
+    rows = numbers.count("<tr>") - numbers.count("<thead><tr>")
     return (f'<figure id="{fid}">{svg}<figcaption>{caption}</figcaption>'
-            f'<details class="numbers" open><summary>numbers</summary>{numbers}</details></figure>')
+            f'<details class="numbers"{"" if rows > FOLD_ROWS else " open"}><summary>numbers ({rows} rows)'
+            f'</summary>{numbers}</details></figure>')
