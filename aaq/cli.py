@@ -1,4 +1,4 @@
-"""``aaq run | validate | list | schema``: argument parsing, printing and exit codes, no logic.
+"""``aaq run | validate | list | schema | report``: argument parsing, printing and exit codes, no logic.
 
 Exit codes: 0 done and every accuracy target met; 2 bad input (spec, model, data,
 plugin); 3 finished but a target was not met (the best model is still written);
@@ -24,21 +24,23 @@ logger = logging.getLogger("aaq.cli")
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 LOG_FILE = "aaq.log"
+HTML_FILE = "report.html"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """Quantize the spec's model; write the model, report.json and the log."""
+    """Quantize the spec's model; write the model, report.json, report.html and the log."""
     from aaq.pipeline import Pipeline
 
     pipeline = Pipeline(args.spec, progress=not args.no_progress)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(pipeline.spec)
-    run, protect = _open_run_folder(out_dir, pipeline.spec, args.spec)
+    run, protect = _open_run_folder(out_dir, pipeline.spec, args.spec, html=not args.no_html)
     file_handler = logging.FileHandler(run.file(LOG_FILE), mode="w", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aaq").addHandler(file_handler)
     try:
         result = pipeline.run()
-        model_path = result.save(run, protect=protect)
+        extra = {} if args.no_html else _report_html(result)
+        model_path = result.save(run, protect=protect, extra_files=extra)
     except BaseException as exc:  # nothing is published; the run's log says why and stays
         _log_failure(file_handler, exc)
         _detach(file_handler)
@@ -53,19 +55,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(m.describe(name))
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
+    if HTML_FILE in extra:
+        print(f"html: {out_dir / HTML_FILE}")
     if not result.target_met:
         print("accuracy target NOT met: the best model found was written (see report.json)")
         return EXIT_TARGET_MISSED
     return EXIT_OK
 
 
-def _open_run_folder(out_dir: Path, spec, spec_path: str):
+def _open_run_folder(out_dir: Path, spec, spec_path: str, *, html: bool):
     """This run's private folder in ``out_dir``, refused before any work if it would replace an input."""
     from aaq.output import RunFolder
     from aaq.report import input_paths, output_filename
 
     protect = [*input_paths(spec.resolved), spec_path]
-    names = [output_filename(spec.model_name), "report.json", LOG_FILE]
+    names = [output_filename(spec.model_name), "report.json", LOG_FILE] + ([HTML_FILE] if html else [])
     return RunFolder.create(out_dir, names=names, protect=protect), protect
 
 
@@ -88,6 +92,27 @@ def _log_failure(handler: logging.Handler, exc: BaseException) -> None:
         handler.handle(record)
     except Exception:  # the log is information, never a reason to hide the real error
         pass
+
+
+def _report_html(result) -> dict[str, bytes]:
+    """report.html, published with report.json; failing to draw it is logged, never the run's failure."""
+    from aaq.report_html import render_report
+
+    try:
+        return {HTML_FILE: render_report(json.loads(result.report_bytes())).encode("utf-8")}
+    except Exception as exc:
+        logger.debug("traceback", exc_info=True)
+        logger.warning("report.html was NOT written (%s: %s); report.json is complete; draw it later with "
+                       "python -m aaq report OUTPUT_DIR/report.json", type(exc).__name__, exc)
+        return {}
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Draw a report.json as one self-contained HTML page (default: report.html beside it)."""
+    from aaq.report_html import write_report_html
+
+    print(f"html: {write_report_html(args.report, args.output)}")
+    return EXIT_OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -136,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "schema": _cmd_schema}
+        "run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "schema": _cmd_schema,
+        "report": _cmd_report}
     for name, handler in commands.items():
         cmd = sub.add_parser(name, help=handler.__doc__, description=handler.__doc__)
         cmd.set_defaults(handler=handler)
@@ -148,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--output-dir", help="where to write the model, report.json and the log "
                                                   "(default: the spec's output.dir, else aaq-results/NAME)")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+            cmd.add_argument("--no-html", action="store_true", help="do not write report.html beside report.json")
+        if name == "report":
+            cmd.add_argument("report", help="a report.json written by aaq run")
+            cmd.add_argument("-o", "--output", help="the HTML file to write (default: report.html beside it)")
         if name == "schema":
             cmd.add_argument("name", nargs="?", help="an algorithm name; omit for the spec's envelope")
     return parser

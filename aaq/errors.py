@@ -80,3 +80,11 @@ class PluginError(BadInputError):
         self.source = source
         origin = f" (from {source})" if source else ""
         super().__init__(f"plugin {name!r}{origin}: {message}")
+
+
+class ReportError(BadInputError):
+    """A report.json that cannot be shown: not JSON (truncated), or not a report this aaq can read."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)

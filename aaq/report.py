@@ -101,6 +101,8 @@ class Result:
                 "nodes": len(nodes),
                 "quantize_linear": nodes.count("QuantizeLinear"),
                 "dequantize_linear": nodes.count("DequantizeLinear"),
+                "bytes": self.model.ByteSize(),
+                "float_file_bytes": _file_size(self.spec.get("model", {}).get("path")),
             },
             "metrics": {name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()},
             "algorithms": algorithms,
@@ -219,6 +221,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _file_size(path: Any) -> int | None:
+    """Size of the spec's model file (the float model a spec run quantizes); None when it is not a file."""
+    try:
+        return os.path.getsize(path) if path else None
+    except (OSError, TypeError):
+        return None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

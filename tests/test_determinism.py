@@ -26,5 +26,5 @@ def test_two_runs_of_one_spec_give_the_same_model_and_report_but_timings(tmp_pat
     assert [a["name"] for a in timings[0]["algorithms"]] == ["DefaultQuantization"]
     assert all("seconds" not in a for a in reports[0]["algorithms"])
     assert all("seconds" not in e for e in reports[0]["evaluations"])
-    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("model:", "report:"))]
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("model:", "report:", "html:"))]
     assert lines[:len(lines) // 2] == lines[len(lines) // 2:]

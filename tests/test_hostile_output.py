@@ -204,7 +204,8 @@ def test_runs_publish_matching_pairs_and_keep_only_the_current_and_previous(tmp_
         model, claimed = _pair(out)
         assert model == claimed
         digests.append(model)
-        assert {p.name for p in out.iterdir()} == {".runs", "model.quantized.onnx", "report.json", "aaq.log"}
+        assert {p.name for p in out.iterdir()} == {".runs", "model.quantized.onnx", "report.json", "report.html",
+                                                   "aaq.log"}
         assert "TagModel" in (out / "aaq.log").read_text()
     assert len(set(digests)) == 4
     runs = sorted(p.name for p in (out / ".runs").iterdir())
@@ -219,7 +220,7 @@ def test_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     folder = current_folder(tmp_path / "out")
-    for name in ("model.quantized.onnx", "report.json", "aaq.log"):
+    for name in ("model.quantized.onnx", "report.json", "report.html", "aaq.log"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
 
@@ -331,7 +332,8 @@ def test_a_link_of_a_previous_run_with_another_model_name_goes_away(tmp_path: Pa
     assert _run(_spec_file(tmp_path, spec), out) == 0
     spec["model"]["name"] = "second"
     assert _run(_spec_file(tmp_path, spec), out) == 0
-    assert sorted(p.name for p in out.iterdir()) == [".runs", "aaq.log", "report.json", "second.quantized.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [".runs", "aaq.log", "report.html", "report.json",
+                                                     "second.quantized.onnx"]
 
 
 BAD_OUTPUT_DIRS = {
