@@ -4,6 +4,12 @@ Map-style on purpose: subsets (``stat_subset_size``, ``ranking_subset_size``, ..
 sorted index arrays drawn from a seeded generator, and a dataset only has to answer
 "give me sample i". A dataset that can also answer "give me these samples, stacked"
 (``batch``) lets the engine feed ONNX Runtime without a per-sample Python loop.
+
+A dataset whose samples are whole model feeds (``"batched": true`` on any dataset
+entry; ``batched = True`` on a dataset object) is run one sample per session run,
+as given, never stacked or padded: a streaming model whose first axis is time and
+whose recurrent state is an input, a model without a batch axis, inputs of a
+different size in every sample.
 """
 from __future__ import annotations
 
@@ -29,7 +35,10 @@ Labels = Union[list, np.ndarray, None]
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample: model inputs by input name, each WITHOUT the batch axis, and its label (or None)."""
+    """One sample: model inputs by input name, each WITHOUT the batch axis, and its label (or None).
+
+    In a batched dataset (``is_batched``) the inputs are a complete feed instead, run as given.
+    """
 
     inputs: dict[str, np.ndarray]
     label: Any = None
@@ -89,10 +98,53 @@ def plugin_options(entry: dict, schema: dict, drop: Sequence[str]) -> dict:
     return options
 
 
+DATASET_KEYS = ("type", "batched")
+"""Keys every dataset entry may have, whatever its type; the type's own schema checks the rest."""
+
+
 def dataset_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.dataset") -> Dataset:
-    """The dataset of a spec entry ``{"type": ..., options}``; an unknown type names ``json_path``."""
+    """The dataset of a spec entry ``{"type": ..., "batched": ..., options}``; an unknown type names ``json_path``."""
     cls = datasets.get(entry.get("type", ""), f"{json_path}.type")
-    return cls.from_spec(plugin_options(entry, cls.schema, ("type",)), Path(base_dir))
+    dataset = cls.from_spec(plugin_options(entry, cls.schema, DATASET_KEYS), Path(base_dir))
+    return BatchedDataset(dataset) if entry.get("batched", False) else dataset
+
+
+def is_batched(dataset: Any) -> bool:
+    """Whether every sample of ``dataset`` is a complete model feed, run as given (``batched = True``)."""
+    return bool(getattr(dataset, "batched", False))
+
+
+class BatchedDataset:
+    """``dataset``'s samples as complete feeds: one session run per sample, never stacked or padded.
+
+    What ``"batched": true`` on a spec's dataset entry makes of any dataset; a
+    dataset class of one's own may say ``batched = True`` instead.
+    """
+
+    batched = True
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[index]
+
+
+class SampleList:
+    """Samples held in a list (what a worker process is sent of a batched dataset)."""
+
+    def __init__(self, samples: Sequence[Sample], batched: bool = False) -> None:
+        self.samples = list(samples)
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
 
 
 def fetch(dataset: Dataset, indices: np.ndarray) -> tuple[dict[str, np.ndarray], Labels]:
@@ -212,7 +264,12 @@ class NpzDataset(ArrayDataset):
 
 @register_dataset("python")
 class PythonDataset:
-    """A dataset made by user code: ``factory`` is ``"module:callable"``, called with ``kwargs``."""
+    """A dataset made by user code: ``factory`` is ``"module:callable"``, called with ``kwargs``.
+
+    With ``transform`` (``"module:callable"``, NNCF's ``transform_fn``) the factory may
+    return the user's own loader of raw items (anything with ``__len__`` and
+    ``__getitem__``); each item is turned into a sample by the transform.
+    """
 
     schema: ClassVar[dict] = {
         "type": "object",
@@ -222,6 +279,10 @@ class PythonDataset:
             "factory": {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_][\\w.]*$",
                         "description": "module:callable returning a Dataset; a module beside the spec works"},
             "kwargs": {"type": "object", "default": {}},
+            "transform": {"type": ["string", "null"], "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_][\\w.]*$",
+                          "default": None,
+                          "description": "module:callable turning one item of the factory's dataset into a "
+                                         "Sample, a dict {input name: array} or (inputs, label)"},
         },
     }
 
@@ -229,6 +290,7 @@ class PythonDataset:
     def from_spec(cls, options: dict, base_dir: Path) -> Dataset:
         ref = options["factory"]
         factory = import_factory(ref, base_dir)
+        transform = options.get("transform")
         try:
             dataset = factory(**options.get("kwargs", {}))
         except BadInputError:
@@ -238,7 +300,42 @@ class PythonDataset:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise PluginError(f"the factory must return a Dataset (__len__ and __getitem__), "
                               f"got {type(dataset).__name__}", ref)
+        if transform is not None:
+            return TransformedDataset(dataset, import_factory(transform, base_dir), transform)
         return dataset
+
+
+class TransformedDataset:
+    """Raw items of a user's loader, each turned into a ``Sample`` by ``transform`` when it is read."""
+
+    def __init__(self, items: Any, transform: Callable[[Any], Any], name: str) -> None:
+        self.items, self.transform, self.name = items, transform, name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        item = self.items[int(index)]
+        try:
+            made = self.transform(item)
+        except BadInputError:
+            raise
+        except Exception as exc:  # user code: name the item it failed on
+            raise DataError(f"the transform {self.name!r} failed on item {int(index)} ({_short(item)}): "
+                            f"{type(exc).__name__}: {exc}", int(index)) from exc
+        if isinstance(made, Sample):
+            return made
+        if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], dict):
+            return Sample({k: np.asarray(v) for k, v in made[0].items()}, made[1])
+        if isinstance(made, dict):
+            return Sample({k: np.asarray(v) for k, v in made.items()})
+        raise DataError(f"the transform {self.name!r} returned {type(made).__name__} for item {int(index)}; "
+                        f"expected a Sample, a dict {{input name: array}} or (inputs, label)", int(index))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def import_factory(ref: str, base_dir: Path) -> Callable[..., Any]:
