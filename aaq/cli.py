@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Quantize the spec's model; write the model, report.json and the log."""
     from aaq.pipeline import Pipeline
 
-    pipeline = Pipeline(args.spec, progress=not args.no_progress)
+    pipeline = Pipeline(args.spec, progress=not args.no_progress, evaluate=False if args.no_evaluate else None)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(pipeline.spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(out_dir / LOG_FILE, mode="w", encoding="utf-8")
@@ -42,6 +42,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{record.name}: {record.summary['headline']}")
     for name, m in result.metrics.items():
         print(m.describe(name))
+    if not result.evaluated:
+        print("metrics: not measured (quantize-only run: --no-evaluate / evaluate: false)")
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
     if not result.target_met:
@@ -106,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--output-dir", help="where to write the model, report.json and the log "
                                                   "(default: the spec's output.dir, else aaq-results/NAME)")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+            cmd.add_argument("--no-evaluate", action="store_true",
+                             help="quantize only: do not measure the float and final models on the dataset "
+                                  "afterwards (the spec's evaluate: false); the report says so")
         if name == "schema":
             cmd.add_argument("name", nargs="?", help="an algorithm name; omit for the spec's envelope")
     return parser

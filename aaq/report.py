@@ -68,6 +68,9 @@ class Result:
     seconds: float
     spec: dict[str, Any]
     float_samples_inferred: int = 0
+    evaluated: bool = True
+    """Whether the float and final models were measured after the algorithms (False: ``evaluate: false``)."""
+    metric_names: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def model_filename(self) -> str:
@@ -88,7 +91,9 @@ class Result:
                 "quantize_linear": nodes.count("QuantizeLinear"),
                 "dequantize_linear": nodes.count("DequantizeLinear"),
             },
-            "metrics": {name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()},
+            "metrics": ({name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()}
+                        if self.evaluated else {name: {"measured": False} for name in self.metric_names}),
+            "evaluated": self.evaluated,
             "algorithms": [_jsonable(r) for r in self.algorithms],
             "evaluations": evaluations,
             "totals": {
