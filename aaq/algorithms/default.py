@@ -147,7 +147,9 @@ class DefaultQuantization(Algorithm):
         self.summary["calibration_samples"] = int(len(engine.calibration_indices(self.params.stat_subset_size)))
         self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
                                     f"(preset {self.params.preset}); {len(setup.ignored)} ignored; "
-                                    f"{self.summary['bias_corrections']} biases corrected"
+                                    f"{self.summary['bias_corrections']} biases corrected; "
+                                    f"{len(speed['float_layers'])} float for speed (latency_aware "
+                                    f"{self.params.latency_aware})"
                                     + ("; 7-bit weights (this CPU's int8 kernels saturate at 8)"
                                        if config.weights.reduce_range else ""))
         logger.info("%s", self.summary["headline"])
