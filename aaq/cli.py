@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Quantize the spec's model; write the model, report.json, report.html and the log."""
     from aaq.pipeline import Pipeline
 
-    pipeline = Pipeline(args.spec, progress=not args.no_progress)
+    pipeline = Pipeline(args.spec, progress=not args.no_progress, evaluate=False if args.no_evaluate else None)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(pipeline.spec)
     run, protect = _open_run_folder(out_dir, pipeline.spec, args.spec, html=not args.no_html)
     file_handler = logging.FileHandler(run.file(LOG_FILE), mode="w", encoding="utf-8")
@@ -53,6 +53,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{record.name}: {record.summary['headline']}")
     for name, m in result.metrics.items():
         print(m.describe(name))
+    if not result.evaluated:
+        print("metrics: not measured (quantize-only run: --no-evaluate / evaluate: false)")
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
     if HTML_FILE in extra:
@@ -175,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   "(default: the spec's output.dir, else aaq-results/NAME)")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
             cmd.add_argument("--no-html", action="store_true", help="do not write report.html beside report.json")
+            cmd.add_argument("--no-evaluate", action="store_true",
+                             help="quantize only: do not measure the float and final models on the dataset "
+                                  "afterwards (the spec's evaluate: false); the report says so")
         if name == "report":
             cmd.add_argument("report", help="a report.json written by aaq run")
             cmd.add_argument("-o", "--output", help="the HTML file to write (default: report.html beside it)")

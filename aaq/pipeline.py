@@ -27,9 +27,13 @@ class Pipeline:
     first one runs, so a bad spec costs no inference.
     """
 
-    def __init__(self, spec: dict[str, Any] | str | Path, *, progress: bool = True) -> None:
+    def __init__(self, spec: dict[str, Any] | str | Path, *, progress: bool = True,
+                 evaluate: bool | None = None) -> None:
         self.spec: Spec = spec if isinstance(spec, Spec) else load_spec(spec)
         self.progress = progress
+        self.evaluate = self.spec.resolved.get("evaluate", True) if evaluate is None else evaluate
+        """Measure the float and the final model on the whole dataset after the algorithms (the spec's
+        ``evaluate``, unless given here); False: a quantize-only run, its metrics not measured."""
         self.algorithms = [
             algorithms.get(entry["name"], f"compression.algorithms[{i}].name").from_spec(entry["params"])
             for i, entry in enumerate(self.spec.resolved["compression"]["algorithms"])
@@ -49,9 +53,13 @@ class Pipeline:
         state = PipelineState(float_model=float_model, model=current)
         for algorithm in self.algorithms:
             state = run_algorithm(algorithm, state, engine, progress=self.progress)
-        outcomes = _metric_outcomes(engine, state)
-        for name, outcome in outcomes.items():
-            logger.info("%s", outcome.describe(name))
+        if self.evaluate:
+            outcomes = _metric_outcomes(engine, state)
+            for name, outcome in outcomes.items():
+                logger.info("%s", outcome.describe(name))
+        else:
+            outcomes = {}
+            logger.info("metrics not measured: a quantize-only run (evaluate: false)")
         if not state.targets_met:
             missed = ", ".join(name for name, met in state.targets.items() if not met)
             logger.warning("accuracy target NOT met (%s); the best model found is returned", missed)
@@ -61,6 +69,8 @@ class Pipeline:
             target_met=state.targets_met,
             targets=dict(state.targets),
             metrics=outcomes,
+            evaluated=self.evaluate,
+            metric_names=[m.name for m in engine.metrics],
             algorithms=state.records,
             evaluations=list(getattr(engine, "history", [])),
             float_samples_inferred=int(getattr(engine, "inferred_by_model", {}).get(model_digest(float_model), 0)),

@@ -72,6 +72,9 @@ class Result:
     seconds: float
     spec: dict[str, Any]
     float_samples_inferred: int = 0
+    evaluated: bool = True
+    """Whether the float and final models were measured after the algorithms (False: ``evaluate: false``)."""
+    metric_names: list[str] = dataclasses.field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals.
@@ -104,7 +107,9 @@ class Result:
                 "bytes": self.model.ByteSize(),
                 "float_file_bytes": _file_size(self.spec.get("model", {}).get("path")),
             },
-            "metrics": {name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()},
+            "metrics": ({name: {**dataclasses.asdict(m), "drop": m.drop} for name, m in self.metrics.items()}
+                        if self.evaluated else {name: {"measured": False} for name in self.metric_names}),
+            "evaluated": self.evaluated,
             "algorithms": algorithms,
             "evaluations": evaluations,
             "totals": {

@@ -94,6 +94,15 @@ def to_model_input(image, height: int, width: int) -> np.ndarray:
     return out
 
 
+def natural_input(image, height: int) -> np.ndarray:
+    """The same preprocessing at the line's natural width: height fixed, aspect kept, no padding."""
+    from PIL import Image
+
+    width = max(1, int(math.ceil(height * image.width / image.height)))
+    pixels = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32)
+    return np.ascontiguousarray(pixels[:, :, ::-1].transpose(2, 0, 1) / 127.5 - 1.0)
+
+
 def package_file(package: str, relative: str) -> Path:
     """A file shipped inside an installed package (the sample models come from a wheel)."""
     import importlib.util

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from aaq.algorithms.base import run_algorithm
 from aaq.algorithms.default import DefaultQuantization
+from aaq.engine.datasets import ArrayDataset
 from aaq.state import PipelineState
 
 TINY = Path(__file__).resolve().parents[1] / "samples" / "tiny"
@@ -28,7 +29,8 @@ def base_spec() -> dict:
 
 
 class FakeEngine:
-    """The part of the Engine the statistics pass uses, on onnxruntime: ``run`` and ``calibration_indices``.
+    """The part of the Engine the statistics pass uses, on onnxruntime: ``run`` and ``calibration_indices``
+    (and ``dataset``, a batch of which ``latency_aware: "measure"`` times).
 
     ``calls`` records the outputs of every ``run``, to check that one pass serves all requests.
     """
@@ -38,6 +40,7 @@ class FakeEngine:
 
     def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
         self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}
+        self.dataset = ArrayDataset(self.inputs)  # what latency_aware "measure" times a batch of
         self.batch_size = batch_size
         self.calls: list[list[str]] = []
 
@@ -66,7 +69,11 @@ def all_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict
 
 
 def quantize(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 16, **params):
-    """Run DefaultQuantization through ``run_algorithm`` as the pipeline does; returns (state, algorithm)."""
+    """Run DefaultQuantization through ``run_algorithm`` as the pipeline does; returns (state, algorithm).
+
+    ``latency_aware`` is "rules" unless given: the graph properties tested are the rules' (timings on
+    tiny models decide nothing that holds elsewhere)."""
+    params.setdefault("latency_aware", "rules")
     algorithm = DefaultQuantization(DefaultQuantization.Params(**params))
     state = PipelineState(float_model=model, model=model)
     return run_algorithm(algorithm, state, FakeEngine(x, batch_size), progress=False), algorithm

@@ -130,3 +130,43 @@ def conv_hardswish_conv(seed: int = 0, opset: int = 13, form: str = "div", bias:
     y = mb.add_conv(add_hardswish(mb, h, form), 32, 32, kernel=1, name="conv2")
     mb.add_output(y, ["N", 32, 8, 8])
     return mb.build(opset)
+
+
+def streaming_vad(seed: int = 0, features: int = 24, hidden: int = 8) -> onnx.ModelProto:
+    """A streaming voice-activity detector: its first axis is time and its recurrent state is an input.
+
+    x[F, features] -> MatMul -> Relu -> Unsqueeze -> LSTM(h[1,1,H], c[1,1,H]) -> Reshape[F, H]
+    -> MatMul -> Add -> logits[F, 2]; the LSTM's last state is given back as hn, cn.
+    Stacking clips along a new first axis cannot feed it: one clip is one whole feed.
+    """
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", ["F", features])
+    h0 = mb.add_input("h", [1, 1, hidden])
+    c0 = mb.add_input("c", [1, 1, hidden])
+    y = mb.add_relu(mb.add_matmul(x, features, 16, name="proj", scale=0.4))
+    y = mb.add_node("Unsqueeze", [y, mb.add_initializer(np.array([1], np.int64), "axes")], "unsqueeze")
+    w = mb.add_initializer(mb.rng.normal(0, 0.4, (1, 4 * hidden, 16)).astype(np.float32))
+    r = mb.add_initializer(mb.rng.normal(0, 0.4, (1, 4 * hidden, hidden)).astype(np.float32))
+    b = mb.add_initializer(mb.rng.normal(0, 0.1, (1, 8 * hidden)).astype(np.float32), "b")
+    mb.nodes.append(helper.make_node("LSTM", [y, w, r, b, "", h0, c0], ["seq", "hn", "cn"], name="lstm",
+                                     hidden_size=hidden))
+    seq = mb.add_node("Reshape", ["seq", mb.add_initializer(np.array([-1, hidden], np.int64), "shape")],
+                      "flatten_time")
+    logits = mb.add_matmul(seq, hidden, 2, name="head", scale=0.8)
+    mb.nodes.append(helper.make_node("Add", [logits, mb.add_initializer(np.array([0.1, -0.1], np.float32), "b")],
+                                     ["logits"], name="head_bias"))
+    mb.add_output("logits", ["F", 2])
+    mb.add_output("hn", [1, 1, hidden])
+    mb.add_output("cn", [1, 1, hidden])
+    return mb.build(13, name="vad")
+
+
+def unbatched_mlp(seed: int = 0, features: int = 12, classes: int = 3) -> onnx.ModelProto:
+    """x[features] -> MatMul -> Relu -> MatMul -> y[classes]: no batch axis at all."""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [features])
+    x = mb.add_relu(mb.add_matmul(x, features, 16, name="mm1"))
+    y = mb.add_matmul(x, 16, classes, name="mm2")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [classes])
+    return mb.build()

@@ -166,3 +166,33 @@ def test_broken_entry_point_plugin_is_listed_as_broken_and_refused_only_when_nam
 def test_python_m_aaq_help() -> None:
     out = subprocess.run([sys.executable, "-m", "aaq", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "validate" in out.stdout
+
+
+def test_no_evaluate_quantizes_and_infers_nothing_beyond_calibration(tmp_path: Path, capsys, monkeypatch) -> None:
+    from aaq.engine.engine import Engine
+
+    spec = base_spec()
+    spec["compression"]["algorithms"] = [{"name": "DefaultQuantization", "params": {"stat_subset_size": 32}}]
+    engines: list[Engine] = []
+    built = Engine.from_spec.__func__
+    monkeypatch.setattr(Engine, "from_spec", classmethod(lambda cls, *a, **k: engines.append(built(cls, *a, **k))
+                                                         or engines[-1]))
+    code = main(["run", str(write_spec(tmp_path, spec)), "--output-dir", str(tmp_path / "out"), "--no-progress",
+                 "--no-evaluate"])
+    assert code == 0, capsys.readouterr().err
+    assert "metrics: not measured" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["evaluated"] is False and report["metrics"] == {"top1": {"measured": False}}
+    assert report["evaluations"] == [] and report["totals"]["samples_inferred"] == 0
+    assert sum(engines[0].inferred_by_model.values()) == 0   # no sample of the dataset was run
+    assert (tmp_path / "out" / "model.quantized.onnx").exists()
+
+
+def test_evaluate_false_in_the_spec_and_the_default(tmp_path: Path) -> None:
+    from aaq import Pipeline
+
+    spec = base_spec()
+    spec["compression"]["algorithms"] = [{"name": "DefaultQuantization", "params": {"stat_subset_size": 32}}]
+    assert Pipeline(spec, progress=False).run().metrics["top1"].quantized > 0.9      # default: measured
+    result = Pipeline({**spec, "evaluate": False}, progress=False).run()
+    assert result.metrics == {} and not result.evaluated

@@ -63,3 +63,18 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks(tmp_path: Path) -> None:
     assert metric.score({"y": logits}, ["aabb"]).tolist() == [1.0]      # spaces ignored
     assert metric.score({"y": logits}, ["aaab"]).tolist() == [0.75]
     assert ocr.LineAccuracy(charset=charset_file).score({"y": logits}, ["aab c"]).tolist() == [0.0]
+
+
+def test_natural_width_lines_are_whole_feeds_of_their_own_width(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SAMPLES / "text_recognition"))
+    try:
+        import natural_width
+    finally:
+        sys.path.pop(0)
+    widths = [5, 9, 3]
+    pixels = np.concatenate([np.full((3, 48, w), i, np.float32) for i, w in enumerate(widths)], axis=2)
+    np.savez(tmp_path / "lines.npz", pixels=pixels, offsets=np.cumsum([0] + widths), text=np.array(["a", "bc", "d"]))
+    lines = natural_width.lines(str(tmp_path / "lines.npz"))    # an absolute path is kept as it is
+    assert len(lines) == 3
+    feed, text = natural_width.to_feed(lines[1])
+    assert feed["x"].shape == (1, 3, 48, 9) and np.all(feed["x"] == 1) and text == "bc"

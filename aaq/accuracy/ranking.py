@@ -181,7 +181,7 @@ class GroupRanker:
         started = time.perf_counter()
         pairs = zip(self.engine.run(self.float_model, indices, progress_desc="float outputs"),
                     self.engine.run(model, indices, progress_desc="outputs"))
-        parts = [output_distance(reference, outputs) for (_, reference), (_, outputs) in pairs]
+        parts = [output_distance(reference, outputs, len(bidx)) for (bidx, reference), (_, outputs) in pairs]
         self._count(2 * len(indices), time.perf_counter() - started)
         return np.concatenate(parts) if parts else np.zeros(0)
 

@@ -12,12 +12,23 @@ import numpy as np
 UNCHANGED_SHARE = 0.25  # samples on which both models agree, per changed sample, kept in a ranking subset
 
 
-def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per-sample normalised MSE, ``|out - ref|^2 / |ref|^2``, averaged over the model outputs."""
+def output_distance(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                    samples: int | None = None) -> np.ndarray:
+    """Per-sample normalised MSE, ``|out - ref|^2 / |ref|^2``, averaged over the model outputs.
+
+    Arrays hold ``samples`` samples on their first axis (default: its length), so one
+    whole-feed run of a batched dataset is ``samples=1``; object arrays hold one
+    sample's whole output per entry (``Engine.outputs`` on a batched dataset).
+    """
     parts = []
     for name, ref in reference.items():
-        r = np.asarray(ref, np.float64).reshape(len(ref), -1)
-        o = np.asarray(outputs[name], np.float64).reshape(len(ref), -1)
+        if isinstance(ref, np.ndarray) and ref.dtype == object:
+            parts.append(np.array([output_distance({name: r}, {name: o}, 1)[0]
+                                   for r, o in zip(ref, outputs[name])], np.float64))
+            continue
+        rows = len(ref) if samples is None else samples
+        r = np.asarray(ref, np.float64).reshape(rows, -1)
+        o = np.asarray(outputs[name], np.float64).reshape(rows, -1)
         energy = np.maximum(np.einsum("ij,ij->i", r, r), np.finfo(np.float64).tiny)
         parts.append(np.einsum("ij,ij->i", o - r, o - r) / energy)
     return np.mean(parts, axis=0)

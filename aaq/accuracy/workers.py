@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from aaq.accuracy.subsets import output_distance
-from aaq.engine.datasets import ArrayDataset
+from aaq.engine.datasets import ArrayDataset, SampleList, is_batched
 from aaq.engine.feeds import fetch
 from aaq.engine.engine import Engine
 from aaq.engine.protocol import EngineLike
@@ -46,11 +46,17 @@ class WorkerPool:
         return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
 
     def context(self, engine: EngineLike, subset: np.ndarray) -> str:
+        """The scratch file of ``subset``: its stacked inputs and labels, or, for a batched dataset,
+        its samples (whole feeds, transformed already)."""
         key = np.asarray(subset, np.int64).tobytes()
         if key not in self._contexts:
-            inputs, labels = fetch(engine.dataset, subset)
+            if is_batched(engine.dataset):
+                data: Any = [engine.dataset[int(i)] for i in subset]
+            else:
+                inputs, labels = fetch(engine.dataset, subset)
+                data = (dict(inputs), labels)
             path = Path(self.scratch.name) / f"subset{len(self._contexts)}.pkl"
-            path.write_bytes(pickle.dumps((dict(inputs), labels)))
+            path.write_bytes(pickle.dumps(data))
             self._contexts[key] = str(path)
         return self._contexts[key]
 
@@ -79,8 +85,9 @@ def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threa
 def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
     """In a worker: the candidate's metric on the subset (or its output distance), and samples inferred."""
     if _WORKER["context"] != context:
-        inputs, labels = pickle.loads(Path(context).read_bytes())
-        engine = Engine(ArrayDataset(inputs, labels), _WORKER["metrics"], batch_size=_WORKER["batch_size"],
+        data = pickle.loads(Path(context).read_bytes())
+        dataset = SampleList(data, batched=True) if isinstance(data, list) else ArrayDataset(*data)
+        engine = Engine(dataset, _WORKER["metrics"], batch_size=_WORKER["batch_size"],
                         intra_op_threads=_WORKER["threads"], allow_spinning=_WORKER["spinning"], progress=False)
         engine.set_float_model(_WORKER["float"])
         _WORKER.update(context=context, engine=engine)

@@ -7,6 +7,15 @@ model's digest; the statistics it declares are read on the prepared model, which
 computes every tensor of the layout. ``run`` builds the plan from them, corrects
 biases (measured correction declares a second pass, on a twin of the plan, through
 the same collector) and applies the plan.
+
+Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
+times, on this machine, the whole model with each kind of candidate layer in float
+against int8 (``engine.layer_timing``) and keeps float only what is measured faster;
+``"rules"`` applies ``latency_kinds.slower_in_int8``, measured on one CPU
+(ORT 1.32, 2 cores: PP-OCR cls fully quantized 1.38/1.26/1.25x float at batch
+1/16/32, with the rules 0.90/0.80/0.83x: int8 depthwise convs of 8-200 channels were
+2.5-9x slower than float there); ``"off"`` quantizes every layer. The measured
+decisions, their timings and the time spent go into the summary (report.json).
 """
 from __future__ import annotations
 
@@ -19,10 +28,12 @@ import onnx
 
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.engine.kernels import u8s8_saturates
+from aaq.engine.layer_timing import measure_float_kinds
 from aaq.engine.protocol import EngineLike
 from aaq.errors import ModelError, SpecError
 from aaq.quantization.bias import bias_twin, fast_corrections, fast_requests, measured_corrections
 from aaq.quantization.ignored import resolve_ignored
+from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
@@ -36,23 +47,6 @@ from aaq.statistics.requests import StatisticsNeeds
 logger = logging.getLogger(__name__)
 
 _SCHEMA = load_schema("DefaultQuantization")
-
-LATENCY_AWARE = True
-"""Leave in float the layers ONNX Runtime runs slower in int8 (``layers.slower_in_int8``).
-
-Measured with ORT 1.32 on 2 cores, latency / the user's float model at batch 1/16/32
-(preparation's simplifications in both cases; medians of interleaved runs). PP-OCR
-cls, everything quantized: 1.38/1.26/1.25 on two threads beside another process (int8
-depthwise convs with 8-200 channels are 2.5-9x slower than float). Latency-aware:
-0.90/0.80/0.83 on one thread, 0.93/0.87/0.87 on two threads beside another process,
-0.80-0.90/1.0-1.07/1.0-1.07 on two idle threads: ORT's uint8 NCHW->NHWC Transpose, one
-per float island, is up to 18x slower on two threads than on one (and DequantizeLinear
-does not scale). Top-1 0.988-0.992 (float 0.991). PP-OCR rec: 0.51/0.65 (batch 1/16,
-two threads) either way. Not a param yet: a schema property must also be listed by
-every template holding DefaultQuantization's params
-(``algorithms_specs/AccuracyAwareQuantization.json``).
-"""
-
 
 @dataclass(frozen=True)
 class DefaultQuantizationParams:
@@ -72,6 +66,8 @@ class DefaultQuantizationParams:
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001}}})
     bias_correction: bool = True
     use_fast_bias: bool = True
+    latency_aware: str = "measure"
+    latency_budget: float = 10.0
 
 
 @dataclass
@@ -83,6 +79,8 @@ class _Setup:
     layout: Layout
     config: QuantConfig
     needs: StatisticsNeeds
+    kinds: dict[str, list[str]] = field(default_factory=dict)
+    """Candidate layers of ``latency_aware: "measure"``, by kind (``latency_kinds``)."""
 
 
 @register_algorithm("DefaultQuantization")
@@ -96,6 +94,7 @@ class DefaultQuantization(Algorithm):
     def __init__(self, params: DefaultQuantizationParams) -> None:
         super().__init__(params)
         self._setup_cache: tuple[str, _Setup] | None = None
+        self._speed_cache: tuple[str, dict[str, str], dict[str, Any]] | None = None
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
@@ -128,14 +127,29 @@ class DefaultQuantization(Algorithm):
         prepared = setup.prepared
         digests = frozenset({prepared.source_digest, model_digest(prepared.model)})
         config = self._config_for(engine, setup)
-        plan = build_plan(prepared.model, digests, setup.layout, config, statistics)
+        layout, speed = setup.layout, self._latency_rules(setup)
+        if self.params.latency_aware == "measure":
+            chosen, speed = self._measured(state, engine, setup, config, statistics, digests)
+            if chosen:
+                layout = self._layout(setup.prepared, setup.ignored, chosen)
+                needs = StatisticsNeeds(prepared.model, setup.needs.model_digest,
+                                        tuple(dict.fromkeys(activation_requests(layout, config)
+                                                            + list(setup.needs.requests))),
+                                        self.params.stat_subset_size)
+                fill_statistics(state.statistics, engine, [needs], progress=engine.progress,
+                                why="latency-aware layout")
+                statistics = state.statistics.values(needs)
+        plan = build_plan(prepared.model, digests, layout, config, statistics)
         plan = self._correct_biases(plan, statistics, state, engine)
         model = apply_plan(state.float_model, plan)
-        self.summary = self._summary(setup, plan, config)
+        self.summary = self._summary(setup, layout, plan, config)
+        self.summary["latency_aware"] = speed
         self.summary["calibration_samples"] = int(len(engine.calibration_indices(self.params.stat_subset_size)))
         self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
                                     f"(preset {self.params.preset}); {len(setup.ignored)} ignored; "
-                                    f"{self.summary['bias_corrections']} biases corrected"
+                                    f"{self.summary['bias_corrections']} biases corrected; "
+                                    f"{len(speed['float_layers'])} float for speed (latency_aware "
+                                    f"{self.params.latency_aware})"
                                     + ("; 7-bit weights (this CPU's int8 kernels saturate at 8)"
                                        if config.weights.reduce_range else ""))
         logger.info("%s", self.summary["headline"])
@@ -148,9 +162,7 @@ class DefaultQuantization(Algorithm):
         p = self.params
         prepared = prepare_model(float_model, self._min_opset(p.weights))
         ignored = resolve_ignored(prepared.model, p.ignored, prepared.removed_nodes)
-        layout = find_layout(prepared.model, p.quantize_ops, activation_matmul=p.quantize_activation_matmul,
-                             ignored=ignored, elem_types=prepared.elem_types, latency_aware=LATENCY_AWARE,
-                             shapes=prepared.shapes)
+        layout = self._layout(prepared, ignored, None)
         if not layout.layers:
             why = "; ".join(f"{name}: {reason}" for name, reason in list(layout.skipped.items())[:5])
             raise ModelError(f"nothing to quantize: the model has no {'/'.join(p.quantize_ops)} node that can "
@@ -159,11 +171,59 @@ class DefaultQuantization(Algorithm):
         requests = activation_requests(layout, config)
         if p.bias_correction and p.use_fast_bias:
             requests += fast_requests(layout, prepared.model)
+        kinds: dict[str, list[str]] = {}
+        if p.latency_aware == "measure":
+            kinds = latency_kinds(prepared.model, [layer.name for layer in layout.layers], prepared.shapes)
+            if kinds:  # the sites of the layouts with every kind in float, or the rules' ones: one pass for all
+                every = {name: f"latency: {kind}" for kind, names in kinds.items() for name in names}
+                for extra in (every, self._rules_float(kinds)):
+                    requests += activation_requests(self._layout(prepared, ignored, extra), config)
         needs = StatisticsNeeds(prepared.model, model_digest(prepared.model), tuple(dict.fromkeys(requests)),
                                 p.stat_subset_size)
-        setup = _Setup(prepared, ignored, layout, config, needs)
+        setup = _Setup(prepared, ignored, layout, config, needs, kinds)
         self._setup_cache = (digest, setup)
         return setup
+
+    def _layout(self, prepared: PreparedModel, ignored: dict[str, str], chosen: dict[str, str] | None) -> Layout:
+        """The layout of ``latency_aware`` "rules" or "off", or with the ``chosen`` layers in float."""
+        p = self.params
+        return find_layout(prepared.model, p.quantize_ops, activation_matmul=p.quantize_activation_matmul,
+                           ignored=ignored, elem_types=prepared.elem_types, shapes=prepared.shapes,
+                           latency_aware=p.latency_aware == "rules" and chosen is None, float_for_speed=chosen)
+
+    @staticmethod
+    def _rules_float(kinds: dict[str, list[str]]) -> dict[str, str]:
+        return {name: f"latency (rules): {kind}" for kind in RULES_FLOAT for name in kinds.get(kind, ())}
+
+    def _latency_rules(self, setup: _Setup) -> dict[str, Any]:
+        mode = self.params.latency_aware
+        floated = {n: r for n, r in setup.layout.skipped.items() if r.startswith("latency")} if mode == "rules" else {}
+        return {"mode": mode, "float_layers": floated}
+
+    def _measured(self, state: PipelineState, engine: EngineLike, setup: _Setup, config: QuantConfig,
+                  statistics: dict, digests: frozenset[str]) -> tuple[dict[str, str], dict[str, Any]]:
+        """The layers measured faster in float on this machine (name -> reason), and the record of it.
+
+        Timed once per float model: AccuracyAwareQuantization running this algorithm
+        again gets the same decisions.
+        """
+        digest = setup.needs.model_digest
+        if self._speed_cache is not None and self._speed_cache[0] == digest:
+            return self._speed_cache[1], self._speed_cache[2]
+        ranges = _AnyRange(statistics)
+
+        def build(kinds: frozenset[str]) -> onnx.ModelProto:
+            chosen = {name: kind for kind in kinds for name in setup.kinds[kind]}
+            layout = self._layout(setup.prepared, setup.ignored, chosen) if chosen else setup.layout
+            return apply_plan(state.float_model, build_plan(setup.prepared.model, digests, layout, config, ranges))
+
+        decisions, info = measure_float_kinds(engine, build, setup.kinds, self.params.latency_budget)
+        chosen = {name: f"latency (measured here): {d.kind}, {d.why}"
+                  for d in decisions if d.kept_float for name in d.layers}
+        record = {"mode": "measure", **info, "decisions": [d.as_dict() for d in decisions],
+                  "float_layers": chosen}
+        self._speed_cache = (digest, chosen, record)
+        return chosen, record
 
     def _config_for(self, engine: EngineLike, setup: _Setup) -> QuantConfig:
         """The config with ``weights.reduce_range: "auto"`` decided by measuring this machine's kernels."""
@@ -183,7 +243,7 @@ class DefaultQuantization(Algorithm):
         fill_statistics(state.statistics, engine, [needs], progress=engine.progress, why="bias correction")
         return measured_corrections(plan, twin, state.statistics.values(needs))
 
-    def _summary(self, setup: _Setup, plan: Plan, config: QuantConfig) -> dict[str, Any]:
+    def _summary(self, setup: _Setup, layout: Layout, plan: Plan, config: QuantConfig) -> dict[str, Any]:
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]
         return {
             "preset": self.params.preset,
@@ -193,10 +253,18 @@ class DefaultQuantization(Algorithm):
             "activation_quantizers": len(plan.quantizers),
             "output_quantizers": sum(q.site.output for q in plan.quantizers.values()),
             "ignored": dict(setup.ignored),
-            "not_quantized": {name: reason for name, reason in setup.layout.skipped.items()
+            "not_quantized": {name: reason for name, reason in layout.skipped.items()
                               if name not in setup.ignored},
             "weights_reduce_range": config.weights.reduce_range,
             "bias_corrections": len(corrected),
             "bias_corrected_layers": corrected,
             "preparation": setup.prepared.summary(),
         }
+
+
+class _AnyRange(dict):
+    """Statistics for timing-only plans: a range the run has not collected is [-1, 1] (latency does not
+    depend on the scales; the model that is kept is built from collected statistics only)."""
+
+    def __missing__(self, request: Any) -> float:
+        return -1.0 if request.reducer == "min" else 1.0

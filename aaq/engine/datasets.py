@@ -4,13 +4,17 @@ Map-style on purpose: subsets (``stat_subset_size``, ``ranking_subset_size``, ..
 sorted index arrays drawn from a seeded generator, and a dataset only has to answer
 "give me sample i". A dataset that can also answer "give me these samples, stacked"
 (``batch``) lets the engine feed ONNX Runtime without a per-sample Python loop.
+
+A dataset whose samples are whole model feeds (``"batched": true`` on any dataset
+entry; ``batched = True`` on a dataset object) is run one sample per session run,
+as given, never stacked or padded: a streaming model whose first axis is time and
+whose recurrent state is an input, a model without a batch axis, inputs of a
+different size in every sample.
 """
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence, Union, runtime_checkable
@@ -29,7 +33,10 @@ Labels = Union[list, np.ndarray, None]
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample: model inputs by input name, each WITHOUT the batch axis, and its label (or None)."""
+    """One sample: model inputs by input name, each WITHOUT the batch axis, and its label (or None).
+
+    In a batched dataset (``is_batched``) the inputs are a complete feed instead, run as given.
+    """
 
     inputs: dict[str, np.ndarray]
     label: Any = None
@@ -67,7 +74,7 @@ def check_plugin_schema(name: str, cls: type) -> None:
         raise PluginError("the class must define the classmethod 'from_spec'", name)
 
 
-datasets: Registry[type] = Registry("dataset", "aaq.datasets", builtins="aaq.engine.datasets",
+datasets: Registry[type] = Registry("dataset", "aaq.datasets", builtins="aaq.engine.python_datasets",
                                     check=check_dataset_class)
 
 
@@ -89,10 +96,53 @@ def plugin_options(entry: dict, schema: dict, drop: Sequence[str]) -> dict:
     return options
 
 
+DATASET_KEYS = ("type", "batched")
+"""Keys every dataset entry may have, whatever its type; the type's own schema checks the rest."""
+
+
 def dataset_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.dataset") -> Dataset:
-    """The dataset of a spec entry ``{"type": ..., options}``; an unknown type names ``json_path``."""
+    """The dataset of a spec entry ``{"type": ..., "batched": ..., options}``; an unknown type names ``json_path``."""
     cls = datasets.get(entry.get("type", ""), f"{json_path}.type")
-    return cls.from_spec(plugin_options(entry, cls.schema, ("type",)), Path(base_dir))
+    dataset = cls.from_spec(plugin_options(entry, cls.schema, DATASET_KEYS), Path(base_dir))
+    return BatchedDataset(dataset) if entry.get("batched", False) else dataset
+
+
+def is_batched(dataset: Any) -> bool:
+    """Whether every sample of ``dataset`` is a complete model feed, run as given (``batched = True``)."""
+    return bool(getattr(dataset, "batched", False))
+
+
+class BatchedDataset:
+    """``dataset``'s samples as complete feeds: one session run per sample, never stacked or padded.
+
+    What ``"batched": true`` on a spec's dataset entry makes of any dataset; a
+    dataset class of one's own may say ``batched = True`` instead.
+    """
+
+    batched = True
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[index]
+
+
+class SampleList:
+    """Samples held in a list (what a worker process is sent of a batched dataset)."""
+
+    def __init__(self, samples: Sequence[Sample], batched: bool = False) -> None:
+        self.samples = list(samples)
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
 
 
 class ArrayDataset:
@@ -223,101 +273,3 @@ def _reason(exc: BaseException) -> str:
     if "allow_pickle" in text or "Object arrays" in text:
         return "it holds Python objects (dtype object), which aaq does not unpickle; save numeric arrays"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@register_dataset("python")
-class PythonDataset:
-    """A dataset made by user code: ``factory`` is ``"module:callable"``, called with ``kwargs``."""
-
-    schema: ClassVar[dict] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["factory"],
-        "properties": {
-            "factory": {"type": "string", "pattern": "^[A-Za-z_][\\w.]*:[A-Za-z_][\\w.]*$",
-                        "description": "module:callable returning a Dataset; a module beside the spec works"},
-            "kwargs": {"type": "object", "default": {}},
-        },
-    }
-
-    @classmethod
-    def from_spec(cls, options: dict, base_dir: Path) -> Dataset:
-        ref = options["factory"]
-        factory = import_factory(ref, base_dir)
-        try:
-            dataset = factory(**options.get("kwargs", {}))
-        except BadInputError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"the dataset factory raised {type(exc).__name__}: {exc}", ref) from exc
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise PluginError(f"the factory must return a Dataset (__len__ and __getitem__), "
-                              f"got {type(dataset).__name__}", ref)
-        return FactoryDataset(dataset, ref)
-
-
-class FactoryDataset:
-    """A dataset made by a factory, named after it in every error; reads pass straight through.
-
-    Its length is read once, here: a ``__len__`` that raises or is not a count is the
-    factory's fault, said before any inference.
-    """
-
-    def __init__(self, dataset: Any, ref: str) -> None:
-        try:
-            size = len(dataset)
-        except Exception as exc:
-            raise PluginError(f"len() of the dataset raised {type(exc).__name__}: {exc}", ref) from None
-        if not isinstance(size, int) or size < 0:
-            raise PluginError(f"len() of the dataset must be a count, got {size!r}", ref)
-        self.dataset = dataset
-        self.source = f"python:{ref}"
-        self._len = size
-        if callable(getattr(dataset, "batch", None)):
-            self.batch = dataset.batch
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.dataset[index]
-
-    def __getattr__(self, name: str) -> Any:  # anything else the user's object offers
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
-def import_factory(ref: str, base_dir: Path) -> Callable[..., Any]:
-    """The callable named ``"module:attr"``, importing ``module`` with ``base_dir`` on ``sys.path``.
-
-    ``base_dir`` is on the path only while importing, so a module beside the spec
-    works without the spec's folder staying importable afterwards.
-    """
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise BadInputError(f"factory {ref!r}: expected 'module:callable'")
-    entry = str(Path(base_dir).resolve())
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        importlib.invalidate_caches()
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PluginError(f"cannot import module {module_name!r} (looked in {entry} and on sys.path): "
-                          f"{exc}", ref) from None
-    except Exception as exc:
-        raise PluginError(f"importing module {module_name!r} raised {type(exc).__name__}: {exc}",
-                          ref) from exc
-    finally:
-        if added:
-            sys.path.remove(entry)
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise PluginError(f"module {module_name!r} has no attribute {attr!r}", ref)
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise PluginError(f"{attr!r} in module {module_name!r} is not callable", ref)
-    return obj

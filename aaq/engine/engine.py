@@ -8,13 +8,17 @@ sample index), and the float model's raw outputs are kept for the samples whose
 outputs something reads (a metric that compares with the float model, an output
 distance), not for every sample the float model is scored on: on a model with large
 outputs that store would be the biggest thing in memory.
+
+A batched dataset (``datasets.is_batched``: every sample a complete feed) is run one
+sample per session run, as given: ``run`` then yields one index and that run's
+outputs as the model gave them, a metric scores one run at a time, and ``outputs``
+gives one entry per sample (object arrays, since shapes may differ).
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,14 +27,14 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
-from aaq.engine.datasets import Dataset, dataset_from_spec
-from aaq.engine.feeds import check_dataset_fits, checked_indices, fetch, unique_in_order
+from aaq.engine.augment import AugmentedModels
+from aaq.engine.datasets import Dataset, dataset_from_spec, is_batched
+from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
 from aaq.engine.metrics import Metric, metric_from_spec
 from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
-from aaq.errors import BadInputError, DataError, ModelError, SpecError
-from aaq.quantization.graph import GraphIndex
+from aaq.errors import BadInputError, DataError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +76,9 @@ class Engine:
                                       providers, session_cache_size)
         self._scores: dict[str, ScoreCache] = {}
         self._float: tuple[bytes, str] | None = None
-        self._reference = OutputStore(self._size)
-        self._augmented: OrderedDict[tuple[str, tuple[str, ...]], tuple[bytes, str, set[str]]] = OrderedDict()
+        self._whole = is_batched(dataset)
+        self._reference = OutputStore(self._size, whole=self._whole)
+        self._augmented = AugmentedModels(session_cache_size)
 
     @property
     def session_options(self) -> ort.SessionOptions:
@@ -142,7 +147,7 @@ class Engine:
             self._check_inputs(entry, self.calibration_dataset, "calibration dataset")
         if self._float is None or self._float[1] != digest:
             self._float = (data, digest)
-            self._reference = OutputStore(self._size)
+            self._reference = OutputStore(self._size, whole=self._whole)
 
     # ------------------------------------------------------------------ raw inference
 
@@ -154,6 +159,7 @@ class Engine:
         ``outputs`` may name any tensor of the model (intermediate ones are added as
         graph outputs of a copy). ``calibration=True`` reads the calibration dataset.
         Errors in the arguments are raised here, before the first batch is asked for.
+        On a batched dataset every item is one sample's index and its run's tensors as given.
         """
         dataset, what = (self._calibration(), "calibration dataset") if calibration else (self.dataset, "dataset")
         idx = self._indices(indices, len(dataset), what)
@@ -165,7 +171,7 @@ class Engine:
             finite: Sequence[str] = names
         else:
             names = tuple(outputs)
-            data, digest, graph_outputs = self._with_outputs(data, digest, names)
+            data, digest, graph_outputs = self._augmented.get(data, digest, names)
             entry = self._session(data, digest, dataset, what)
             finite = [n for n in names if n in graph_outputs]
 
@@ -181,7 +187,10 @@ class Engine:
         return batches()
 
     def outputs(self, model: onnx.ModelProto | bytes, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """The graph outputs of ``model`` on ``indices``, stacked; the float model's come from its cache."""
+        """The graph outputs of ``model`` on ``indices``, stacked; the float model's come from its cache.
+
+        On a batched dataset: one entry per sample, each that sample's run's output (object arrays).
+        """
         idx = self._indices(indices, self._size, "dataset")
         data, digest = model_bytes(model)
         if self._float is not None and digest == self._float[1]:
@@ -190,7 +199,9 @@ class Engine:
         parts = [out for _, out in self.run(data, idx, progress_desc="outputs")]
         if not parts:
             entry = self._sessions.get(data, digest)
-            return {n: np.empty((0,)) for n in entry.output_names}
+            return {n: np.empty((0,), dtype=object if self._whole else np.float32) for n in entry.output_names}
+        if self._whole:
+            return {n: _entries([p[n] for p in parts]) for n in parts[0]}
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
@@ -295,18 +306,25 @@ class Engine:
                 if keep_reference or compares:
                     self._reference.put(bidx, out)
                 reference = out
+            elif compares:
+                reference = self._reference.row(int(bidx[0])) if self._whole else self._reference.get(bidx)
             else:
-                reference = self._reference.get(bidx) if compares else None
+                reference = None
             for metric in self.metrics:
                 given = reference if metric.reference else labels
+                seen = out
+                if self._whole and metric.stack_runs:  # one run = one sample: give it its sample axis
+                    seen = {n: a[None] for n, a in out.items()}
+                    given = {n: a[None] for n, a in given.items()} if metric.reference else given
                 try:
-                    entries = metric.score(out, given)
+                    entries = metric.score(seen, given)
                 except Exception as exc:  # any failure of user code must name the metric and sample
-                    raise metric_error(metric, exc, bidx, out, given) from exc
+                    raise metric_error(metric, exc, bidx, seen, given) from exc
                 count = len(entries) if hasattr(entries, "__len__") else type(entries).__name__
                 if count != len(bidx):
-                    raise DataError(f"metric {metric.name!r} returned {count} entries for a batch of "
-                                    f"{len(bidx)} samples (one per sample expected)", int(bidx[0]))
+                    what = ("one run of a batched dataset (one entry per run expected)" if self._whole else
+                            f"a batch of {len(bidx)} samples (one per sample expected)")
+                    raise DataError(f"metric {metric.name!r} returned {count} entries for {what}", int(bidx[0]))
                 cache.put(metric, bidx, entries)  # ScoreCache.put checks the metric contract (evaluation.py)
             cache.have[bidx] = True
             self.inferred_by_model[digest] += len(bidx)
@@ -314,23 +332,21 @@ class Engine:
 
     def _infer(self, entry: SessionEntry, dataset: Dataset, indices: np.ndarray, names: Sequence[str],
                finite: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], Any]]:
-        """The hot loop: slice, run, check. Batches of ``batch_size`` unless the model fixes it."""
-        size = entry.fixed_batch or self.batch_size
-        input_names = [i.name for i in entry.inputs]
+        """The hot loop: slice, run, check. Batches of ``batch_size`` unless the model fixes it;
+        one run per sample, as given, on a batched dataset."""
+        if is_batched(dataset):
+            feeds = whole_feeds(entry, dataset, indices, "dataset" if dataset is self.dataset else
+                                "calibration dataset")
+        else:
+            feeds = stacked_feeds(entry, dataset, indices, entry.fixed_batch or self.batch_size)
         names = list(names)
         run = entry.session.run
-        for start in range(0, len(indices), size):
-            bidx = indices[start:start + size]
-            inputs, labels = fetch(dataset, bidx)
-            feed = {n: inputs[n] for n in input_names}
-            pad = size - len(bidx) if entry.fixed_batch else 0
-            if pad:  # a model fixed at batch B > 1: repeat the last sample, drop its outputs below
-                feed = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in feed.items()}
+        for bidx, feed, labels, pad in feeds:
             try:
                 arrays = run(names, feed)
             except Exception as exc:  # ORT's own exception types; the message says what it refused
-                raise DataError(f"ONNX Runtime failed on samples {int(bidx[0])}..{int(bidx[-1])}: {exc}",
-                                int(bidx[0])) from None
+                where = f"sample {int(bidx[0])}" if len(bidx) == 1 else f"samples {int(bidx[0])}..{int(bidx[-1])}"
+                raise DataError(f"ONNX Runtime failed on {where}: {exc}", int(bidx[0])) from None
             self.session_runs += 1
             out = dict(zip(names, arrays))
             if pad:
@@ -342,37 +358,6 @@ class Engine:
 
     def _check_inputs(self, entry: SessionEntry, dataset: Dataset, what: str) -> None:
         check_dataset_fits(entry, dataset, what)
-
-    def _with_outputs(self, data: bytes, digest: str, names: Sequence[str]) -> tuple[bytes, str, set[str]]:
-        """A model whose graph outputs include ``names`` (a copy when some are intermediate), its digest
-        and the original graph output names; cached, since the statistics pass asks the same again."""
-        key = (digest, tuple(names))
-        hit = self._augmented.get(key)
-        if hit is not None:
-            self._augmented.move_to_end(key)
-            return hit
-        model = onnx.load_from_string(data)
-        graph = model.graph
-        graph_outputs = {o.name for o in graph.output}
-        known = GraphIndex(graph).fetchable
-        present = set(graph_outputs)
-        for name in names:
-            if name in present:
-                continue
-            if name not in known:
-                near = difflib.get_close_matches(name, sorted(known), n=3)
-                hint = f"; nearest: {', '.join(map(repr, near))}" if near else ""
-                raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input{hint})")
-            graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
-        if present == graph_outputs:
-            hit = (data, digest, graph_outputs)
-        else:
-            hit = (*model_bytes(model), graph_outputs)
-        self._augmented[key] = hit
-        if len(self._augmented) > self._sessions.capacity:
-            self._augmented.popitem(last=False)
-        return hit
 
     def _partial(self, cache: ScoreCache, digest: str, idx: np.ndarray, inferred: int,
                  started: float) -> Evaluation:
@@ -387,3 +372,11 @@ class Engine:
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True,
                     disable=not self.progress or total == 0)
+
+
+def _entries(arrays: list[np.ndarray]) -> np.ndarray:
+    """One object entry per array (``np.array`` would stack arrays of equal shape)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out

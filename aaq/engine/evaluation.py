@@ -91,14 +91,23 @@ class OutputStore:
 
     One preallocated array per output while every row has the same shape (untouched
     pages of it cost no memory); rows of varying shape fall back to an object array.
+    ``whole``: each sample's outputs are one run's whole arrays (a batched dataset),
+    kept and given back as object entries.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, whole: bool = False) -> None:
         self.size = size
+        self.whole = whole
         self.have = np.zeros(size, dtype=bool)
         self.arrays: dict[str, np.ndarray] = {}
 
     def put(self, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        if self.whole:
+            (index,) = indices
+            for name, array in outputs.items():
+                self.arrays.setdefault(name, np.empty(self.size, dtype=object))[index] = array
+            self.have[index] = True
+            return
         for name, batch in outputs.items():
             store = self.arrays.get(name)
             if store is None:
@@ -116,10 +125,18 @@ class OutputStore:
         self.have[indices] = True
 
     def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows of ``indices`` stacked; when ``whole``, one object entry per sample."""
         out = {}
         for name, store in self.arrays.items():
-            out[name] = np.stack(list(store[indices])) if store.dtype == object else store[indices]
+            if self.whole:
+                out[name] = store[indices]
+            else:
+                out[name] = np.stack(list(store[indices])) if store.dtype == object else store[indices]
         return out
+
+    def row(self, index: int) -> dict[str, np.ndarray]:
+        """One sample's outputs as its run gave them (``whole`` stores)."""
+        return {name: store[index] for name, store in self.arrays.items()}
 
 
 def check_entries(metric: Metric, indices: np.ndarray, entries: Any) -> np.ndarray:
@@ -187,6 +204,10 @@ def check_value(metric: Metric, entries: Any, raw: np.ndarray) -> float:
 def check_finite(array: np.ndarray, indices: np.ndarray, name: str) -> None:
     """A NaN or Inf output is a DataError naming the first bad sample (one float64 sum when all is well)."""
     if array.dtype.kind != "f" or np.isfinite(array.sum(dtype=np.float64)):
+        return
+    if array.ndim == 0 or len(indices) == 1:
+        if not np.isfinite(array).all():
+            raise DataError(f"the model output {name!r} holds NaN or Inf", int(indices[0]))
         return
     rows = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if not rows.any():  # the float64 sum itself overflowed: every value is finite

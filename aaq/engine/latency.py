@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from aaq.engine.datasets import is_batched
 from aaq.engine.feeds import fetch
 from aaq.engine.protocol import EngineLike
 from aaq.engine.session import model_bytes, session_options
@@ -66,10 +67,12 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
                     candidate: onnx.ModelProto | bytes | ort.InferenceSession,
                     inputs: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3,
                     budget_seconds: float | None = None, options: ort.SessionOptions | None = None,
-                    providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyComparison:
+                    providers: Sequence[str] = ("CPUExecutionProvider",),
+                    samples: int | None = None) -> LatencyComparison:
     """Time both models on ``inputs`` (one batch), interleaved, and return their medians.
 
-    Sessions given are used as they are (an engine's cached ones: no build cost);
+    ``samples`` is how many samples the batch holds (default: the first input's first
+    dim; 1 for a whole-feed sample). Sessions given are used as they are (an engine's cached ones: no build cost);
     models are loaded with ``options``. ``budget_seconds`` bounds the timed rounds
     after the first ``MIN_RUNS``: on a slow model the median of fewer rounds is still
     a median, and the check must not cost more than the search it reports on.
@@ -93,7 +96,7 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
             t = time.perf_counter()
             sessions[k].run(None, feeds[k])
             times[k].append(time.perf_counter() - t)
-    batch = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    batch = samples if samples is not None else int(next(iter(inputs.values())).shape[0]) if inputs else 0
     ratios = np.asarray(times[1]) / np.maximum(np.asarray(times[0]), 1e-12)
     quartiles = (float(np.quantile(ratios, 0.25)), float(np.quantile(ratios, 0.75)))
     result = LatencyComparison(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
@@ -104,11 +107,15 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
 
 def latency_on_engine(engine: EngineLike, reference: onnx.ModelProto, candidate: onnx.ModelProto,
                       budget_seconds: float) -> LatencyComparison:
-    """Both models on one batch of the engine's data (the model's fixed batch, else ``batch_size``).
+    """Both models on one batch of the engine's data (the model's fixed batch, else ``batch_size``;
+    the first sample's feed, as given, on a batched dataset).
 
     The engine's cached sessions are used: they ran both models already, so they are
     warm and nothing is built again.
     """
+    if is_batched(engine.dataset):
+        return compare_latency(engine.session(reference), engine.session(candidate), engine.dataset[0].inputs,
+                               warmup=1, budget_seconds=budget_seconds, samples=1)
     dims = reference.graph.input[0].type.tensor_type.shape.dim
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
     size = min(fixed or engine.batch_size, engine.num_samples)

@@ -14,7 +14,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from aaq.engine.datasets import check_plugin_schema, import_factory, plugin_options
+from aaq.engine.datasets import check_plugin_schema, plugin_options
+from aaq.engine.python_datasets import import_factory
 from aaq.errors import BadInputError, DataError, PluginError
 from aaq.registry import Registry
 
@@ -54,12 +55,19 @@ class Metric(abc.ABC):
     ``labels`` are the dataset's labels of the batch (a list or array aligned with
     the batch, or None), except for a metric with ``reference = True``: it gets the
     float model's outputs for the same samples, in the same dict form.
+
+    On a batched dataset (every sample a whole feed) ``score`` is called once per run:
+    ``outputs`` are that run's arrays as the model gave them, ``labels`` a one-element
+    list, and it returns one entry. A metric written for stacked batches sets
+    ``stack_runs = True`` (the built-in ones do): it then gets each run's arrays with a
+    leading axis of one sample added, the float model's too.
     """
 
     name: str = ""
     higher_is_better: bool = True
     per_sample: bool = True
     reference: ClassVar[bool] = False
+    stack_runs: ClassVar[bool] = False
     bounds: tuple[float, float] | None = None
     schema: ClassVar[dict] = {"type": "object", "additionalProperties": False, "properties": {}}
 
@@ -134,6 +142,7 @@ class Accuracy(Metric):
     ``(B, 1)`` (an array or a list). One-hot labels are not accepted.
     """
 
+    stack_runs: ClassVar[bool] = True
     schema: ClassVar[dict] = {
         "type": "object", "additionalProperties": False,
         "properties": {"top_k": {"type": "integer", "minimum": 1, "default": 1}, "output": _OUTPUT_OPTION},
@@ -193,6 +202,7 @@ class MeanSquaredError(Metric):
     """Mean squared error between an output and the label (same number of elements per sample)."""
 
     higher_is_better = False
+    stack_runs: ClassVar[bool] = True
     schema: ClassVar[dict] = {"type": "object", "additionalProperties": False,
                               "properties": {"output": _OUTPUT_OPTION}}
 
@@ -228,6 +238,7 @@ class Agreement(Metric):
     """
 
     reference: ClassVar[bool] = True
+    stack_runs: ClassVar[bool] = True
     schema: ClassVar[dict] = {
         "type": "object", "additionalProperties": False,
         "properties": {"measure": {"enum": ["top1", "cosine", "nmse"], "default": "top1"},

@@ -45,8 +45,9 @@ class InputInfo:
     shape: tuple[int | None, ...]
     dtype: np.dtype | None
 
-    def describe(self) -> str:
-        dims = ", ".join("N" if i == 0 and d is None else ("?" if d is None else str(d))
+    def describe(self, batched: bool = False) -> str:
+        """``[N, 3, ?, ?] float32``; ``batched``: the first dim is not a batch axis (``?``, not ``N``)."""
+        dims = ", ".join("N" if i == 0 and d is None and not batched else ("?" if d is None else str(d))
                          for i, d in enumerate(self.shape))
         return f"[{dims}] {self.dtype.name if self.dtype is not None else 'tensor'}"
 
@@ -60,6 +61,9 @@ class SessionEntry:
     output_names: tuple[str, ...]
     fixed_batch: int | None
     """The batch size the model insists on (its first input dim), or None when it is free."""
+    batch_problem: str = ""
+    """Why the model cannot be fed stacked samples (a scalar input, inputs disagreeing on the batch
+    size); ``""`` when it can. Only batched datasets (whole feeds) can feed such a model."""
     checked: set = field(default_factory=set)
     """Which datasets were already checked against the inputs (by id)."""
 
@@ -149,10 +153,12 @@ def _entry(session: ort.InferenceSession) -> SessionEntry:
                   np.dtype(_DTYPES[arg.type]) if arg.type in _DTYPES else None)
         for arg in session.get_inputs())
     fixed = {i.shape[0] for i in inputs if i.shape and i.shape[0] is not None}
-    for info in inputs:
-        if not info.shape:
-            raise ModelError(f"input {info.name!r} is a scalar: the engine needs a batch axis first")
-    if len(fixed) > 1:
-        raise ModelError(f"the model's inputs disagree on the batch size: {sorted(fixed)}")
+    scalars = [info.name for info in inputs if not info.shape]
+    problem = ""
+    if scalars:
+        problem = f"input {scalars[0]!r} is a scalar: stacked samples need a batch axis first"
+    elif len(fixed) > 1:
+        problem = f"the model's inputs disagree on the batch size: {sorted(fixed)}"
     outputs = tuple(arg.name for arg in session.get_outputs())
-    return SessionEntry(session, inputs, outputs, fixed.pop() if fixed else None)
+    return SessionEntry(session, inputs, outputs, fixed.pop() if len(fixed) == 1 and not scalars else None,
+                        problem)

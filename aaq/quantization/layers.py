@@ -21,8 +21,9 @@ quantizers. Placement rules, all measured on ONNX Runtime's optimized graphs:
   one group (see ``plan.make_groups``);
 * an output quantizer whose readers are all flat outside a range (hard-swish below
   -3, HardSigmoid, Clip) covers only that range (``clamps.consumer_clamp``);
-* latency-aware layouts leave in float the layers ORT runs slower in int8
-  (``slower_in_int8``: small depthwise convs, convs on 1x1 images) and keep their
+* latency-aware layouts leave in float the layers ORT runs slower in int8 (by the
+  rules, ``latency_kinds.slower_in_int8``: small depthwise convs, convs on 1x1 images;
+  or as measured on the machine, ``float_for_speed``) and keep their
   neighbours' integer kernels; a Conv between a DequantizeLinear and a QuantizeLinear
   is never float in ORT 1.32 (``WeightBiasQuantization`` quantizes its weights per
   tensor), so such a layer is quantized by aaq instead, per channel.
@@ -43,6 +44,7 @@ from onnx import TensorProto, helper
 
 from aaq.quantization.clamps import readers_clamp
 from aaq.quantization.graph import GraphIndex
+from aaq.quantization.latency_kinds import slower_in_int8
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +125,13 @@ class Layout:
 
 def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_matmul: bool = False,
                 ignored: Mapping[str, str] | None = None, elem_types: Mapping[str, int] | None = None,
-                latency_aware: bool = False, shapes: Mapping[str, tuple] | None = None) -> Layout:
+                latency_aware: bool = False, shapes: Mapping[str, tuple] | None = None,
+                float_for_speed: Mapping[str, str] | None = None) -> Layout:
     """The quantizable layers of ``model`` among ``op_types`` (minus ``ignored``) and their quantizer sites.
 
-    ``latency_aware``: leave in float the layers ONNX Runtime runs slower in int8
-    (``slower_in_int8``; ``shapes`` are the known tensor shapes). Unlike ``ignored``
+    ``latency_aware``: leave in float the layers ONNX Runtime runs slower in int8 by
+    the rules (``latency_kinds.slower_in_int8``; ``shapes`` are the known tensor
+    shapes); ``float_for_speed``: these layers (name -> reason), as measured. Unlike ``ignored``
     ones, the layers before them still get the output quantizer their own integer
     kernel needs; and one that would sit between a DequantizeLinear and a
     QuantizeLinear all the same is quantized: ORT 1.32 would quantize its float
@@ -135,6 +139,7 @@ def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_m
     """
     index = GraphIndex(model.graph)
     enabled, ignored, elem_types = set(op_types), dict(ignored or {}), dict(elem_types or {})
+    chosen = dict(float_for_speed or {})
     layers, skipped, slow = [], {}, {}
     for node in model.graph.node:
         if node.op_type not in enabled or node.domain not in ("", "ai.onnx"):
@@ -143,8 +148,8 @@ def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_m
             skipped[node.name] = f"ignored ({ignored[node.name]})"
             continue
         layer, reason = _layer(node, index, activation_matmul, elem_types)
-        if layer is not None and latency_aware:
-            why = slower_in_int8(node, index, shapes or {})
+        if layer is not None and (latency_aware or node.name in chosen):
+            why = chosen.get(node.name) or slower_in_int8(node, index, shapes or {})
             if why:
                 slow[node.name], layer, reason = layer, None, why
         if layer is None:
@@ -180,46 +185,6 @@ def _between_qdq(name: str, sites: list["QuantizerSite"], index: GraphIndex) -> 
                 or index.nodes[readers[0][0]].op_type not in ("Relu", "Clip")):
             return False
         tensor = index.nodes[readers[0][0]].output[0]
-
-
-def slower_in_int8(node: onnx.NodeProto, index: GraphIndex, shapes: Mapping[str, tuple]) -> str:
-    """Why ONNX Runtime runs this layer slower in int8 than in float (``""``: it does not).
-
-    Measured with ORT 1.32 (MLAS, x86-64 AVX512-VNNI), each conv of PP-OCR cls/rec
-    alone, kernel time only, batch 16, one thread (int8 / float):
-
-    * depthwise conv: the int8 kernel wants 16-channel blocks; with other channel
-      counts it takes a generic path, 4.3-9.4x slower than float (C=8: 4.9, 24: 4.3,
-      40: 7.5, 88: 7.8, 104: 7.4, 200: 9.2). With multiples of 16 it is still slower
-      below 64 channels (C=16: 4.6, 32: 2.2-2.9, 48: 3.1) and 0.5-0.85x from 64 up
-      (64: 0.47-0.58, 128: 0.59-0.70, 240: 0.55-0.79, 480: 0.82-0.85);
-    * not a rule: a conv on the 3-channel input image is 2.5-3.3x slower alone at every
-      size measured (8x8 to 224x224, batch 1 and 16; im2col over 3 channels), but
-      leaving PP-OCR cls's in float moved the whole model by no more than the noise
-      (batch 1/16/32: 0.93/0.91/0.90 of float vs 1.00/0.90/0.92); 1x1 convs with few
-      input channels are fast (8 -> 24: 0.33x), and from 4 channels a 3x3 conv is too
-      (4 -> 32 on 64x64: 0.89x);
-    * a conv on a 1x1 image (the fully connected layers of a squeeze-excitation block,
-      after a GlobalAveragePool): a few microseconds either way (0.5-2x), but in int8
-      it brings a QuantizeLinear, a DequantizeLinear and two NHWC transposes to every
-      block; leaving the 18 of PP-OCR cls in float made the whole model 14 % faster at
-      batch 1 (no change at 16 and 32).
-    """
-    if node.op_type != "Conv":
-        return ""
-    weight = index.initializers.get(node.input[1]) if len(node.input) > 1 else None
-    if weight is None or len(weight.dims) < 3:
-        return ""
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    out_channels, per_group = weight.dims[0], weight.dims[1]
-    if group > 1 and per_group == 1 and out_channels == group:
-        if out_channels % 16 or out_channels < 64:
-            return f"latency: depthwise conv with {out_channels} channels is slower in int8"
-        return ""
-    spatial = shapes.get(node.input[0], ())[2:]
-    if spatial and all(d == 1 for d in spatial):
-        return "latency: conv on a 1x1 image gains nothing in int8"
-    return ""
 
 
 def _layer(node: onnx.NodeProto, index: GraphIndex, activation_matmul: bool,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aaq.algorithms.base import algorithms
-from aaq.engine.datasets import datasets
+from aaq.engine.datasets import DATASET_KEYS, datasets
 from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
 from aaq.spec.coerce import check_values, coerce_integers
@@ -110,7 +110,7 @@ def _sections(raw: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, A
     for key in ("dataset", "calibration_dataset"):
         entry = engine.get(key)
         if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] in datasets:
-            yield _plugin_view(datasets.get(entry["type"]).schema, entry, ("type",), ("engine", key))
+            yield _plugin_view(datasets.get(entry["type"]).schema, entry, DATASET_KEYS, ("engine", key))
     for i, entry in enumerate(engine.get("metrics") or [] if isinstance(engine.get("metrics"), list) else []):
         if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] in metrics:
             yield _plugin_view(metrics.get(entry["type"]).schema, entry, ("name", "type"),
