@@ -34,6 +34,15 @@ imports), and the final model's batch latency against float (median of
 interleaved rounds on a fixed batch, the same SessionOptions for every model: 2
 intra-op threads without spinning, and 1 thread).
 
+Measured so far (``--quick``, 2 cores with about two cores of other processes'
+load): on ppocr_cls INC ``basic`` met the criterion with every layer int8 after 27
+full evaluations in 388 s (latency 0.99x float on 2 threads, 1.20x on 1); INC
+``mse`` returned no model in both quant formats: its fit logged
+``AssertionError('no quantized Clip@0 in the graph')`` (``mse_impact_lst`` ->
+``inspect_tensor`` -> ``ox_utils/calibration.py augment_graph``) after 6 evaluations.
+INC ``basic`` on ppocr_rec spent 5.5 min on its baseline and first trial (0.9552
+vs 1.0000): a full run there takes hours on a loaded machine.
+
 Targets (the issue), per strategy: criterion met wherever INC meets it; ops in
 float <= INC's; full evaluations <= INC's; wall time <= 0.2 x INC's; the result's
 latency <= INC's.
@@ -290,7 +299,7 @@ def table(cases: list[dict[str, Any]]) -> str:
                 continue
             final = r.get("common_eval")
             rows.append([c["case"], tool, "yes" if r["met"] else "NO", f"{c['float']['metric']:.4f}",
-                         f"{final['metric']:.4f}" if final else "none found", f"{r['drop']:+.4f}" if final else "",
+                         f"{final['metric']:.4f}" if final else _none_found(r), f"{r['drop']:+.4f}" if final else "",
                          f"{r['census']['float_layers']}/{r['census']['layers']}" if final else "",
                          str(r["evaluations"]["full"]), f"{r['wall_seconds']:.1f}",
                          *(f"x{r['latency_ratio'][s]:.2f}" if r.get("latency_ratio") else "" for s in LATENCY_SETTINGS)])
@@ -300,6 +309,12 @@ def table(cases: list[dict[str, Any]]) -> str:
     body = ["| " + " | ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) + " |"
             for r in rows]
     return "\n".join([line, sep, *body])
+
+
+def _none_found(run: dict[str, Any]) -> str:
+    """What a run that returned no model says: INC's fit logs the exception it caught, and returns None."""
+    errors = [e for e in run.get("errors", []) if "Unexpected exception" in e]
+    return f"none found ({errors[0].split('exception ', 1)[1][:70]})" if errors else "none found"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,17 +343,20 @@ def main(argv: list[str] | None = None) -> int:
             args.tools = [t for t in args.tools if not t.startswith("inc-")]
     if not aaq_available():
         log.warning("Tuning is %s: aaq's rows are placeholders", NOT_AVAILABLE)
-    cases = [run_case(case, args, python) for case in args.cases]
-    met = targets(cases)
-    report = {
-        "quick": args.quick, "max_drop": MAX_DROP, "drop_type": "absolute", "latency_rounds": args.rounds,
-        "aaq_tuning_available": aaq_available(), "cases": cases, "targets": met, "inc_env": venv,
-        "code": common.code_state(), "total_seconds": time.perf_counter() - started,
-        "aaq_version": aaq.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=str))
+    cases: list[dict[str, Any]] = []
+    for case in args.cases:  # the JSON is rewritten after each case: a stopped run keeps what it measured
+        cases.append(run_case(case, args, python))
+        met = targets(cases)
+        report = {
+            "quick": args.quick, "max_drop": MAX_DROP, "drop_type": "absolute", "latency_rounds": args.rounds,
+            "aaq_tuning_available": aaq_available(), "cases": cases, "targets": met, "inc_env": venv,
+            "code": common.code_state(), "total_seconds": time.perf_counter() - started,
+            "complete": len(cases) == len(args.cases),
+            "aaq_version": aaq.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        }
+        args.json.write_text(json.dumps(report, indent=2, default=str))
 
     print(f"aaq Tuning vs INC {INC.split('==')[1]} (ONNX Runtime backend), strategies basic / mse, accuracy "
           f"criterion {MAX_DROP} absolute, objective performance{' (quick)' if args.quick else ''}")

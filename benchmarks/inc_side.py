@@ -6,7 +6,7 @@ onnxruntime); it never imports aaq. INC 3.7 still ships the 2.x API for ONNX
 Runtime, which is what its ONNX examples use:
 
     neural_compressor.quantization.fit(model, PostTrainingQuantConfig(
-        backend="default", approach="static", quant_format="QDQ", quant_level=1,
+        backend="default", approach="static", quant_format=args.quant_format, quant_level=1,
         calibration_sampling_size=[N],
         accuracy_criterion=AccuracyCriterion(criterion="absolute", tolerable_loss=0.01),
         tuning_criterion=TuningCriterion(strategy="basic" | "mse", objective="performance",
@@ -58,6 +58,17 @@ class CalibrationLoader:
             yield self.x[start:start + self.batch_size], None
 
 
+class ErrorLog(logging.Handler):
+    """The messages INC logs at ERROR level or above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", required=True, choices=sorted(LABELS))
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--max-trials", type=int, default=100)
+    ap.add_argument("--quant-format", choices=["QDQ", "default"], default="QDQ",
+                    help="INC's quant_format: QDQ (as aaq writes) or INC's default for ONNX (QOperator)")
     args = ap.parse_args(argv)
 
     started = time.perf_counter()
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = logging.FileHandler(args.log, mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger("neural_compressor").addHandler(handler)
+    errors = ErrorLog()  # fit catches exceptions and only logs them: keep what it logged
+    logging.getLogger("neural_compressor").addHandler(errors)
     imported = time.perf_counter()
 
     t0 = time.perf_counter()
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     conf = PostTrainingQuantConfig(
-        backend="default", approach="static", quant_format="QDQ", quant_level=1,
+        backend="default", approach="static", quant_format=args.quant_format, quant_level=1,
         calibration_sampling_size=[len(calib)],
         accuracy_criterion=AccuracyCriterion(higher_is_better=True, criterion="absolute",
                                              tolerable_loss=args.max_drop),
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         "full_samples": sum(c["samples"] for c in calls)},
         "eval_values": [c["value"] for c in calls],
         "baseline": calls[0]["value"] if calls else None,
-        "calib_batch_size": batch,
+        "calib_batch_size": batch, "quant_format": args.quant_format,
+        "errors": errors.messages,
     }
     args.out_json.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "eval_values"}))
