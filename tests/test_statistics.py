@@ -1,4 +1,4 @@
-"""Streaming statistics: reducers x aggregators against numpy, batch-size independence, one pass."""
+"""Streaming statistics: reducers x aggregators against numpy, batch-size independence, one pass, histograms."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 
 from aaq.engine import ArrayDataset, Engine
 from aaq.errors import ModelError
+from aaq.statistics import collector
 from aaq.statistics.aggregators import MedianAggregator, make_aggregator
 from aaq.statistics.collector import collect_statistics
 from aaq.statistics.reducers import reduce_batch
@@ -151,3 +152,56 @@ def test_the_real_engine_gives_the_same_statistics_as_the_reference() -> None:
     for request in requests:
         np.testing.assert_allclose(got[request], expected[request], rtol=1e-6)
     assert engine.progress is True  # silenced for the pass only
+
+
+def test_histogram_statistic_is_independent_of_the_batch_size_and_equals_numpy() -> None:
+    model = conv_net()
+    x = np.random.default_rng(4).normal(0, 1, (23, 3, 8, 8)).astype(np.float32)
+    values = all_outputs(model, x, ["conv1_out"])["conv1_out"]
+    bounds = (0.0, float(np.abs(values).max()))
+    signed = (float(values.min()), float(values.max()))
+    requests = [StatisticRequest("conv1_out", "abs_histogram", "sum", bins=300, bounds=bounds),
+                StatisticRequest("conv1_out", "histogram", "sum", bins=64, bounds=signed)]
+    results = [collect_statistics(FakeEngine(x, b), model, requests, 23, progress=False) for b in (1, 5, 23)]
+    for request in requests:
+        assert results[0][request].dtype == np.int64
+        for other in results[1:]:
+            np.testing.assert_array_equal(results[0][request], other[request])
+    np.testing.assert_array_equal(results[0][requests[0]], np.histogram(np.abs(values), 300, bounds)[0])
+    np.testing.assert_array_equal(results[0][requests[1]], np.histogram(values, 64, signed)[0])
+
+
+def test_histogram_memory_does_not_grow_with_the_samples(monkeypatch) -> None:
+    """10 or 1000 samples: each histogram request is one aggregator holding one row of bins."""
+    made = []
+    original = collector.make_aggregator
+
+    def recording(name: str):
+        made.append(original(name))
+        return made[-1]
+
+    monkeypatch.setattr(collector, "make_aggregator", recording)
+    model = conv_net()
+    x = np.random.default_rng(5).normal(0, 1, (1000, 3, 8, 8)).astype(np.float32)
+    request = StatisticRequest("x", "abs_histogram", "sum", bins=2048, bounds=(0.0, float(np.abs(x).max())))
+    held = []
+    for n in (10, 1000):
+        made.clear()
+        result = collect_statistics(FakeEngine(x, 50), model, [request], n, progress=False)[request]
+        assert result.sum() == n * 3 * 8 * 8
+        assert len(made) == 1 and made[0].count == n
+        held.append(made[0].nbytes)
+    assert held == [2048 * 8, 2048 * 8]
+
+
+@pytest.mark.parametrize("request_, message", [
+    (StatisticRequest("x", "histogram", "sum"), "bins >= 1"),
+    (StatisticRequest("x", "abs_histogram", "sum", bins=8, bounds=(1.0, 1.0)), "low < high"),
+    (StatisticRequest("x", "histogram", "max", bins=8, bounds=(0.0, 1.0)), "sum aggregator"),
+    (StatisticRequest("x", "max", "sum"), "sum aggregator"),
+])
+def test_a_malformed_histogram_request_is_refused_before_inference(request_, message) -> None:
+    engine = FakeEngine(np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=message):
+        collect_statistics(engine, conv_net(), [request_], 4, progress=False)
+    assert engine.calls == []

@@ -265,7 +265,7 @@ class AccuracyAwareQuantization(Algorithm):
                             progress=engine.progress, why=f"{len(algos)} candidates")
             out = []
             for overrides, algo in algos:
-                plan = algo.run(scratch, engine).plan  # statistics are in: no second pass, no record
+                plan = algo.run(scratch, engine).plan  # declared statistics are in (kl / percentile add histograms)
                 out.append(Alternative(overrides, CandidateModels(plan), _neighbours(plan)))
             return out
 

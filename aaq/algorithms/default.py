@@ -6,7 +6,9 @@ the *prepared* model and caches all of it on the instance, keyed by the float
 model's digest; the statistics it declares are read on the prepared model, which
 computes every tensor of the layout. ``run`` builds the plan from them, corrects
 biases (measured correction declares a second pass, on a twin of the plan, through
-the same collector) and applies the plan.
+the same collector) and applies the plan. The histogram range estimators (``kl``,
+``percentile``) declare the observed ranges and ask, in ``run``, for one more pass: a
+histogram of every quantizer's tensor over its range, all tensors at once.
 
 Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
 times, on this machine, the whole model with each kind of candidate layer in float
@@ -35,9 +37,9 @@ from aaq.quantization.bias import bias_twin, fast_corrections, fast_requests, me
 from aaq.quantization.ignored import resolve_ignored
 from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
-from aaq.quantization.plan import Plan, activation_requests, build_plan
+from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
-from aaq.quantization.presets import QuantConfig, resolve_config
+from aaq.quantization.presets import HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics, resolve_config
 from aaq.quantization.qdq import apply_plan
 from aaq.schemas import load_schema
 from aaq.state import PipelineState, model_digest
@@ -63,7 +65,8 @@ class DefaultQuantizationParams:
     activations: dict[str, Any] = field(default_factory=lambda: {
         "range_estimator": {"preset": "default",
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
-                            "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001}}})
+                            "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
+                            "percentile": 99.999, "histogram_bins": 2048}})
     bias_correction: bool = True
     use_fast_bias: bool = True
     latency_aware: str = "measure"
@@ -98,7 +101,14 @@ class DefaultQuantization(Algorithm):
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
-        """``ignored`` names and op types must exist in the spec's model (loaded, not run)."""
+        """A histogram estimator takes no min / max statistics; ``ignored`` names and op types must exist."""
+        estimator = (params.get("activations") or {}).get("range_estimator") or {}
+        if estimator.get("preset") in HISTOGRAM_ESTIMATORS:
+            problems = [(f"activations.range_estimator.{entry}",
+                         f"must be null with preset {estimator['preset']!r}: it reads the observed range, "
+                         f"then a histogram") for entry in fixed_statistics(estimator)]
+            if problems:
+                return problems
         ignored = params.get("ignored") or {}
         if not any(ignored.get(key) for key in ("scope", "patterns", "operations")):
             return []
@@ -139,6 +149,7 @@ class DefaultQuantization(Algorithm):
                 fill_statistics(state.statistics, engine, [needs], progress=engine.progress,
                                 why="latency-aware layout")
                 statistics = state.statistics.values(needs)
+        statistics.update(self._histograms(setup, layout, config, statistics, state, engine))
         plan = build_plan(prepared.model, digests, layout, config, statistics)
         plan = self._correct_biases(plan, statistics, state, engine)
         model = apply_plan(state.float_model, plan)
@@ -211,11 +222,13 @@ class DefaultQuantization(Algorithm):
         if self._speed_cache is not None and self._speed_cache[0] == digest:
             return self._speed_cache[1], self._speed_cache[2]
         ranges = _AnyRange(statistics)
+        # the scales do not change the timing: first-pass ranges, no histogram pass for a model only timed
+        timed = dataclasses.replace(config, activations=dataclasses.replace(config.activations, histogram=None))
 
         def build(kinds: frozenset[str]) -> onnx.ModelProto:
             chosen = {name: kind for kind in kinds for name in setup.kinds[kind]}
             layout = self._layout(setup.prepared, setup.ignored, chosen) if chosen else setup.layout
-            return apply_plan(state.float_model, build_plan(setup.prepared.model, digests, layout, config, ranges))
+            return apply_plan(state.float_model, build_plan(setup.prepared.model, digests, layout, timed, ranges))
 
         decisions, info = measure_float_kinds(engine, build, setup.kinds, self.params.latency_budget)
         chosen = {name: f"latency (measured here): {d.kind}, {d.why}"
@@ -230,6 +243,18 @@ class DefaultQuantization(Algorithm):
         p = self.params
         saturating = p.weights.get("reduce_range", "auto") == "auto" and u8s8_saturates(tuple(engine.providers))
         return resolve_config(p.preset, p.weights, p.activations, saturating_kernels=saturating)
+
+    def _histograms(self, setup: _Setup, layout: Layout, config: QuantConfig, statistics: dict,
+                    state: PipelineState, engine: EngineLike) -> dict:
+        """The second pass of a histogram estimator: every quantizer's histogram over its observed range."""
+        requests = histogram_requests(layout, config, statistics)
+        if not requests:
+            return {}
+        needs = StatisticsNeeds(setup.needs.model, setup.needs.model_digest, tuple(dict.fromkeys(requests)),
+                                self.params.stat_subset_size)
+        fill_statistics(state.statistics, engine, [needs], progress=engine.progress,
+                        why=f"{config.activations.histogram.method} histograms")
+        return state.statistics.values(needs)
 
     def _correct_biases(self, plan: Plan, statistics: dict, state: PipelineState, engine: EngineLike) -> Plan:
         if not self.params.bias_correction:
@@ -247,6 +272,7 @@ class DefaultQuantization(Algorithm):
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]
         return {
             "preset": self.params.preset,
+            "range_estimator": self.params.activations.get("range_estimator", {}).get("preset", "default"),
             "layers_quantized": len(plan.layers),
             "layers": [layer.name for layer in plan.layers],
             "groups": len(plan.groups),

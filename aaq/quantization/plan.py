@@ -27,6 +27,7 @@ from aaq.quantization.graph import GraphIndex
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
+from aaq.quantization.thresholds import histogram_range
 from aaq.statistics.requests import StatisticRequest
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,30 @@ def site_requests(site: QuantizerSite, config: QuantConfig) -> tuple[StatisticRe
     return config.activations.requests(site.tensor, site.output)
 
 
+def histogram_requests(layout: Layout, config: QuantConfig,
+                       statistics: Mapping[StatisticRequest, np.ndarray]) -> list[StatisticRequest]:
+    """The second-pass histograms a histogram estimator (``kl``, ``percentile``) needs, over first-pass ranges.
+
+    Only the quantizers whose range may be clipped get one: not output quantizers
+    (full range, see ``ActivationScheme.requests``), not clamped ones.
+    """
+    requests = []
+    for site in layout.sites:
+        request = _histogram_request(site, config, statistics)
+        if request is not None:
+            requests.append(request)
+    return requests
+
+
+def _histogram_request(site: QuantizerSite, config: QuantConfig,
+                       statistics: Mapping[StatisticRequest, np.ndarray]) -> StatisticRequest | None:
+    if config.activations.histogram is None or site.output or site.clamp is not None:
+        return None
+    lo_request, hi_request = site_requests(site, config)
+    return config.activations.histogram_request(site.tensor, float(statistics[lo_request]),
+                                                float(statistics[hi_request]))
+
+
 def clamped_range(lo: float, hi: float, clamp: tuple[float, float]) -> tuple[float, float]:
     """The observed ``[lo, hi]`` cut to ``clamp``; a range entirely outside it collapses onto its edge."""
     low, high = clamp
@@ -238,12 +263,15 @@ def clamped_range(lo: float, hi: float, clamp: tuple[float, float]) -> tuple[flo
 
 def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: Layout, config: QuantConfig,
                statistics: Mapping[StatisticRequest, np.ndarray]) -> Plan:
-    """The plan for ``layout`` with ranges from ``statistics`` (keyed by ``activation_requests``)."""
+    """The plan for ``layout`` with ranges from ``statistics`` (``activation_requests``, ``histogram_requests``)."""
     index = GraphIndex(model.graph)
     quantizers = {}
     for site in layout.sites:
         lo_request, hi_request = site_requests(site, config)
         lo, hi = float(statistics[lo_request]), float(statistics[hi_request])
+        histogram = _histogram_request(site, config, statistics)
+        if histogram is not None:
+            lo, hi = histogram_range(config.activations, lo, hi, histogram, statistics[histogram])
         scheme = config.activations
         if site.clamp is not None:
             lo, hi = clamped_range(lo, hi, site.clamp)

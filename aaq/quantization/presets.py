@@ -12,6 +12,18 @@ mixed         asymmetric   min: min / min, max: max / max      min: quantile / m
                                                                max: quantile / mean
 ============  ===========  ==================================  ====================================
 
+``kl`` and ``percentile`` (the names Intel Neural Compressor and ONNX Runtime give
+them) start from the ``default`` statistics (the observed range, usually cached
+already) and then read a histogram of every calibration value over that range,
+``histogram_bins`` fixed bins summed over samples (a second pass): ``kl`` keeps the
+threshold of least KL divergence (TensorRT's entropy calibration), ``percentile`` the
+``percentile``-th percentile of ``|x|`` (symmetric) or both tails of ``x`` at
+``(100 - percentile) / 2`` percent each (asymmetric); see ``thresholds``. Their
+``min`` / ``max`` entries must stay ``null``: the statistics are theirs.
+
+Output quantizers (there only so that ONNX Runtime fuses the layer) keep the full
+observed range with every estimator: nothing after them absorbs a clipped value.
+
 The ``default`` estimator is the full observed range, not POT's mean of per-sample
 maxima (POT_REFERENCE.md section 1.4): measured on the test models (an MLP, two
 small CNNs; 300 calibration samples, 300 held-out), POT's mean aggregator clipped
@@ -23,6 +35,7 @@ field; ``null`` keeps the preset's value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -30,6 +43,10 @@ from aaq.statistics.requests import StatisticRequest
 
 PRESETS = ("performance", "mixed")
 DEFAULT_OUTLIER_PROB = 1e-4
+HISTOGRAM_ESTIMATORS = ("kl", "percentile")
+ESTIMATORS = ("default", "quantile") + HISTOGRAM_ESTIMATORS
+DEFAULT_PERCENTILE = 99.999
+DEFAULT_HISTOGRAM_BINS = 2048
 
 _ACTIVATION_DEFAULTS = {
     (True, "default"): ({"type": "min", "aggregator": "min"}, {"type": "abs_max", "aggregator": "max"}),
@@ -61,12 +78,26 @@ class RangeStatistic:
 
 
 @dataclass(frozen=True)
+class HistogramEstimator:
+    """A range read off a histogram of every calibration value: ``kl`` or ``percentile``."""
+
+    method: str
+    bins: int = DEFAULT_HISTOGRAM_BINS
+    percentile: float = DEFAULT_PERCENTILE
+
+
+@dataclass(frozen=True)
 class ActivationScheme:
-    """Per-tensor activations: symmetric (performance) or asymmetric (mixed), and how ranges are estimated."""
+    """Per-tensor activations: symmetric (performance) or asymmetric (mixed), and how ranges are estimated.
+
+    With a ``histogram`` estimator, ``min`` / ``max`` are the first-pass statistics (the
+    observed range) the histogram is laid over.
+    """
 
     symmetric: bool
     min: RangeStatistic
     max: RangeStatistic
+    histogram: HistogramEstimator | None = None
 
     def requests(self, tensor: str, full_range: bool = False) -> tuple[StatisticRequest, StatisticRequest]:
         """The min-side and max-side requests; ``full_range`` folds them with min / max over samples.
@@ -79,6 +110,24 @@ class ActivationScheme:
         if full_range:
             lo, hi = replace(lo, aggregator="min"), replace(hi, aggregator="max")
         return lo.request(tensor, "min"), hi.request(tensor, "max")
+
+    def histogram_request(self, tensor: str, lo: float, hi: float) -> StatisticRequest | None:
+        """The second-pass histogram of ``tensor`` over its first-pass range ``[lo, hi]``.
+
+        Symmetric: ``|x|`` over ``[0, max |x|]``; asymmetric: ``x`` over ``[lo, hi]``.
+        ``None`` without a histogram estimator, or when the range is empty or not finite
+        (nothing to clip: the first-pass range is used as is).
+        """
+        if self.histogram is None:
+            return None
+        if self.symmetric:
+            magnitude = hi if self.max.is_abs else max(hi, -lo)
+            reducer, bounds = "abs_histogram", (0.0, float(magnitude))
+        else:
+            reducer, bounds = "histogram", (float(lo), float(hi))
+        if not (math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):
+            return None
+        return StatisticRequest(tensor, reducer, "sum", bins=self.histogram.bins, bounds=bounds)
 
 
 @dataclass(frozen=True)
@@ -126,10 +175,27 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
         outlier_prob=float(w_max.get("outlier_prob", DEFAULT_OUTLIER_PROB)),
         reduce_range=_reduce_range(weights.get("reduce_range", "auto"), saturating_kernels))
     estimator = activations.get("range_estimator", {})
-    lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, estimator.get("preset", "default"))]
+    name = estimator.get("preset", "default")
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown range estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    histogram = None
+    if name in HISTOGRAM_ESTIMATORS:
+        fixed = fixed_statistics(estimator)
+        if fixed:
+            raise ValueError(f"range estimator {name!r} takes no {', '.join(fixed)}: its statistics are its own")
+        histogram = HistogramEstimator(name, int(estimator.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)),
+                                       float(estimator.get("percentile", DEFAULT_PERCENTILE)))
+        name = "default"  # the first pass: the observed range the histogram is laid over
+    lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, name)]
     lo = _merge(lo_default, estimator.get("min", {}))
     hi = _merge(hi_default, estimator.get("max", {}))
-    return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi))
+    return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi, histogram))
+
+
+def fixed_statistics(estimator: Mapping[str, Any]) -> list[str]:
+    """The ``min`` / ``max`` ``type`` / ``aggregator`` entries set (not null): a histogram estimator refuses them."""
+    return [f"{side}.{key}" for side in ("min", "max") for key in ("type", "aggregator")
+            if (estimator.get(side) or {}).get(key) is not None]
 
 
 def _reduce_range(setting: Any, saturating_kernels: bool) -> bool:

@@ -1,6 +1,7 @@
 """Aggregators: fold per-sample values across samples in memory that does not grow with them.
 
-``min``, ``max`` and ``mean`` are exact online folds. ``median`` is a remedian
+``min``, ``max``, ``mean`` and ``sum`` are exact online folds (``sum`` adds per-sample
+histograms into one). ``median`` is a remedian
 (Rousseeuw & Bassett, 1990): values fill a buffer of ``base`` rows; a full buffer
 is replaced by its median, which moves one level up, where it counts ``base``
 times. The result is the weighted median of what the levels hold. It is exact for
@@ -14,7 +15,7 @@ import abc
 
 import numpy as np
 
-AGGREGATORS = ("min", "max", "mean", "median")
+AGGREGATORS = ("min", "max", "mean", "median", "sum")
 """The aggregator names a ``StatisticRequest`` may use."""
 
 
@@ -30,6 +31,11 @@ class Aggregator(abc.ABC):
     @abc.abstractmethod
     def result(self) -> np.ndarray:
         """The aggregate over every sample seen so far."""
+
+    @property
+    @abc.abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of array state held: what must not grow with the number of samples."""
 
 
 class _Fold(Aggregator):
@@ -51,6 +57,10 @@ class _Fold(Aggregator):
             raise ValueError("no samples were aggregated")
         return self._value
 
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._value is None else int(self._value.nbytes)
+
 
 class MinAggregator(_Fold):
     _op = staticmethod(np.minimum)
@@ -60,22 +70,38 @@ class MaxAggregator(_Fold):
     _op = staticmethod(np.maximum)
 
 
-class MeanAggregator(Aggregator):
-    """A running sum and count in float64."""
+class SumAggregator(Aggregator):
+    """A running sum over samples (float64; int64 for integer values such as histogram counts, exact)."""
 
     def __init__(self) -> None:
         self._sum: np.ndarray | None = None
         self.count = 0
 
     def update(self, values: np.ndarray) -> None:
-        total = np.asarray(values, dtype=np.float64).sum(axis=0)
+        values = np.asarray(values)
+        dtype = np.int64 if np.issubdtype(values.dtype, np.integer) else np.float64
+        total = values.sum(axis=0, dtype=dtype)
         self._sum = total if self._sum is None else self._sum + total
         self.count += len(values)
 
     def result(self) -> np.ndarray:
         if self._sum is None:
             raise ValueError("no samples were aggregated")
-        return self._sum / self.count
+        return self._sum
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._sum is None else int(self._sum.nbytes)
+
+
+class MeanAggregator(SumAggregator):
+    """A running sum and count in float64."""
+
+    def update(self, values: np.ndarray) -> None:
+        super().update(np.asarray(values, dtype=np.float64))
+
+    def result(self) -> np.ndarray:
+        return super().result() / self.count
 
 
 class MedianAggregator(Aggregator):
@@ -105,6 +131,10 @@ class MedianAggregator(Aggregator):
             buffer.clear()
             level += 1
 
+    @property
+    def nbytes(self) -> int:
+        return sum(int(row.nbytes) for rows in self._levels for row in rows)
+
     def result(self) -> np.ndarray:
         held = [(row, self.base ** level) for level, rows in enumerate(self._levels) for row in rows]
         if not held:
@@ -127,7 +157,8 @@ def _weighted_median(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def make_aggregator(name: str) -> Aggregator:
     """A fresh aggregator for ``name`` (one of ``AGGREGATORS``)."""
-    kinds = {"min": MinAggregator, "max": MaxAggregator, "mean": MeanAggregator, "median": MedianAggregator}
+    kinds = {"min": MinAggregator, "max": MaxAggregator, "mean": MeanAggregator, "median": MedianAggregator,
+             "sum": SumAggregator}
     try:
         return kinds[name]()
     except KeyError:

@@ -21,7 +21,7 @@ import onnx
 
 from aaq.errors import DataError
 from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
-from aaq.statistics.reducers import REDUCERS, reduce_batch
+from aaq.statistics.reducers import HISTOGRAM_REDUCERS, REDUCERS, check_histogram, reduce_batch
 from aaq.statistics.requests import StatisticRequest, StatisticsCache, StatisticsNeeds
 
 
@@ -40,8 +40,6 @@ class CalibrationRunner(Protocol):
 
 logger = logging.getLogger(__name__)
 
-_ReductionKey = tuple[str, str, "float | None", "int | None"]
-
 
 def collect_statistics(engine: CalibrationRunner, model: onnx.ModelProto, requests: Iterable[StatisticRequest],
                        num_samples: int, progress: bool = True) -> dict[StatisticRequest, np.ndarray]:
@@ -58,9 +56,9 @@ def collect_statistics(engine: CalibrationRunner, model: onnx.ModelProto, reques
         return {}
     _check_requests(requests)
     tensors = sorted({r.tensor for r in requests})
-    by_reduction: dict[_ReductionKey, list[StatisticRequest]] = defaultdict(list)
+    by_reduction: dict[tuple, list[StatisticRequest]] = defaultdict(list)
     for request in requests:
-        by_reduction[(request.tensor, request.reducer, request.q, request.axis)].append(request)
+        by_reduction[request.reduction].append(request)
     aggregators = {request: make_aggregator(request.aggregator) for request in requests}
 
     indices = engine.calibration_indices(num_samples)
@@ -73,8 +71,8 @@ def collect_statistics(engine: CalibrationRunner, model: onnx.ModelProto, reques
                                                  progress_desc="statistics"):
             count = len(batch_indices)
             seen += count
-            for (tensor, reducer, q, axis), users in by_reduction.items():
-                values = _reduce(outputs, tensor, count, reducer, q, axis, batch_indices)
+            for users in by_reduction.values():
+                values = _reduce(outputs, users[0], count, batch_indices)
                 for request in users:
                     aggregators[request].update(values)
             outputs = values = None  # the exported tensors are large: free them before the next batch
@@ -104,13 +102,13 @@ def fill_statistics(cache: StatisticsCache, engine: CalibrationRunner, needs: It
         cache.put(need, collected)
 
 
-def _reduce(outputs: dict[str, Any], tensor: str, count: int, reducer: str, q: float | None,
-            axis: int | None, batch_indices: Any) -> np.ndarray:
+def _reduce(outputs: dict[str, Any], request: StatisticRequest, count: int, batch_indices: Any) -> np.ndarray:
     try:
-        return reduce_batch(np.asarray(outputs[tensor]), count, reducer, q=q, axis=axis)
+        return reduce_batch(np.asarray(outputs[request.tensor]), count, request.reducer, q=request.q,
+                            axis=request.axis, bins=request.bins, bounds=request.bounds)
     except ValueError as exc:
         first = int(np.asarray(batch_indices).ravel()[0]) if count else None
-        raise DataError(f"tensor {tensor!r}: cannot compute {reducer}: {exc}", first) from None
+        raise DataError(f"tensor {request.tensor!r}: cannot compute {request.reducer}: {exc}", first) from None
 
 
 def _check_requests(requests: list[StatisticRequest]) -> None:
@@ -122,4 +120,11 @@ def _check_requests(requests: list[StatisticRequest]) -> None:
             raise ValueError(f"{request}: unknown aggregator; known: {', '.join(AGGREGATORS)}")
         if request.reducer in ("quantile", "abs_quantile") and (request.q is None or not 0 <= request.q <= 1):
             raise ValueError(f"{request}: a quantile reducer needs q in [0, 1]")
+        if (request.reducer in HISTOGRAM_REDUCERS) != (request.aggregator == "sum"):
+            raise ValueError(f"{request}: histograms, and only they, are folded with the sum aggregator")
+        if request.reducer in HISTOGRAM_REDUCERS:
+            try:
+                check_histogram(request.bins, request.bounds, request.axis)
+            except ValueError as exc:
+                raise ValueError(f"{request}: {exc}") from None
 

@@ -2,6 +2,8 @@
 
 Reducing per sample, not per batch, makes every statistic independent of the batch
 size the engine happens to use; the aggregators then fold the per-sample values.
+A histogram reducer gives one row of bin counts per sample (``sum`` adds them up):
+the sum is the histogram of every value of every sample, whatever the batching.
 """
 from __future__ import annotations
 
@@ -11,22 +13,38 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-REDUCERS = ("min", "max", "abs_max", "quantile", "abs_quantile", "mean")
+REDUCERS = ("min", "max", "abs_max", "quantile", "abs_quantile", "mean", "histogram", "abs_histogram")
 """The reducer names a ``StatisticRequest`` may use."""
+
+HISTOGRAM_REDUCERS = ("histogram", "abs_histogram")
+
+
+def check_histogram(bins: int | None, bounds: tuple[float, float] | None, axis: int | None) -> None:
+    """A histogram needs ``bins >= 1`` and a finite ``bounds = (low, high)`` with ``low < high``, per tensor."""
+    if bins is None or int(bins) != bins or bins < 1:
+        raise ValueError(f"a histogram needs bins >= 1, got {bins!r}")
+    if bounds is None or len(bounds) != 2 or not np.all(np.isfinite(bounds)) or not bounds[0] < bounds[1]:
+        raise ValueError(f"a histogram needs finite bounds (low, high) with low < high, got {bounds!r}")
+    if axis is not None:
+        raise ValueError("histograms are per tensor: axis must be None")
 
 
 def reduce_batch(batch: np.ndarray, num_samples: int, reducer: str, *, q: float | None = None,
-                 axis: int | None = None) -> np.ndarray:
-    """The reducer applied to each sample of ``batch``: shape ``(samples,)`` or ``(samples, channels)``.
+                 axis: int | None = None, bins: int | None = None,
+                 bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """The reducer applied to each sample of ``batch``: ``(samples,)``, ``(samples, channels)`` or ``(samples, bins)``.
 
     ``batch`` holds ``num_samples`` samples along axis 0. ``axis`` (an axis of
     ``batch``, negative allowed) keeps one value per channel; ``None`` reduces the
-    whole sample. ``q`` is the quantile of ``quantile`` / ``abs_quantile``.
+    whole sample. ``q`` is the quantile of ``quantile`` / ``abs_quantile``; ``bins`` and
+    ``bounds`` the fixed bins of ``histogram`` / ``abs_histogram``.
     """
     if reducer not in REDUCERS:
         raise ValueError(f"unknown reducer {reducer!r}; known: {', '.join(REDUCERS)}")
     if reducer in ("quantile", "abs_quantile") and (q is None or not 0.0 <= q <= 1.0):
         raise ValueError(f"reducer {reducer!r} needs a quantile q in [0, 1], got {q!r}")
+    if reducer in HISTOGRAM_REDUCERS:
+        check_histogram(bins, bounds, axis)
     view, channel_axis = per_sample_view(np.asarray(batch), num_samples, axis)
     if view.size == 0:
         raise ValueError("cannot reduce an empty tensor")
@@ -35,8 +53,10 @@ def reduce_batch(batch: np.ndarray, num_samples: int, reducer: str, *, q: float 
     else:
         flat = np.moveaxis(view, channel_axis, 1)
         flat = flat.reshape(flat.shape[0], flat.shape[1], -1)
-    if reducer in ("abs_max", "abs_quantile"):
+    if reducer in ("abs_max", "abs_quantile", "abs_histogram"):
         flat = np.abs(flat)
+    if reducer in HISTOGRAM_REDUCERS:
+        return np.stack([_histogram(row, int(bins), bounds) for row in flat])
     if reducer == "min":
         return flat.min(axis=-1).astype(np.float64)
     if reducer in ("max", "abs_max"):
@@ -44,6 +64,19 @@ def reduce_batch(batch: np.ndarray, num_samples: int, reducer: str, *, q: float 
     if reducer == "mean":
         return flat.mean(axis=-1, dtype=np.float64)
     return np.quantile(flat, q, axis=-1).astype(np.float64)
+
+
+def _histogram(values: np.ndarray, bins: int, bounds: tuple[float, float]) -> np.ndarray:
+    """Counts of ``values`` in ``bins`` equal bins over ``bounds`` (int64); NaNs are not counted.
+
+    A value outside ``bounds`` counts in the nearest edge bin; ``high`` itself is in the
+    last bin, as in ``np.histogram``.
+    """
+    low, high = float(bounds[0]), float(bounds[1])
+    values = values[~np.isnan(values)]
+    position = (values.astype(np.float64) - low) * (bins / (high - low))
+    index = np.clip(position, 0, bins - 1).astype(np.intp)
+    return np.bincount(index, minlength=bins).astype(np.int64)
 
 
 def per_sample_view(batch: np.ndarray, num_samples: int, axis: int | None) -> tuple[np.ndarray, int | None]:

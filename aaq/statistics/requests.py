@@ -1,7 +1,9 @@
 """What an algorithm asks the statistics pass for: a tensor of a model, a per-sample reducer, an aggregator.
 
 Requests are hashable so that requests from several algorithms (or the same request
-made twice) are collected once and served from the pipeline's cache.
+made twice) are collected once and served from the pipeline's cache. A histogram
+request carries its fixed bins and range (``bins``, ``bounds``), usually taken from a
+min/max statistic collected in an earlier pass: the range is part of what is asked.
 """
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ class StatisticRequest:
 
     ``reducer`` turns one sample's tensor into a value (``min``, ``max``, ``abs_max``,
     ``quantile``, ``abs_quantile``, ``mean``; per channel along ``axis`` when it is
-    set); ``aggregator`` folds the per-sample values of all samples (``min``, ``max``,
-    ``mean``, ``median``) in memory that does not grow with the number of samples.
+    set) or into a histogram of ``bins`` equal bins over ``bounds`` (``histogram`` of
+    the values, ``abs_histogram`` of their magnitudes; values outside ``bounds`` count
+    in the edge bins); ``aggregator`` folds the per-sample values of all samples
+    (``min``, ``max``, ``mean``, ``median``; ``sum`` adds histograms) in memory that
+    does not grow with the number of samples.
     """
 
     tensor: str
@@ -25,6 +30,13 @@ class StatisticRequest:
     aggregator: str
     q: float | None = None
     axis: int | None = None
+    bins: int | None = None
+    bounds: tuple[float, float] | None = None
+
+    @property
+    def reduction(self) -> tuple:
+        """What the per-sample reducer computes: requests equal in it share one reduction per batch."""
+        return (self.tensor, self.reducer, self.q, self.axis, self.bins, self.bounds)
 
 
 @dataclass(frozen=True, eq=False)

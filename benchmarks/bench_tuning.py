@@ -1,0 +1,377 @@
+"""aaq's Tuning (``basic``, ``mse``) vs Intel Neural Compressor 3.7.1's ``basic`` and ``mse``, side by side.
+
+Issue 13's benchmark. For each real case (``ppocr_cls``, ``ppocr_rec``; see
+``realcases.py``), with the same evaluation set (``x__x``), the same calibration
+samples (all of ``calib__x``), the same per-sample metric (``nncf_side.Scorer``:
+ppocr_cls top-1, ppocr_rec realcases_eval's corpus character accuracy), an
+accuracy criterion of 0.01 absolute, objective ``performance``, exit policy
+``timeout 0, max_trials 100``, on this machine, one run after the other:
+
+* aaq (in this process): ``aaq.Pipeline(spec, progress=False).run()`` with one
+  algorithm, ``Tuning`` (``strategy.name`` basic / mse; the spec in ``aaq_spec``).
+  When this checkout has no ``Tuning`` algorithm (``"Tuning" not in
+  aaq.algorithms.base.algorithms``) its rows say "not available in this checkout"
+  and INC's rows are still measured and written.
+* INC 3.7.1 (ONNX Runtime backend) in its own virtual environment
+  (``benchmarks/out/venv-inc``, created here: the wheel, ``onnx<=1.18``, ``numpy<2``,
+  ``six`` and this process's onnxruntime), as a subprocess running ``inc_side.py``:
+  ``quantization.fit`` with ``PostTrainingQuantConfig(backend="default",
+  approach="static", quant_format="QDQ", quant_level=1)`` and
+  ``TuningCriterion(strategy=...)``, ``AccuracyCriterion(criterion="absolute",
+  tolerable_loss=0.01)``; its ``eval_func`` counts the full evaluations. INC's
+  ONNX path writes per-channel DequantizeLinear only from opset 13, so it gets
+  the model converted to opset 13 with ``onnx.version_converter``, which is what
+  aaq does internally.
+
+Measured per case and tool: criterion met (by ONE common evaluation of each final
+model on the full evaluation set here, the same loop for every model), float and
+final metric, ops in float (Conv/Gemm/MatMul nodes none of whose inputs is a
+DequantizeLinear output, counted the same way in every model), full evaluations
+(aaq: ``Engine.evaluate`` calls over the whole evaluation set; INC: ``eval_func``
+calls, its float baseline included), wall time (aaq: the ``Pipeline.run`` call;
+INC: data and model loading plus the ``fit`` call, not the interpreter start or
+imports), and the final model's batch latency against float (median of
+interleaved rounds on a fixed batch, the same SessionOptions for every model: 2
+intra-op threads without spinning, and 1 thread).
+
+Measured so far (``--quick``, 2 cores with about two cores of other processes'
+load): on ppocr_cls INC ``basic`` met the criterion with every layer int8 after 27
+full evaluations in 388 s (latency 0.99x float on 2 threads, 1.20x on 1); INC
+``mse`` returned no model in both quant formats: its fit logged
+``AssertionError('no quantized Clip@0 in the graph')`` (``mse_impact_lst`` ->
+``inspect_tensor`` -> ``ox_utils/calibration.py augment_graph``) after 6 evaluations.
+INC ``basic`` on ppocr_rec spent 5.5 min on its baseline and first trial (0.9552
+vs 1.0000): a full run there takes hours on a loaded machine.
+
+Targets (the issue), per strategy: criterion met wherever INC meets it; ops in
+float <= INC's; full evaluations <= INC's; wall time <= 0.2 x INC's; the result's
+latency <= INC's.
+
+Usage:  python benchmarks/bench_tuning.py [--cases ppocr_cls ppocr_rec] [--quick]
+                [--tools inc-basic inc-mse aaq-basic aaq-mse] [--json PATH]
+        ``--quick``: the first 300 (cls) / 120 (rec) evaluation samples and 100 calibration
+        samples (bench_accuracy_aware's subsets), 15 latency rounds.
+Writes benchmarks/out/bench_tuning.json (or --json), and models, logs under benchmarks/out/bench_tuning/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+import aaq  # noqa: E402
+from aaq.algorithms.base import algorithms  # noqa: E402
+import bench_accuracy_aware as common  # noqa: E402  (data subsets, common evaluation, census, latency, metric)
+import nncf_side  # noqa: E402
+import realcases  # noqa: E402
+
+OUT = HERE / "out"
+WORK = OUT / "bench_tuning"
+VENV = OUT / "venv-inc"
+INC = "neural-compressor==3.7.1"
+INC_PINS = ["onnx<=1.18", "numpy<2", "six"]
+BATCH = common.BATCH
+MAX_DROP = 0.01
+STRATEGIES = ("basic", "mse")
+TOOLS = [f"inc-{s}" for s in STRATEGIES] + [f"aaq-{s}" for s in STRATEGIES]
+LATENCY_SETTINGS = {"2t": (2, False), "1t": (1, False)}
+NOT_AVAILABLE = "not available in this checkout"
+
+log = logging.getLogger("bench_tuning")
+
+
+def aaq_available() -> bool:
+    return "Tuning" in algorithms
+
+
+def aaq_spec(case: str, data: Path, model: Path, strategy: str, steps: int | None) -> dict[str, Any]:
+    """The spec of aaq's side: Tuning alone (it runs its base algorithm first), INC's criterion and exit policy."""
+    return {
+        "model": {"name": f"{case}.aaq-{strategy}", "path": str(model)},
+        "engine": {
+            "type": "onnxruntime",
+            "dataset": {"type": "npz", "path": str(data), "inputs": {"x": "x__x"}, "labels": nncf_side.LABELS[case]},
+            "calibration_dataset": {"type": "npz", "path": str(data), "inputs": {"x": "calib__x"}},
+            "metrics": [{"name": "metric", "type": "python", "factory": "bench_accuracy_aware:make_metric",
+                         "kwargs": {"case": case, "data": str(data), "steps": steps}}],
+            "batch_size": BATCH[case],
+        },
+        "compression": {"algorithms": [
+            {"name": "Tuning", "params": {"strategy": {"name": strategy}, "accuracy_criterion": {"absolute": MAX_DROP},
+                                          "objective": "performance",
+                                          "exit_policy": {"timeout": 0, "max_trials": 100}}},
+        ]},
+    }
+
+
+# --------------------------------------------------------------------------- INC's environment
+
+
+def ensure_inc_venv() -> tuple[Path, dict[str, Any]]:
+    """``benchmarks/out/venv-inc`` with INC 3.7.1, its pins and this process's onnxruntime."""
+    python = VENV / "bin" / "python"
+    pins = [*INC_PINS, f"onnxruntime=={ort.__version__}"]
+    info: dict[str, Any] = {"venv": str(VENV), "pins": [INC, *pins]}
+    probe = ("import neural_compressor, onnx, onnxruntime, numpy; "
+             "print(neural_compressor.__version__, onnx.__version__, onnxruntime.__version__, numpy.__version__)")
+    if python.exists():
+        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+        if done.returncode == 0:
+            info["versions"] = done.stdout.split()
+            if info["versions"][0] == INC.split("==")[1] and info["versions"][2] == ort.__version__:
+                return python, info
+    log.info("creating %s (%s)", VENV, ", ".join(info["pins"]))
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", INC, *pins], check=True)
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"INC does not import in {VENV}:\n{done.stderr[-2000:]}")
+    info["versions"] = done.stdout.split()
+    return python, info
+
+
+# --------------------------------------------------------------------------- the two tools
+
+
+def run_inc(python: Path, case: str, strategy: str, data: Path, model: Path, steps: int | None,
+            out: Path) -> dict[str, Any]:
+    stem = out / f"{case}.inc-{strategy}"
+    cmd = [str(python), str(HERE / "inc_side.py"), "--case", case, "--model", str(model), "--data", str(data),
+           "--strategy", strategy, "--out-model", f"{stem}.onnx", "--out-json", f"{stem}.json",
+           "--log", f"{stem}.log", "--batch-size", str(BATCH[case]), "--max-drop", str(MAX_DROP)]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    with common.Foreign() as f:  # INC writes its nc_workspace/ into the working directory: keep it under out/
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
+    Path(f"{stem}.stderr.txt").write_text(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"inc_side.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(Path(f"{stem}.json").read_text())
+    result["foreign_cores"] = round(f.cores, 2)
+    return result
+
+
+def run_aaq(case: str, strategy: str, data: Path, model: Path, steps: int | None, n_eval: int,
+            out: Path) -> dict[str, Any]:
+    spec = aaq_spec(case, data, model, strategy, steps)
+    logfile = out / f"{case}.aaq-{strategy}.log"
+    handler = logging.FileHandler(logfile, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    aaq_logger = logging.getLogger("aaq")
+    aaq_logger.addHandler(handler)
+    previous = aaq_logger.level
+    aaq_logger.setLevel(logging.INFO)
+    try:
+        with common.EvalLog() as evals, common.Foreign() as f:
+            started = time.perf_counter()
+            result = aaq.Pipeline(spec, progress=False).run()
+            wall = time.perf_counter() - started
+    finally:
+        aaq_logger.removeHandler(handler)
+        aaq_logger.setLevel(previous)
+        handler.close()
+    model_path = result.save(out / f"{case}.aaq-{strategy}")
+    full = [c for c in evals.calls if c["requested"] == n_eval]
+    return {
+        "tool": f"aaq-{strategy}", "model": str(model_path), "found": True, "wall_seconds": wall,
+        "foreign_cores": round(f.cores, 2), "target_met_reported": result.target_met,
+        "algorithm_seconds": {r.name: r.seconds for r in result.algorithms},
+        # a full evaluation: an Engine.evaluate call over the whole evaluation set (stopped early or not)
+        "evaluations": {"full": len(full), "full_complete": sum(c["complete"] for c in full),
+                        "full_seconds": sum(c["seconds"] for c in full),
+                        "full_samples": sum(c["inferred"] for c in full),
+                        "subset": len(evals.calls) - len(full)},
+        "evaluate_calls": evals.by_kind(), "summary": result.algorithms[-1].summary, "log": str(logfile),
+    }
+
+
+# --------------------------------------------------------------------------- one case
+
+
+def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[str, Any]:
+    info = realcases.prepare(case, args.data_dir)
+    data_path = common.bench_data(info, WORK, args.quick)
+    data = nncf_side.realcases_eval.load(data_path)
+    n_eval, n_calib = len(data["x__x"]), len(data["calib__x"])
+    float_model = Path(info["model"])
+    probe = common.common_eval(float_model, {k: v[:1] if k.startswith("x__") or k in ("y", "text") else v
+                                             for k, v in data.items()}, nncf_side.Scorer(case, data), case, 1)
+    steps = probe["steps"]
+    scorer = nncf_side.Scorer(case, data, steps)
+    float_eval = common.common_eval(float_model, data, scorer, case, BATCH[case])
+    log.info("%s: %d eval, %d calib samples; float %.4f", case, n_eval, n_calib, float_eval["metric"])
+    inc_model = common.opset13(float_model, WORK)
+    runs: dict[str, dict[str, Any]] = {}
+    for tool in args.tools:
+        kind, strategy = tool.split("-", 1)
+        if kind == "aaq" and not aaq_available():
+            runs[tool] = {"tool": tool, "available": False, "note": NOT_AVAILABLE}
+            continue
+        quiet = common.wait_quiet(args.max_wait)
+        log.info("%s: running %s (%s)", case, tool, quiet)
+        try:
+            if kind == "inc":
+                r = run_inc(python, case, strategy, data_path, inc_model, steps, WORK)
+            else:
+                r = run_aaq(case, strategy, data_path, float_model, steps, n_eval, WORK)
+        except Exception as exc:  # one tool failing must not lose the others' rows
+            log.error("%s %s failed: %s", case, tool, exc)
+            runs[tool] = {"tool": tool, "available": True, "error": str(exc)[-2000:]}
+            continue
+        r["available"], r["quiet"] = True, quiet
+        if r.get("found"):
+            r["common_eval"] = common.common_eval(Path(r["model"]), data, scorer, case, BATCH[case])
+            r["census"] = common.layer_census(Path(r["model"]))
+            r["drop"] = float_eval["metric"] - r["common_eval"]["metric"]
+            r["met"] = r["drop"] <= MAX_DROP + 1e-12
+        else:
+            r["met"] = False
+        log.info("%s %s: %.1f s, %s full evaluations, drop %s", case, tool, r["wall_seconds"],
+                 r["evaluations"]["full"], f"{r['drop']:.4f}" if "drop" in r else "-")
+        runs[tool] = r
+    models = {"float": float_model, **{t: Path(r["model"]) for t, r in runs.items() if r.get("common_eval")}}
+    lat: dict[str, Any] = {"quiet": common.wait_quiet(args.max_wait)}
+    feed = {"x": data["x__x"][:BATCH[case]]}
+    for setting, (threads, spinning) in LATENCY_SETTINGS.items():
+        lat[setting] = common.latency(models, feed, args.rounds, threads, spinning)
+    for t, r in runs.items():
+        if t in models:
+            r["latency_ratio"] = {s: lat[s]["median_ms"][t] / lat[s]["median_ms"]["float"] for s in LATENCY_SETTINGS}
+    return {"case": case, "n_eval": n_eval, "n_calib": n_calib, "data": str(data_path), "inc_model": str(inc_model),
+            "float": float_eval, "float_census": common.layer_census(float_model), "runs": runs, "latency": lat}
+
+
+# --------------------------------------------------------------------------- targets and table
+
+
+def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in cases:
+        for strategy in STRATEGIES:
+            mine, theirs = c["runs"].get(f"aaq-{strategy}"), c["runs"].get(f"inc-{strategy}")
+            key = f"{c['case']}/{strategy}"
+            if not mine or not theirs or not mine.get("available") or "error" in mine or "error" in theirs:
+                out[key] = {"compared": False, "why": (mine or {}).get("note") or "a side is missing or failed"}
+                continue
+            t: dict[str, Any] = {"compared": True, "met_where_inc_met": mine["met"] or not theirs["met"]}
+            if mine.get("census") and theirs.get("census"):
+                t["float_ops_le_inc"] = mine["census"]["float_layers"] <= theirs["census"]["float_layers"]
+            t["full_evals_le_inc"] = mine["evaluations"]["full"] <= theirs["evaluations"]["full"]
+            t["wall_ratio"] = mine["wall_seconds"] / theirs["wall_seconds"]
+            t["wall_le_0.2_inc"] = t["wall_ratio"] <= 0.2
+            if mine.get("latency_ratio") and theirs.get("latency_ratio"):
+                for s in LATENCY_SETTINGS:
+                    t[f"latency_le_inc ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s]
+            out[key] = t
+    return out
+
+
+def table(cases: list[dict[str, Any]]) -> str:
+    head = ["case", "tool", "met", "float", "final", "drop", "ops fp", "full ev", "wall s",
+            *(f"lat {s}" for s in LATENCY_SETTINGS)]
+    rows = []
+    for c in cases:
+        rows.append([c["case"], "float", "", f"{c['float']['metric']:.4f}", "", "",
+                     f"{c['float_census']['float_layers']}/{c['float_census']['layers']}", "", "",
+                     *(f"{c['latency'][s]['median_ms']['float']:.1f} ms" for s in LATENCY_SETTINGS)])
+        for tool, r in c["runs"].items():
+            if not r.get("available", True) or "error" in r:
+                rows.append([c["case"], tool, r.get("note") or f"failed: {r['error'].splitlines()[-1][:60]}",
+                             *[""] * (len(head) - 3)])
+                continue
+            final = r.get("common_eval")
+            rows.append([c["case"], tool, "yes" if r["met"] else "NO", f"{c['float']['metric']:.4f}",
+                         f"{final['metric']:.4f}" if final else _none_found(r), f"{r['drop']:+.4f}" if final else "",
+                         f"{r['census']['float_layers']}/{r['census']['layers']}" if final else "",
+                         str(r["evaluations"]["full"]), f"{r['wall_seconds']:.1f}",
+                         *(f"x{r['latency_ratio'][s]:.2f}" if r.get("latency_ratio") else "" for s in LATENCY_SETTINGS)])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) + " |"
+            for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def _none_found(run: dict[str, Any]) -> str:
+    """What a run that returned no model says: INC's fit logs the exception it caught, and returns None."""
+    errors = [e for e in run.get("errors", []) if "Unexpected exception" in e]
+    return f"none found ({errors[0].split('exception ', 1)[1][:70]})" if errors else "none found"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=list(realcases.CASES), choices=list(realcases.CASES))
+    ap.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before a run")
+    ap.add_argument("--data-dir", type=Path, default=realcases.DEFAULT_OUT)
+    ap.add_argument("--json", type=Path, default=OUT / "bench_tuning.json", help="where to write the results")
+    args = ap.parse_args(argv)
+    args.rounds = args.rounds or (15 if args.quick else 21)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    venv: dict[str, Any] = {}
+    python = None
+    if any(t.startswith("inc-") for t in args.tools):
+        try:
+            python, venv = ensure_inc_venv()
+        except Exception as exc:  # say why, keep the harness working for aaq alone
+            log.error("INC is not usable here: %s", exc)
+            venv = {"error": str(exc)[-3000:]}
+            args.tools = [t for t in args.tools if not t.startswith("inc-")]
+    if not aaq_available():
+        log.warning("Tuning is %s: aaq's rows are placeholders", NOT_AVAILABLE)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    cases: list[dict[str, Any]] = []
+    for case in args.cases:  # the JSON is rewritten after each case: a stopped run keeps what it measured
+        cases.append(run_case(case, args, python))
+        met = targets(cases)
+        report = {
+            "quick": args.quick, "max_drop": MAX_DROP, "drop_type": "absolute", "latency_rounds": args.rounds,
+            "aaq_tuning_available": aaq_available(), "cases": cases, "targets": met, "inc_env": venv,
+            "code": common.code_state(), "total_seconds": time.perf_counter() - started,
+            "complete": len(cases) == len(args.cases),
+            "aaq_version": aaq.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        }
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+
+    print(f"aaq Tuning vs INC {INC.split('==')[1]} (ONNX Runtime backend), strategies basic / mse, accuracy "
+          f"criterion {MAX_DROP} absolute, objective performance{' (quick)' if args.quick else ''}")
+    print(table(cases))
+    print("met: drop <= 0.01 by one common evaluation of each final model on the full evaluation set; ops fp: "
+          "Conv/Gemm/MatMul without a DequantizeLinear input / all; full ev: evaluations on the whole evaluation "
+          f"set (INC: eval_func calls, baseline included); lat: float's median ms per batch and each model's ratio "
+          f"to it ({args.rounds} interleaved rounds; 2t: 2 intra-op threads, spinning off; 1t: one thread)")
+    for key, t in met.items():
+        parts = [f"{k}={'yes' if v else 'NO'}" if isinstance(v, bool) else f"{k}={v:.2f}" if isinstance(v, float)
+                 else f"{k}={v}" for k, v in t.items()]
+        print(f"  {key}: " + ", ".join(parts))
+    print(f"total {time.perf_counter() - started:.0f} s; JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
