@@ -32,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aaq").addHandler(file_handler)
     try:
-        result = pipeline.run()
+        result = pipeline.run(output_dir=out_dir)
         model_path = result.save(out_dir)
     finally:
         logging.getLogger("aaq").removeHandler(file_handler)

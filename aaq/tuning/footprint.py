@@ -1,9 +1,11 @@
 """Peak memory of one inference, measured in a fresh Python process.
 
-The child imports onnxruntime, reads its peak resident set size (``ru_maxrss``),
-builds a session of the model with the engine's providers, runs one batch of the
-engine's data and reads the peak again; the footprint is the difference: the memory
-the session (weights, arena, kernels' buffers) and the inference add at their peak.
+The child imports onnxruntime, resets its peak resident set size to the current one
+(Linux: ``/proc/self/clear_refs``; elsewhere the peak so far, ``ru_maxrss``), builds a
+session of the model with the engine's providers, runs one batch of the engine's
+data and reads the peak (``VmHWM``); the footprint is the peak minus the resident
+size before the session: the memory the session (weights, arena, kernels' buffers)
+and the inference add at their peak.
 A fresh process is the honest place for it: in the running one, freed memory is
 reused and ONNX Runtime's native allocations are invisible to ``tracemalloc``. It
 costs about a second per model (the child's import of onnxruntime), so it is
@@ -29,13 +31,23 @@ _CHILD = r"""
 import json, resource, sys
 import numpy as np
 import onnxruntime as ort
-scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+def status(key):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(key))
+
+try:  # Linux: reset the high-water mark to the current RSS, so the peak is the inference's own
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before, peak = status("VmRSS:"), lambda: status("VmHWM:")
+except OSError:  # elsewhere: the process's peak so far (bytes on macOS, KiB on Linux)
+    scale = 1 if sys.platform == "darwin" else 1024
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    before = peak()
 session = ort.InferenceSession(sys.argv[1], providers=json.loads(sys.argv[3]))
 feed = dict(np.load(sys.argv[2]))
 session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-print(json.dumps({"before": before, "after": after}))
+print(json.dumps({"before": before, "after": peak()}))
 """
 
 
