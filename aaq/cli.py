@@ -60,12 +60,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """List registered algorithms, metrics and datasets, with where each comes from."""
+    """List registered algorithms, metrics, datasets, tuning strategies and objectives, with where each comes from."""
     from aaq.algorithms.base import algorithms
     from aaq.engine.datasets import datasets
     from aaq.engine.metrics import metrics
+    from aaq.tuning.objectives import objectives
+    from aaq.tuning.strategies import strategies
 
-    for title, registry in (("algorithms", algorithms), ("metrics", metrics), ("datasets", datasets)):
+    for title, registry in (("algorithms", algorithms), ("metrics", metrics), ("datasets", datasets),
+                            ("strategies", strategies), ("objectives", objectives)):
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name:<32} {registry.source(name)}")

@@ -190,3 +190,72 @@ def test_bad_input_is_refused_before_any_inference(name, tmp_path, capsys, sessi
     assert main(["run", str(spec_file), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 2
     assert capsys.readouterr().err == err
     assert session_runs == []
+
+
+def test_concat_recipe_puts_the_inputs_of_a_concat_on_one_grid() -> None:
+    from onnx import helper
+
+    from aaq.quantization.recipes import share_concat_scales
+    from helpers import images, quantize
+    from models import ModelBuilder
+
+    mb = ModelBuilder(3)
+    x = mb.add_input("x", ["N", 3, 8, 8])
+    a = mb.add_relu(mb.add_conv(x, 3, 4, name="a", scale=0.1))
+    b = mb.add_conv(x, 3, 4, name="b", scale=1.0)
+    y = mb.add_node("Concat", [a, b], "concat", axis=1)
+    y = mb.add_conv(y, 8, 4, name="c")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", ["N", 4, 8, 8])
+    state, _ = quantize(mb.build(), images(32), quantize_ops=["Conv", "Concat"])
+    inputs = [q for q in state.plan.quantizers.values() if any(n == "concat" for n, _ in q.site.consumers)]
+    assert len({q.scale for q in inputs}) == 2
+    plan, edited = share_concat_scales(state.plan)
+    shared = [plan.quantizers[q.tensor] for q in inputs]
+    assert edited == ["concat"] and len({(q.scale, q.zero_point) for q in shared}) == 1
+    assert min(q.low for q in shared) <= min(q.low for q in inputs) and \
+        max(q.high for q in shared) >= max(q.high for q in inputs)
+
+
+def _accuracy_fn():
+    data = np.load(TINY / "data.npz")
+    x, y = data["x"], data["y"]
+
+    def accuracy(model: onnx.ModelProto) -> float:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return float((session.run(None, {"x": x})[0].argmax(axis=1) == y).mean())
+
+    return accuracy, x
+
+
+def test_autotune_runs_the_config_set_in_order_and_returns_a_result(tmp_path) -> None:
+    from aaq.autotune import Evaluator, TuningConfig, autotune
+
+    accuracy, x = _accuracy_fn()
+    config = TuningConfig(config_set=[{"preset": ["performance", "mixed"], "stat_subset_size": 32},
+                                      {"weights": {"granularity": "pertensor"}, "stat_subset_size": 32}],
+                          max_trials=3, tolerable_loss=0.05)
+    result = autotune(TINY / "model.onnx", config, Evaluator({"eval_fn": accuracy, "name": "top1"}), {"x": x[:64]},
+                      batch_size=16, output_dir=tmp_path)
+    summary = result.algorithms[-1].summary
+    schemes = [(t["config"]["activation"]["scheme"], t["config"]["weight"]["granularity"]) for t in summary["trials"]]
+    assert schemes[0] == ("sym", "per_channel") and summary["exit"] == "criterion met" and result.target_met
+    assert len(schemes) == 1  # the first config meets a 5 % loss: timeout 0 stops there
+    ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert result.metrics["top1"].quantized == pytest.approx(accuracy(result.model))
+    assert (tmp_path / "tuning_history.jsonl").exists()
+    weighted = autotune(TINY / "model.onnx", TuningConfig(max_trials=1, tolerable_loss=0.5),
+                        [{"eval_fn": accuracy, "name": "a", "weight": 0.25}, {"eval_fn": accuracy, "name": "b"}],
+                        {"x": x[:64]}, batch_size=16)
+    assert weighted.algorithms[-1].summary["best"]["accuracy"] == pytest.approx(0.75 * accuracy(weighted.model))
+
+
+def test_autotune_refuses_a_bad_config_before_running() -> None:
+    from aaq import SpecError
+    from aaq.autotune import TuningConfig, autotune
+
+    accuracy, x = _accuracy_fn()
+    with pytest.raises(SpecError, match="exit_policy.timeout: must be >= 0"):
+        autotune(TINY / "model.onnx", TuningConfig(timeout=-1), accuracy, {"x": x[:8]})
+    with pytest.raises(SpecError, match=r"config_set\[1\]: differs from config_set\[0\]"):
+        autotune(TINY / "model.onnx", TuningConfig(config_set=[{}, {"bias_correction": False}]), accuracy, {"x": x[:8]})

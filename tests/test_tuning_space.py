@@ -156,3 +156,19 @@ def test_basic_falls_back_in_ranked_order_until_the_criterion_is_met() -> None:
     # the fallback phase starts from the best model-wise config: the last one here (lowest score)
     assert all(c.plan_key == walked[3].plan_key for c in walked[4:])
     assert len(np.unique([repr(c) for c in walked])) == len(walked)
+
+
+def test_the_loader_expands_a_config_set_in_order() -> None:
+    from aaq.tuning.loader import expand_config_set
+
+    base, configs, problems = expand_config_set([
+        {"preset": ["performance", "mixed"], "stat_subset_size": [64, 32], "bias_correction": False},
+        {"weights": {"granularity": "pertensor"}, "activations": {"range_estimator": {"preset": "quantile"}},
+         "bias_correction": False}])
+    assert problems == [] and base["bias_correction"] is False
+    assert [(c.sampling_size, c.activation_scheme, c.weight_granularity, c.activation_algorithm) for c in configs] == [
+        (64, "sym", "per_channel", "minmax"), (64, "asym", "per_channel", "minmax"),
+        (32, "sym", "per_channel", "minmax"), (32, "asym", "per_channel", "minmax"),
+        (300, "sym", "per_tensor", "quantile")]
+    _, _, problems = expand_config_set([{"preset": "fast"}])
+    assert problems and problems[0][0] == "[0].preset"

@@ -36,6 +36,7 @@ from aaq.errors import SpecError
 from aaq.schemas import load_schema
 from aaq.schemas.tools import fill_defaults, schema_errors
 from aaq.state import PipelineState
+from aaq.tuning.loader import expand_config_set
 from aaq.tuning.monitor import SPACE_DONE, TIMEOUT, ExitPolicy, Monitor, Trial
 from aaq.tuning.objectives import ObjectiveSet, objective_problems
 from aaq.tuning.space import TuningSpace, space_problems
@@ -72,6 +73,7 @@ class TuningParams:
     metric_criterion: list | None = None
     base_params: dict = field(default_factory=dict)
     ranking_subset_size: int = 300
+    config_set: list | None = None
 
 
 def param_problems(params: dict[str, Any], node_names: list[str] | None, metrics: list[str]) -> list[tuple[str, str]]:
@@ -102,15 +104,30 @@ def param_problems(params: dict[str, Any], node_names: list[str] | None, metrics
             problems.append((key, f"{len(given)} values for {len(metrics)} metrics ({', '.join(metrics)}): "
                                   f"one per engine metric"))
     problems += _base_problems(params.get("base_params") or {})
+    if params.get("config_set") is not None:
+        problems += _config_set_problems(params, space)
     exit_policy = params.get("exit_policy") or {}
     if cls is not None and cls.quantize_only and not exit_policy.get("timeout") and \
             exit_policy.get("max_trials", 100) == 0:
         sizes = (params.get("calibration") or {}).get("sampling_size") or [100]
-        count = len(TuningSpace.from_params(space, sizes).quantize_configs())
+        count = len(params.get("config_set") and expand_config_set(params["config_set"])[1]
+                    or TuningSpace.from_params(space, sizes).quantize_configs())
         if count > UNBOUNDED_LIMIT:
             problems.append(("exit_policy", f"strategy {name!r} would walk {count} configs with no timeout and no "
                                             f"max_trials: the run would not end in practice (set max_trials or "
                                             f"timeout, or narrow the space to {UNBOUNDED_LIMIT} configs)"))
+    return problems
+
+
+def _config_set_problems(params: dict[str, Any], space: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = [(f"config_set{p}", m) for p, m in expand_config_set(params["config_set"])[2]]
+    default_space = load_schema(NAME)["properties"]["tuning_space"]["default"]["model_wise"]
+    if (space.get("model_wise") or default_space) != default_space:
+        problems.append(("config_set", "replaces tuning_space.model_wise: set one of them"))
+    if params.get("base_params"):
+        problems.append(("base_params", "config_set holds the DefaultQuantization params: set them there"))
+    if not params["config_set"]:
+        problems.append(("config_set", "must hold at least one config"))
     return problems
 
 
@@ -120,8 +137,9 @@ def _base_problems(base: dict[str, Any]) -> list[tuple[str, str]]:
         if key in base:
             problems.append((f"base_params.{key}", "is set by every tuning config (tuning_space, calibration): "
                                                    "set it there"))
-    if "granularity" in (base.get("weights") or {}):
-        problems.append(("base_params.weights.granularity", "is set by tuning_space.model_wise.weight.granularity"))
+    for key in ("granularity", "range_estimator"):
+        if key in (base.get("weights") or {}):
+            problems.append((f"base_params.weights.{key}", "is set by tuning_space.model_wise.weight"))
     if "preset" in ((base.get("activations") or {}).get("range_estimator") or {}):
         problems.append(("base_params.activations.range_estimator.preset",
                          "is set by tuning_space.model_wise.activation.algorithm"))
@@ -153,6 +171,8 @@ class Tuning(Algorithm):
         runner = TrialRunner(state, engine, self._base_params(state), targets, objective_set, seed=p.random_seed,
                              ranking_subset_size=p.ranking_subset_size, recipes=dict(p.recipes))
         space = TuningSpace.from_params(p.tuning_space, p.calibration["sampling_size"])
+        if p.config_set:
+            space = dataclasses.replace(space, configs=tuple(expand_config_set(p.config_set)[1]))
         configs = space.quantize_configs()
         runner.prepare(configs)
         space = dataclasses.replace(space, forced=runner.resolve(space, configs[0]))
@@ -208,6 +228,8 @@ class Tuning(Algorithm):
     def _base_params(self, state: PipelineState) -> dict[str, Any]:
         """DefaultQuantization's params of an earlier step in this pipeline, else its defaults and ``base_params``."""
         dq = algorithms.get("DefaultQuantization")
+        if self.params.config_set:
+            return expand_config_set(self.params.config_set)[0]
         for record in reversed(state.records):
             if record.name == "DefaultQuantization":
                 return dict(record.params)

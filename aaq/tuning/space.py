@@ -113,6 +113,8 @@ class TuningSpace:
     op_wise: Mapping[str, Mapping[str, Mapping[str, Sequence[str]]]] = field(default_factory=dict)
     forced: tuple[str, ...] = ()
     """Layers every config leaves in float (op-wise ``["fp32"]``, recipes), set once the model is known."""
+    configs: tuple[TrialConfig, ...] = ()
+    """An explicit config set (``loader.expand_config_set``): replaces the model-wise product."""
 
     @classmethod
     def from_params(cls, tuning_space: Mapping[str, Any], sampling_sizes: Sequence[int]) -> "TuningSpace":
@@ -122,6 +124,8 @@ class TuningSpace:
 
     def quantize_configs(self) -> list[TrialConfig]:
         """Every quantized model-wise config, in list order (fallback dtypes excluded, as INC does)."""
+        if self.configs:
+            return [c.with_fallback(self.forced) for c in self.configs]
         w, a = self.model_wise["weight"], self.model_wise["activation"]
         return [TrialConfig(size, granularity, scheme, algorithm, w["algorithm"][0], tuple(sorted(self.forced)))
                 for size, granularity, scheme, algorithm in itertools.product(
