@@ -63,3 +63,20 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks(tmp_path: Path) -> None:
     assert metric.score({"y": logits}, ["aabb"]).tolist() == [1.0]      # spaces ignored
     assert metric.score({"y": logits}, ["aaab"]).tolist() == [0.75]
     assert ocr.LineAccuracy(charset=charset_file).score({"y": logits}, ["aab c"]).tolist() == [0.0]
+
+
+def test_custom_strategy_falls_back_from_the_output_side() -> None:
+    from aaq.tuning.strategies import strategies
+
+    sys.path.insert(0, str(SAMPLES / "custom_strategy"))
+    try:
+        import aaq_tail_fallback
+    finally:
+        sys.path.pop(0)
+    if "tail_fallback" not in strategies:
+        strategies.register("tail_fallback", aaq_tail_fallback.TailFallback, source="module aaq_tail_fallback")
+    result = Pipeline(SAMPLES / "custom_strategy" / "spec.json", progress=False).run()
+    summary = result.algorithms[-1].summary
+    assert [t["config"]["fallback"] for t in summary["trials"]] == [[], ["fc"]]
+    assert summary["exit"] == "criterion met" and result.target_met
+    assert summary["trials"][-1]["phase"] == "tail fallback"
