@@ -259,3 +259,14 @@ def test_autotune_refuses_a_bad_config_before_running() -> None:
         autotune(TINY / "model.onnx", TuningConfig(timeout=-1), accuracy, {"x": x[:8]})
     with pytest.raises(SpecError, match=r"config_set\[1\]: differs from config_set\[0\]"):
         autotune(TINY / "model.onnx", TuningConfig(config_set=[{}, {"bias_correction": False}]), accuracy, {"x": x[:8]})
+
+
+def test_after_default_quantization_its_params_are_the_base_of_every_config() -> None:
+    entries = [{"name": "DefaultQuantization", "params": {"bias_correction": False, "stat_subset_size": 100}},
+               {"name": "Tuning", "params": {"strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 0.1},
+                                             "exit_policy": {"timeout": 0, "max_trials": 1}}}]
+    full = spec(TINY, {})
+    full["compression"]["algorithms"] = entries
+    result = Pipeline(full, progress=False).run()
+    assert [r.name for r in result.algorithms] == ["DefaultQuantization", "Tuning"]
+    assert result.target_met and not any("bias_corrected" in i for n in result.model.graph.node for i in n.input)

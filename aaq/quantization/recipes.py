@@ -16,8 +16,13 @@ FIRST_LAYER_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def first_conv_or_matmul(plan: Plan) -> str | None:
-    """The first Conv / MatMul / Gemm layer of the plan in graph order (``None``: there is none)."""
-    return next((layer.name for layer in plan.layers if layer.layer.op_type in FIRST_LAYER_OPS), None)
+    """The first Conv / MatMul / Gemm node of the model in graph order, when the plan quantizes it.
+
+    ``None`` when there is none, or when it is float already (ignored, left float for
+    latency): the recipe then has nothing to change, and the next such node is not it.
+    """
+    first = next((n.name for n in plan.model.graph.node if n.op_type in FIRST_LAYER_OPS), None)
+    return first if first in {layer.name for layer in plan.layers} else None
 
 
 def share_concat_scales(plan: Plan) -> tuple[Plan, list[str]]:
