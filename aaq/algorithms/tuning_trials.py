@@ -157,6 +157,7 @@ class TrialRunner:
         if passed and ev.complete:
             context = MeasureContext(self.engine, self.state.float_model, trial.accuracy)
             trial.objectives = {n: obj.measure(model, context) for n, obj in self.objectives.items()}
+            trial.measurements = context.details
         trial.seconds = time.perf_counter() - started
         return trial
 

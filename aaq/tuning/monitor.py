@@ -54,13 +54,14 @@ class Trial:
     seconds: float = 0.0
     stopped: str = ""
     phase: str = ""
+    measurements: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         values = {k: (lo if lo == hi else [lo, hi]) for k, (lo, hi) in self.values.items()}
         return {"trial": self.number, "config": self.config.as_dict(), "phase": self.phase,
                 "objectives": dict(self.objectives), "accuracy": self.accuracy, "metrics": values,
                 "passed": self.passed, "complete": self.complete, "stopped": self.stopped,
-                "seconds": round(self.seconds, 4)}
+                "seconds": round(self.seconds, 4), "measurements": dict(self.measurements)}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ and summed; the highest score wins, the earliest trial on a tie.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +43,8 @@ class MeasureContext:
     engine: Any
     float_model: onnx.ModelProto
     accuracy: float
+    details: dict = field(default_factory=dict)
+    """What an objective wants recorded beside its value (the history's ``measurements``)."""
 
 
 class Objective(abc.ABC):
@@ -87,6 +89,9 @@ class Performance(Objective):
 
     def measure(self, model: onnx.ModelProto, context: MeasureContext) -> float:
         comparison = latency_on_engine(context.engine, context.float_model, model, LATENCY_BUDGET_SECONDS)
+        context.details["performance"] = {"float_ms": comparison.reference_ms, "ratio_to_float": comparison.ratio,
+                                          "ratio_quartiles": list(comparison.spread), "runs": comparison.runs,
+                                          "batch_size": comparison.batch_size}
         return float(comparison.candidate_ms)
 
 
