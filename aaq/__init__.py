@@ -11,9 +11,13 @@ from aaq.errors import AaqError, BadInputError, DataError, ModelError, PluginErr
 from aaq.pipeline import Pipeline  # noqa: E402
 from aaq.report import Result  # noqa: E402
 from aaq.state import PipelineState  # noqa: E402
+from aaq.tuning.objectives import Objective, register_objective  # noqa: E402
+from aaq.tuning.strategies import Strategy, register_strategy  # noqa: E402
+from aaq.autotune import Evaluator, TuningConfig, autotune  # noqa: E402
 
 __all__ = [
-    "AaqError", "Algorithm", "BadInputError", "DataError", "Dataset", "Engine", "Metric", "ModelError",
-    "Pipeline", "PipelineState", "PluginError", "Result", "Sample", "SpecError", "register_algorithm",
-    "register_dataset", "register_metric", "__version__",
+    "AaqError", "Algorithm", "BadInputError", "DataError", "Dataset", "Engine", "Evaluator", "Metric", "ModelError",
+    "Objective", "Pipeline", "PipelineState", "PluginError", "Result", "Sample", "SpecError", "Strategy",
+    "TuningConfig", "autotune", "register_algorithm", "register_dataset", "register_metric", "register_objective",
+    "register_strategy", "__version__",
 ]

@@ -25,6 +25,7 @@ logger = logging.getLogger("aaq.cli")
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 LOG_FILE = "aaq.log"
 HTML_FILE = "report.html"
+HISTORY_FILE = "tuning_history.jsonl"  # written by Tuning as its trials end (aaq.algorithms.tuning)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +39,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aaq").addHandler(file_handler)
     try:
-        result = pipeline.run()
+        result = pipeline.run(output_dir=run.path)  # files an algorithm writes as it goes join the pair
+        run.file(HISTORY_FILE)  # published when Tuning wrote it
         extra = {} if args.no_html else _report_html(result)
         model_path = result.save(run, protect=protect, extra_files=extra)
     except BaseException as exc:  # nothing is published; the run's log says why and stays
@@ -71,7 +73,7 @@ def _open_run_folder(out_dir: Path, spec, spec_path: str, *, html: bool):
     from aaq.report import input_paths, output_filename
 
     protect = [*input_paths(spec.resolved), spec_path]
-    names = [output_filename(spec.model_name), "report.json", LOG_FILE] + ([HTML_FILE] if html else [])
+    names = [output_filename(spec.model_name), "report.json", LOG_FILE, HISTORY_FILE] + ([HTML_FILE] if html else [])
     return RunFolder.create(out_dir, names=names, protect=protect), protect
 
 
@@ -127,12 +129,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """List registered algorithms, metrics and datasets, with where each comes from (and broken plugins, why)."""
+    """List registered algorithms, metrics, datasets, tuning strategies and objectives, where each comes from
+    (and broken plugins, why)."""
     from aaq.algorithms.base import algorithms
     from aaq.engine.datasets import datasets
     from aaq.engine.metrics import metrics
+    from aaq.tuning.objectives import objectives
+    from aaq.tuning.strategies import strategies
 
-    for title, registry in (("algorithms", algorithms), ("metrics", metrics), ("datasets", datasets)):
+    for title, registry in (("algorithms", algorithms), ("metrics", metrics), ("datasets", datasets),
+                            ("strategies", strategies), ("objectives", objectives)):
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name:<32} {registry.source(name)}")

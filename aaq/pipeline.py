@@ -39,8 +39,13 @@ class Pipeline:
             for i, entry in enumerate(self.spec.resolved["compression"]["algorithms"])
         ]
 
-    def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None) -> Result:
-        """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec)."""
+    def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None, *,
+            output_dir: str | Path | None = None) -> Result:
+        """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec).
+
+        ``output_dir``: where algorithms may write files as they go (``state.output_dir``);
+        ``Result.save`` still writes the model and report.json.
+        """
         started = time.perf_counter()
         float_model = load_model(model if model is not None else self.spec.resolved["model"]["path"])
         if engine is None:
@@ -50,7 +55,8 @@ class Pipeline:
         engine.set_float_model(float_model)
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
-        state = PipelineState(float_model=float_model, model=current)
+        state = PipelineState(float_model=float_model, model=current,
+                              output_dir=None if output_dir is None else Path(output_dir))
         for algorithm in self.algorithms:
             state = run_algorithm(algorithm, state, engine, progress=self.progress)
         if self.evaluate:

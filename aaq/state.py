@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -48,6 +49,10 @@ class PipelineState:
     targets: dict[str, bool] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output_dir: Path | None = None
+    """Where the run's files go, when the caller says (the CLI does; ``Pipeline.run(output_dir=...)``):
+    an algorithm may write progress files there as it goes (Tuning's ``tuning_history.jsonl``).
+    ``None`` (the Python API without an output directory): no file is written."""
 
     @property
     def targets_met(self) -> bool:

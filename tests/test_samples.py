@@ -78,3 +78,20 @@ def test_natural_width_lines_are_whole_feeds_of_their_own_width(tmp_path: Path) 
     assert len(lines) == 3
     feed, text = natural_width.to_feed(lines[1])
     assert feed["x"].shape == (1, 3, 48, 9) and np.all(feed["x"] == 1) and text == "bc"
+
+
+def test_custom_strategy_falls_back_from_the_output_side() -> None:
+    from aaq.tuning.strategies import strategies
+
+    sys.path.insert(0, str(SAMPLES / "custom_strategy"))
+    try:
+        import aaq_tail_fallback
+    finally:
+        sys.path.pop(0)
+    if "tail_fallback" not in strategies:
+        strategies.register("tail_fallback", aaq_tail_fallback.TailFallback, source="module aaq_tail_fallback")
+    result = Pipeline(SAMPLES / "custom_strategy" / "spec.json", progress=False).run()
+    summary = result.algorithms[-1].summary
+    assert [t["config"]["fallback"] for t in summary["trials"]] == [[], ["fc"]]
+    assert summary["exit"] == "criterion met" and result.target_met
+    assert summary["trials"][-1]["phase"] == "tail fallback"

@@ -4,3 +4,4 @@ from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_a
 
 __all__ = ["Algorithm", "algorithms", "register_algorithm", "run_algorithm"]
 from aaq.algorithms import accuracy_aware  # noqa: F401
+from aaq.algorithms import tuning  # noqa: F401  (registers Tuning)

@@ -1,0 +1,214 @@
+"""The tuning space: INC's model-wise and op-wise choices, the trial configs they give, and their DQ params.
+
+A *trial config* (``TrialConfig``) is one point of the space: a calibration sampling
+size, the weight and activation choices of the whole model, and the ops left in
+float (``fallback``, layer names). ``dq_overrides`` is the one place where a config
+becomes DefaultQuantization params:
+
+==========================  ===========================================================
+trial config                DefaultQuantization params
+==========================  ===========================================================
+sampling_size               ``stat_subset_size``
+weight.granularity          ``weights.granularity``: per_channel -> perchannel,
+                            per_tensor -> pertensor
+weight.scheme sym           weights are always symmetric (asym is refused: ONNX
+                            Runtime's int8 kernels need zero-point-0 weights)
+activation.scheme           ``preset``: sym -> performance, asym -> mixed
+activation.algorithm        ``activations.range_estimator.preset`` (``RANGE_ALGORITHMS``)
+dtype int8 / uint8          quantized; fp32 -> the op's group reverted to float
+==========================  ===========================================================
+
+Op-wise entries narrow the dtype choices of one op (by node name, or a regular
+expression matching whole names): only ``["fp32"]`` forces it to float, a list
+without ``fp32`` forbids falling it back, one with ``fp32`` lets a strategy fall it
+back. The order of configs is the order of the lists (first choice first), sampling
+size slowest.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+FLOAT = "fp32"
+
+RANGE_ALGORITHMS = {"minmax": "default", "quantile": "quantile"}
+"""Activation range algorithm -> DefaultQuantization's ``activations.range_estimator.preset``.
+
+``quantile`` is POT's estimator. Adding an algorithm that DefaultQuantization gains
+(``kl``, ``percentile``) is one line here, and its removal from ``PENDING_ALGORITHMS``.
+"""
+PENDING_ALGORITHMS = {"kl": "KL-divergence ranges", "percentile": "percentile ranges"}
+"""Range algorithms of INC's space that DefaultQuantization does not offer yet: refused by name."""
+WEIGHT_ALGORITHMS = {"minmax": "abs_max"}
+"""Weight range algorithm -> ``weights.range_estimator.max.type`` (minmax: the largest |w| per channel)."""
+
+GRANULARITY = {"per_channel": "perchannel", "per_tensor": "pertensor"}
+SCHEMES = {"sym": "performance", "asym": "mixed"}
+
+DEFAULT_MODEL_WISE = {
+    "weight": {"granularity": ["per_channel", "per_tensor"], "scheme": ["sym"], "dtype": ["int8", "fp32"],
+               "algorithm": ["minmax"]},
+    "activation": {"granularity": ["per_tensor"], "scheme": ["sym", "asym"], "dtype": ["uint8", "fp32"],
+                   "algorithm": ["minmax"]},
+}
+
+Problem = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the space; ``fallback`` are the layer names left in float, sorted."""
+
+    sampling_size: int
+    weight_granularity: str = "per_channel"
+    activation_scheme: str = "sym"
+    activation_algorithm: str = "minmax"
+    weight_algorithm: str = "minmax"
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def plan_key(self) -> tuple:
+        """What the plan (and the statistics) depend on: everything but the fallback."""
+        return (self.sampling_size, self.weight_granularity, self.activation_scheme, self.activation_algorithm,
+                self.weight_algorithm)
+
+    def with_fallback(self, names: Iterable[str]) -> "TrialConfig":
+        return replace(self, fallback=tuple(sorted(set(self.fallback) | set(names))))
+
+    def as_dict(self) -> dict[str, Any]:
+        """INC-shaped: what the history and the report show."""
+        return {"sampling_size": self.sampling_size,
+                "weight": {"granularity": self.weight_granularity, "scheme": "sym", "dtype": "int8",
+                           "algorithm": self.weight_algorithm},
+                "activation": {"granularity": "per_tensor", "scheme": self.activation_scheme, "dtype": "uint8",
+                               "algorithm": self.activation_algorithm},
+                "fallback": list(self.fallback)}
+
+
+def dq_overrides(config: TrialConfig) -> dict[str, Any]:
+    """The DefaultQuantization params a config sets (laid over the base params; fallback is not a param)."""
+    return {"preset": SCHEMES[config.activation_scheme],
+            "stat_subset_size": int(config.sampling_size),
+            "weights": {"granularity": GRANULARITY[config.weight_granularity],
+                        "range_estimator": {"max": {"type": WEIGHT_ALGORITHMS[config.weight_algorithm]}}},
+            "activations": {"range_estimator": {"preset": RANGE_ALGORITHMS[config.activation_algorithm]}}}
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """What an op may be: forced to float, allowed to fall back, or neither."""
+
+    forced_float: bool = False
+    may_fall_back: bool = True
+
+
+@dataclass(frozen=True)
+class TuningSpace:
+    """Model-wise choices (lists), sampling sizes and op-wise dtype rules (keys: names or patterns)."""
+
+    sampling_sizes: tuple[int, ...]
+    model_wise: Mapping[str, Mapping[str, Sequence[str]]]
+    op_wise: Mapping[str, Mapping[str, Mapping[str, Sequence[str]]]] = field(default_factory=dict)
+    forced: tuple[str, ...] = ()
+    """Layers every config leaves in float (op-wise ``["fp32"]``, recipes), set once the model is known."""
+    configs: tuple[TrialConfig, ...] = ()
+    """An explicit config set (``loader.expand_config_set``): replaces the model-wise product."""
+
+    @classmethod
+    def from_params(cls, tuning_space: Mapping[str, Any], sampling_sizes: Sequence[int]) -> "TuningSpace":
+        model_wise = {kind: {**DEFAULT_MODEL_WISE[kind], **dict((tuning_space.get("model_wise") or {}).get(kind) or {})}
+                      for kind in ("weight", "activation")}
+        return cls(tuple(int(s) for s in sampling_sizes), model_wise, dict(tuning_space.get("op_wise") or {}))
+
+    def quantize_configs(self) -> list[TrialConfig]:
+        """Every quantized model-wise config, in list order (fallback dtypes excluded, as INC does)."""
+        if self.configs:
+            return [c.with_fallback(self.forced) for c in self.configs]
+        w, a = self.model_wise["weight"], self.model_wise["activation"]
+        return [TrialConfig(size, granularity, scheme, algorithm, w["algorithm"][0], tuple(sorted(self.forced)))
+                for size, granularity, scheme, algorithm in itertools.product(
+                    self.sampling_sizes, w["granularity"], a["scheme"], a["algorithm"])]
+
+    def rules(self, node_names: Sequence[str]) -> dict[str, OpRule]:
+        """The rule of every node an op-wise entry names (exact name first, else a whole-name pattern)."""
+        out = {}
+        for key, entry in self.op_wise.items():
+            for name in matching_nodes(key, node_names):
+                out[name] = self._rule(entry)
+        return out
+
+    def _rule(self, entry: Mapping[str, Mapping[str, Sequence[str]]]) -> OpRule:
+        dtypes = {kind: list((entry.get(kind) or {}).get("dtype") or self.model_wise[kind]["dtype"])
+                  for kind in ("weight", "activation")}
+        forced = any(d == [FLOAT] for d in dtypes.values())
+        return OpRule(forced_float=forced, may_fall_back=forced or FLOAT in dtypes["activation"])
+
+    @property
+    def default_may_fall_back(self) -> bool:
+        return FLOAT in self.model_wise["activation"]["dtype"]
+
+
+def matching_nodes(key: str, node_names: Sequence[str]) -> list[str]:
+    """``key`` as a node name, else as a regular expression matching whole names."""
+    if key in node_names:
+        return [key]
+    try:
+        regex = re.compile(key)
+    except re.error:
+        return []
+    return [n for n in node_names if regex.fullmatch(n)]
+
+
+def space_problems(tuning_space: Mapping[str, Any], node_names: Sequence[str] | None) -> list[Problem]:
+    """What the schema cannot refuse: choices DefaultQuantization cannot honour, no quantized choice, unknown ops.
+
+    Paths are inside ``tuning_space``; ``node_names`` None skips the op-wise name check
+    (the model could not be read: the model checks report that).
+    """
+    problems: list[Problem] = []
+    model_wise = tuning_space.get("model_wise") or {}
+    for kind in ("weight", "activation"):
+        choices = {**DEFAULT_MODEL_WISE[kind], **dict(model_wise.get(kind) or {})}
+        problems += _choice_problems(kind, choices, f"model_wise.{kind}")
+        if all(d == FLOAT for d in choices["dtype"]):
+            problems.append((f"model_wise.{kind}.dtype", f"no quantized choice: {kind} dtype {choices['dtype']} "
+                                                          f"leaves the whole model in float"))
+    for key, entry in (tuning_space.get("op_wise") or {}).items():
+        where = f"op_wise.{key}"
+        for kind, choices in (entry or {}).items():
+            other = sorted(set(choices) - {"dtype"})
+            if other:
+                problems.append((f"{where}.{kind}", f"only dtype can be set per op for now ({', '.join(other)} "
+                                                     f"apply to the whole model: set them in model_wise)"))
+        if node_names is not None and not matching_nodes(key, node_names):
+            problems.append((where, f"no node named {key!r} (nor matching it as a pattern) in the model"
+                                    f"{_nearest(key, node_names)}"))
+    return problems
+
+
+def _choice_problems(kind: str, choices: Mapping[str, Sequence[str]], where: str) -> list[Problem]:
+    problems = []
+    if kind == "weight" and "asym" in choices["scheme"]:
+        problems.append((f"{where}.scheme", "asym weights are not supported: ONNX Runtime's int8 kernels need "
+                                            "zero-point-0 (symmetric) weights"))
+    if kind == "activation" and "per_channel" in choices["granularity"]:
+        problems.append((f"{where}.granularity", "per_channel activations are not supported: ONNX Runtime's "
+                                                 "integer kernels take one input scale"))
+    known = RANGE_ALGORITHMS if kind == "activation" else WEIGHT_ALGORITHMS
+    for algorithm in choices["algorithm"]:
+        if algorithm in PENDING_ALGORITHMS and kind == "activation":
+            problems.append((f"{where}.algorithm", f"{algorithm!r} ({PENDING_ALGORITHMS[algorithm]}) is not "
+                                                   f"available yet; available: {', '.join(known)}"))
+        elif algorithm not in known:
+            problems.append((f"{where}.algorithm", f"{algorithm!r} is not a {kind} range algorithm; "
+                                                   f"available: {', '.join(known)}"))
+    return problems
+
+
+def _nearest(word: str, names: Sequence[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(word, list(names), n=3, cutoff=0.5)
+    return f" (nearest: {', '.join(map(repr, near))})" if near else ""

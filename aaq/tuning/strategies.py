@@ -1,0 +1,188 @@
+"""Tuning strategies: small ask/tell objects that propose the next config from the monitor's history.
+
+``propose(monitor) -> TrialConfig | None`` (None: nothing left to try) and
+``tell(trial)`` (the result of the config just proposed). Each strategy draws from
+its own ``numpy.random.Generator`` seeded by ``random_seed``. The algorithm owns
+the loop, the exit policy and the evaluation (``aaq.algorithms.tuning``); what a
+strategy needs of the model it gets from its ``StrategyContext``: the space, the
+ops it may fall back (``units``: groups of layers reverted together) and a
+``rank`` that orders them.
+
+Built-ins (INC's names): ``basic`` (model-wise configs; then, if none meets the
+criterion, the fallback units ranked once on the best of them on the ranking
+subset, and fallen back one more at a time in that order), ``mse`` (the same with
+units ranked by the MSE between each layer's float and quantized outputs on
+calibration data), ``exhaustive`` (every quantized config in order) and ``random``
+(the same configs in a seeded random order, each at most once). A custom strategy
+subclasses ``Strategy`` and registers with ``@register_strategy("name")`` or the
+entry-point group ``aaq.strategies``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Generator, Optional
+
+import numpy as np
+
+from aaq.errors import PluginError
+from aaq.registry import Registry
+from aaq.tuning.monitor import Monitor, Trial
+from aaq.tuning.space import TrialConfig, TuningSpace
+
+Unit = tuple[str, ...]
+"""Layers that fall back together (one group of the plan)."""
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy may use: the space, the seed, the fallback units of a config and their ranking.
+
+    ``units(config)``: the units that config may still fall back (allowed by the
+    op-wise rules, not in float already). ``rank(config, method)``: those units,
+    the one whose fallback helps most first; ``method`` is ``"metric"`` (scores on
+    the ranking subset, as AccuracyAwareQuantization ranks) or ``"mse"``.
+    """
+
+    space: TuningSpace
+    seed: int
+    units: Callable[[TrialConfig], list[Unit]]
+    rank: Callable[[TrialConfig, str], list[Unit]]
+
+
+class Strategy(abc.ABC):
+    """Base of every strategy; ``options`` names the keys of the spec's ``strategy`` object it accepts."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ()
+    quantize_only: ClassVar[bool] = False
+    """Walks only the quantized model-wise configs: the run's length is the space's size."""
+
+    def __init__(self, context: StrategyContext, **options: Any) -> None:
+        self.context = context
+        self.rng = np.random.default_rng(context.seed)
+        self.options = options
+
+    @abc.abstractmethod
+    def propose(self, monitor: Monitor) -> Optional[TrialConfig]:
+        """The next config to try, or None when the strategy has nothing left."""
+
+    def tell(self, trial: Trial) -> None:
+        """The result of the last config proposed."""
+
+    @property
+    def phase(self) -> str:
+        """What the strategy is doing now, for the history."""
+        return self.name
+
+
+def _check_strategy(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise PluginError("a strategy must be a subclass of aaq.tuning.strategies.Strategy", name)
+    if not cls.name:
+        cls.name = name
+
+
+strategies: Registry[type[Strategy]] = Registry("strategy", "aaq.strategies", builtins="aaq.tuning.strategies",
+                                                check=_check_strategy)
+
+
+def register_strategy(name: str):
+    """Class decorator: make the strategy usable from a spec as ``{"strategy": {"name": name}}``."""
+    return strategies.decorator(name)
+
+
+@register_strategy("exhaustive")
+class Exhaustive(Strategy):
+    """Every quantized config of the space, in order (fallback dtypes excluded, as INC does)."""
+
+    quantize_only = True
+
+    def __init__(self, context: StrategyContext, **options: Any) -> None:
+        super().__init__(context, **options)
+        self.queue = self.order(context.space.quantize_configs())
+
+    def order(self, configs: list[TrialConfig]) -> list[TrialConfig]:
+        return configs
+
+    def propose(self, monitor: Monitor) -> Optional[TrialConfig]:
+        while self.queue:
+            config = self.queue.pop(0)
+            if not monitor.seen(config):
+                return config
+        return None
+
+
+@register_strategy("random")
+class Random(Exhaustive):
+    """The quantized configs drawn at random (seeded), each at most once: the run ends when all are drawn."""
+
+    def order(self, configs: list[TrialConfig]) -> list[TrialConfig]:
+        return [configs[i] for i in self.rng.permutation(len(configs))]
+
+
+@register_strategy("basic")
+class Basic(Strategy):
+    """INC's basic: model-wise configs, then ranked per-op fallback on the best of them, one more op at a time.
+
+    Ranking costs subset evaluations, not trials: one ranking of every unit on the
+    ranking subset replaces INC's one full evaluation per op. Each fallback trial
+    only asks "is the criterion met?", so the failing ones stop after a few batches.
+    The fallback phase runs only when no model-wise config meets the criterion
+    (falling more ops back only makes a passing model slower and larger).
+    """
+
+    ranking = "metric"
+
+    def __init__(self, context: StrategyContext, **options: Any) -> None:
+        super().__init__(context, **options)
+        self.model_wise = list(context.space.quantize_configs())
+        self._fallback: Generator[TrialConfig, bool, None] | None = None
+        self._phase = "model_wise"
+        self.ranked: list[Unit] = []
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    def propose(self, monitor: Monitor) -> Optional[TrialConfig]:
+        while self.model_wise:
+            config = self.model_wise.pop(0)
+            if not monitor.seen(config):
+                return config
+        if monitor.passing:
+            return None
+        if self._fallback is None:
+            base = monitor.best_failing
+            if base is None:
+                return None
+            self._phase = "fallback"
+            self.ranked = self.context.rank(base.config, self.ranking)
+            self._fallback = self._incremental(base.config)
+            return next(self._fallback, None)
+        return self._pending
+
+    def tell(self, trial: Trial) -> None:
+        if self._fallback is None:
+            return
+        try:
+            self._pending = self._fallback.send(trial.passed)
+        except StopIteration:
+            self._pending = None
+
+    def _incremental(self, base: TrialConfig) -> Generator[TrialConfig, bool, None]:
+        chosen: list[str] = []
+        for unit in self.ranked:
+            chosen.extend(unit)
+            passed = yield base.with_fallback(chosen)
+            if passed:
+                return
+
+    _pending: Optional[TrialConfig] = None
+
+
+@register_strategy("mse")
+class MSE(Basic):
+    """As basic, with units ranked by the MSE between each layer's float and quantized outputs."""
+
+    ranking = "mse"
