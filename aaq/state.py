@@ -37,7 +37,8 @@ class PipelineState:
     none is collected twice. ``targets`` maps each accuracy target an algorithm
     checked to whether it was met; ``metrics`` the values it measured, by model
     (``"float"`` and the algorithm's name), with ``references`` saying what each
-    drop was measured against (``"measured"`` or ``"baseline_value"``).
+    drop was measured against (``"measured"`` or ``"baseline_value"``); ``notes``
+    why a target is not met when its drop alone does not say (a held-out check).
     """
 
     float_model: onnx.ModelProto
@@ -48,6 +49,9 @@ class PipelineState:
     targets: dict[str, bool] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per metric, the drop intervals of ``model`` (by digest): ``{"model", "search", "held_out"}``."""
 
     @property
     def targets_met(self) -> bool:

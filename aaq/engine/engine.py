@@ -11,7 +11,6 @@ outputs that store would be the biggest thing in memory.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -24,13 +23,13 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from aaq.engine.datasets import Dataset, dataset_from_spec, fetch
+from aaq.engine.holdout import Split, checked_holdout
 from aaq.engine.feeds import check_dataset_fits, checked_indices, unique_in_order
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
 from aaq.engine.metrics import Metric, metric_from_spec
-from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
-from aaq.errors import BadInputError, DataError, ModelError, SpecError
-from aaq.quantization.graph import GraphIndex
+from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options, with_outputs
+from aaq.errors import BadInputError, DataError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class Engine:
     def __init__(self, dataset: Dataset, metrics: Sequence[Metric], *, calibration_dataset: Dataset | None = None,
                  batch_size: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0, graph_optimization_level: str = "all", allow_spinning: bool = False,
-                 progress: bool = True, session_cache_size: int = 8) -> None:
+                 progress: bool = True, session_cache_size: int = 8, holdout: float | int | None = None) -> None:
         if batch_size < 1:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
         names = [m.name for m in metrics]
@@ -68,6 +67,7 @@ class Engine:
         self.inferred_by_model: Counter[str] = Counter()
         """Samples of ``dataset`` run through each model (by digest), by evaluations and raw runs alike."""
         self._size = len(dataset)
+        self.split = Split.make(self._size, holdout, getattr(dataset, "labels", None))
         self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level, allow_spinning),
                                       providers, session_cache_size)
         self._scores: dict[str, ScoreCache] = {}
@@ -90,7 +90,8 @@ class Engine:
         if engine_spec.get("type", "onnxruntime") != "onnxruntime":
             raise SpecError([("engine.type", f"must be 'onnxruntime', got {engine_spec['type']!r}")])
         base_dir = Path(base_dir)
-        dataset = dataset_from_spec(engine_spec["dataset"], base_dir, "engine.dataset")
+        entry = {k: v for k, v in engine_spec["dataset"].items() if k != "holdout"}
+        dataset = dataset_from_spec(entry, base_dir, "engine.dataset")
         calibration = engine_spec.get("calibration_dataset")
         if calibration is not None:
             calibration = dataset_from_spec(calibration, base_dir, "engine.calibration_dataset")
@@ -101,7 +102,8 @@ class Engine:
                    providers=tuple(engine_spec.get("providers", ("CPUExecutionProvider",))),
                    intra_op_threads=engine_spec.get("intra_op_threads", 0),
                    graph_optimization_level=engine_spec.get("graph_optimization_level", "all"),
-                   allow_spinning=engine_spec.get("allow_spinning", False), progress=progress)
+                   allow_spinning=engine_spec.get("allow_spinning", False), progress=progress,
+                   holdout=checked_holdout(len(dataset), engine_spec["dataset"].get("holdout"), "engine.dataset"))
 
     # ------------------------------------------------------------------ sizes and subsets
 
@@ -113,9 +115,20 @@ class Engine:
     def num_calibration_samples(self) -> int:
         return len(self._calibration())
 
+    @property
+    def search_indices(self) -> np.ndarray:
+        """The samples algorithms search on: all but the held-out ones."""
+        return self.split.search
+
+    @property
+    def holdout_indices(self) -> np.ndarray:
+        """The held-out samples (none without ``holdout``)."""
+        return self.split.held_out
+
     def calibration_indices(self, num_samples: int) -> np.ndarray:
-        """The first ``min(num_samples, len)`` calibration samples (POT's default)."""
-        return np.arange(min(max(num_samples, 0), len(self._calibration())), dtype=np.int64)
+        """The first ``min(num_samples, len)`` calibration samples (POT's default); never a held-out one."""
+        pool = self.split.search if self.calibration_dataset is None else np.arange(len(self.calibration_dataset))
+        return pool[:max(num_samples, 0)].astype(np.int64)
 
     def subset(self, size: int, seed: int, *, among: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """``size`` sorted distinct indices drawn with ``np.random.default_rng(seed)``; all when too few."""
@@ -243,6 +256,18 @@ class Engine:
                      inferred, ", stopped early" if stopped else "", result.seconds, values)
         return result
 
+    def entries(self, digest: str, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The cached metric entries of the model with ``digest`` on ``indices``, by metric; no inference.
+
+        Float scores for a per-sample metric, an object array of partial entries
+        otherwise. Every sample must have been evaluated for that model.
+        """
+        idx = self._indices(indices, self._size, "dataset")
+        cache = self._scores.get(digest)
+        if cache is None or not cache.have[idx].all():
+            raise BadInputError(f"model {digest[:12]} has not been evaluated on all of these samples")
+        return {m.name: cache.entries[m.name][idx] for m in self.metrics}
+
     # ------------------------------------------------------------------ internals
 
     def _calibration(self) -> Dataset:
@@ -344,32 +369,13 @@ class Engine:
         check_dataset_fits(entry, dataset, what)
 
     def _with_outputs(self, data: bytes, digest: str, names: Sequence[str]) -> tuple[bytes, str, set[str]]:
-        """A model whose graph outputs include ``names`` (a copy when some are intermediate), its digest
-        and the original graph output names; cached, since the statistics pass asks the same again."""
+        """``with_outputs`` of the model, cached: the statistics pass asks the same again."""
         key = (digest, tuple(names))
         hit = self._augmented.get(key)
         if hit is not None:
             self._augmented.move_to_end(key)
             return hit
-        model = onnx.load_from_string(data)
-        graph = model.graph
-        graph_outputs = {o.name for o in graph.output}
-        known = GraphIndex(graph).fetchable
-        present = set(graph_outputs)
-        for name in names:
-            if name in present:
-                continue
-            if name not in known:
-                near = difflib.get_close_matches(name, sorted(known), n=3)
-                hint = f"; nearest: {', '.join(map(repr, near))}" if near else ""
-                raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input{hint})")
-            graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
-        if present == graph_outputs:
-            hit = (data, digest, graph_outputs)
-        else:
-            hit = (*model_bytes(model), graph_outputs)
-        self._augmented[key] = hit
+        hit = self._augmented[key] = with_outputs(data, digest, names)
         if len(self._augmented) > self._sessions.capacity:
             self._augmented.popitem(last=False)
         return hit

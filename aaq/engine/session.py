@@ -7,6 +7,7 @@ temporary files: sessions are built from bytes.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from collections import OrderedDict
@@ -18,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from aaq.errors import ModelError
+from aaq.quantization.graph import GraphIndex
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +143,25 @@ def _entry(session: ort.InferenceSession) -> SessionEntry:
         raise ModelError(f"the model's inputs disagree on the batch size: {sorted(fixed)}")
     outputs = tuple(arg.name for arg in session.get_outputs())
     return SessionEntry(session, inputs, outputs, fixed.pop() if fixed else None)
+
+
+def with_outputs(data: bytes, digest: str, names: Sequence[str]) -> tuple[bytes, str, set[str]]:
+    """A model whose graph outputs include ``names`` (a copy when some are intermediate), its digest
+    and the original graph output names; an unknown name is a ModelError with the nearest names."""
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    known = GraphIndex(graph).fetchable
+    present = set(graph_outputs)
+    for name in names:
+        if name in present:
+            continue
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; nearest: {', '.join(map(repr, near))}" if near else ""
+            raise ModelError(f"no tensor {name!r} in the model (not an output of any node nor an input{hint})")
+        graph.output.append(onnx.ValueInfoProto(name=name))
+        present.add(name)
+    if present == graph_outputs:
+        return data, digest, graph_outputs
+    return (*model_bytes(model), graph_outputs)
