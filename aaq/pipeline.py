@@ -52,6 +52,10 @@ class Pipeline:
             engine = Engine.from_spec(self.spec.resolved["engine"], self.spec.base_dir, progress=self.progress)
         else:
             _check_engine_metrics(engine, self.spec)
+        problems = [problem for i, algorithm in enumerate(self.algorithms)
+                    for problem in algorithm.check_engine(engine, f"compression.algorithms[{i}].params")]
+        if problems:
+            raise SpecError(problems, self.spec.source)
         engine.set_float_model(float_model)
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
@@ -69,11 +73,14 @@ class Pipeline:
         if not state.targets_met:
             missed = ", ".join(name for name, met in state.targets.items() if not met)
             logger.warning("accuracy target NOT met (%s); the best model found is returned", missed)
+            for name, note in state.notes.items():
+                logger.warning("%s: %s", name, note)
         return Result(
             model=state.model,
             model_name=self.spec.model_name,
             target_met=state.targets_met,
             targets=dict(state.targets),
+            notes=dict(state.notes),
             metrics=outcomes,
             evaluated=self.evaluate,
             metric_names=[m.name for m in engine.metrics],
@@ -108,16 +115,18 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _metric_outcomes(engine: EngineLike, state: PipelineState) -> dict[str, MetricOutcome]:
-    """Each metric of the final model on the full dataset, and its drop against the reference the targets used.
+    """Each metric of the final model on the search samples (the whole dataset without a holdout), and its drop
+    against the reference the targets used, with the intervals an algorithm computed for that model.
 
     The float model is measured (served from the engine's cache when an algorithm
     measured it already) unless the references are the user's ``baseline_value``s:
     then it is not inferred beyond what the algorithms needed, and metrics that no
     target watched get no float value.
     """
-    final = engine.evaluate(state.model)
+    searched = engine.search_indices
+    final = engine.evaluate(state.model, searched)
     kinds = {ref["kind"] for ref in state.references.values()}
-    measured = None if kinds == {"baseline_value"} else engine.evaluate(state.float_model)
+    measured = None if kinds == {"baseline_value"} else engine.evaluate(state.float_model, searched)
     outcomes = {}
     for m in engine.metrics:
         ref = state.references.get(m.name)
@@ -126,7 +135,11 @@ def _metric_outcomes(engine: EngineLike, state: PipelineState) -> dict[str, Metr
             reference, kind = float(ref["value"]), "baseline_value"
         else:
             reference, kind = value, "measured" if value is not None else "not measured"
-        outcomes[m.name] = MetricOutcome(value, float(final.values[m.name]), m.higher_is_better, reference, kind)
+        intervals = state.intervals.get(m.name) or {}
+        mine = intervals.get("model") == final.model_digest
+        outcomes[m.name] = MetricOutcome(value, float(final.values[m.name]), m.higher_is_better, reference, kind,
+                                         intervals.get("search") if mine else None,
+                                         intervals.get("held_out") if mine else None)
     return outcomes
 
 

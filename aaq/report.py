@@ -37,6 +37,10 @@ class MetricOutcome:
     higher_is_better: bool
     reference: float | None = None
     reference_kind: str = "measured"
+    interval: dict[str, Any] | None = None
+    """The drop's confidence interval on the search samples (``DropInterval.as_dict``), when one was computed."""
+    held_out: dict[str, Any] | None = None
+    """The drop's interval on the held-out samples (``engine.dataset.holdout``)."""
 
     def __post_init__(self) -> None:
         if self.reference is None and self.reference_kind == "measured":
@@ -55,7 +59,14 @@ class MetricOutcome:
         if self.reference is None:
             return f"{name}: quantized {self.quantized:.4f} (float not measured: no reference)"
         label = "float" if self.reference_kind == "measured" else self.reference_kind
-        return f"{name}: {label} {self.reference:.4f}  quantized {self.quantized:.4f}  drop {self.drop:+.4f}"
+        line = f"{name}: {label} {self.reference:.4f}  quantized {self.quantized:.4f}  drop {self.drop:+.4f}"
+        for iv, what in ((self.interval, ""), (self.held_out, "; held-out drop")):
+            if iv:
+                head = f"{what} {iv['point']:+.4f}" if what else ""
+                kind = "relative drop " if iv["drop_type"] == "relative" else ""
+                line += (f"{head} ({kind}{iv['level']:.0%} interval [{iv['low']:+.4f}, {iv['high']:+.4f}] "
+                         f"on {iv['samples']} samples)")
+        return line
 
 
 @dataclasses.dataclass
@@ -75,6 +86,9 @@ class Result:
     evaluated: bool = True
     """Whether the float and final models were measured after the algorithms (False: ``evaluate: false``)."""
     metric_names: list[str] = dataclasses.field(default_factory=list)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Why a target is not met when its drop alone does not say (the search overfitted)."""
+
 
     def report(self) -> dict[str, Any]:
         """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals.
@@ -98,6 +112,7 @@ class Result:
             "aaq_version": __version__,
             "target_met": self.target_met,
             "targets": self.targets,
+            "target_notes": self.notes,
             "model": {
                 "file": self.model_filename,
                 "sha256": digest,

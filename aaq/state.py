@@ -38,7 +38,8 @@ class PipelineState:
     none is collected twice. ``targets`` maps each accuracy target an algorithm
     checked to whether it was met; ``metrics`` the values it measured, by model
     (``"float"`` and the algorithm's name), with ``references`` saying what each
-    drop was measured against (``"measured"`` or ``"baseline_value"``).
+    drop was measured against (``"measured"`` or ``"baseline_value"``); ``notes``
+    why a target is not met when its drop alone does not say (a held-out check).
     """
 
     float_model: onnx.ModelProto
@@ -53,6 +54,9 @@ class PipelineState:
     """Where the run's files go, when the caller says (the CLI does; ``Pipeline.run(output_dir=...)``):
     an algorithm may write progress files there as it goes (Tuning's ``tuning_history.jsonl``).
     ``None`` (the Python API without an output directory): no file is written."""
+    notes: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per metric, the drop intervals of ``model`` (by digest): ``{"model", "search", "held_out"}``."""
 
     @property
     def targets_met(self) -> bool:

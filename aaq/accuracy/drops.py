@@ -12,6 +12,13 @@ in ``[a, b]`` (accuracy: ``[0, 1]``), after ``k`` of ``n`` samples with score su
 ``s`` the final value is known to lie in ``[(s + (n-k)a) / n, (s + (n-k)b) / n]``.
 That interval is exact, not a guess, so a question such as "is the objective <= t?"
 can be answered as soon as no threshold lies inside the objective's interval.
+
+Confidence (``aaq.accuracy.confidence``): with ``require: "upper"`` the value a
+decision reads is pessimistic, the float value minus the upper end of the drop's
+bootstrap interval (plus, when lower is better), never better than the point value.
+A partial evaluation bounds the point value only, so the decision value's interval
+is open on the bad side: an evaluation can stop early when it is sure to fail,
+never when it only looks like passing. The searches need no change for it.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from aaq.accuracy.confidence import Confidence, DropInterval
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,16 @@ class MetricTarget:
         a, b = (self.excess(hi), self.excess(lo)) if self.higher_is_better else (self.excess(lo), self.excess(hi))
         return a, b
 
+    def pessimistic(self, value: float, interval: DropInterval) -> float:
+        """The value whose drop is the interval's upper end (in metric units), never better than ``value``."""
+        upper = interval.high * (self.scale if interval.drop_type == "relative" else 1.0)
+        drop = max(self.drop(value), upper)
+        return self.reference - drop if self.higher_is_better else self.reference + drop
+
+    def open_on_bad_side(self, values: Interval) -> Interval:
+        """Where a pessimistic value can be when the point value lies in ``values``."""
+        return (-math.inf, values[1]) if self.higher_is_better else (values[0], math.inf)
+
     def value_interval(self, scores: np.ndarray | None, total: int) -> Interval:
         """Where the mean over ``total`` samples can still end, given the scores of those seen."""
         seen = 0 if scores is None else len(scores)
@@ -90,13 +109,28 @@ def allowed_drop(reference: float, maximal_drop: float, drop_type: str) -> float
 
 
 class Targets:
-    """All watched metrics; turns metric values (or intervals) into the objective."""
+    """All watched metrics; turns metric values (or intervals) into the objective.
 
-    def __init__(self, targets: Sequence[MetricTarget]) -> None:
+    ``confidence`` is the rule the target is met by (None: point drops, no intervals).
+    """
+
+    def __init__(self, targets: Sequence[MetricTarget], confidence: Confidence | None = None) -> None:
         if not targets:
             raise ValueError("at least one metric must be watched")
         self.targets = list(targets)
         self.by_name = {t.name: t for t in self.targets}
+        self.confidence = confidence
+
+    @property
+    def pessimistic(self) -> bool:
+        """Whether decisions read the pessimistic values (``require: "upper"``)."""
+        return self.confidence is not None and self.confidence.upper
+
+    def decision(self, values: Mapping[str, float], intervals: Mapping[str, DropInterval]) -> dict[str, float]:
+        """The values decisions read for a complete measurement: the point values, or the pessimistic ones."""
+        if not self.pessimistic:
+            return dict(values)
+        return {n: self.by_name[n].pessimistic(v, intervals[n]) if n in intervals else v for n, v in values.items()}
 
     @property
     def names(self) -> list[str]:
@@ -120,7 +154,11 @@ class Targets:
         return {t.name: t.drop(values[t.name]) for t in self.targets}
 
     def intervals(self, per_sample: Mapping[str, np.ndarray | None], total: int) -> dict[str, Interval]:
-        return {t.name: t.value_interval(per_sample.get(t.name), total) for t in self.targets}
+        """Where a partial evaluation's decision values can still end (open on the bad side when pessimistic)."""
+        out = {t.name: t.value_interval(per_sample.get(t.name), total) for t in self.targets}
+        if self.pessimistic:
+            out = {n: self.by_name[n].open_on_bad_side(v) for n, v in out.items()}
+        return out
 
 
 def decided(objective: Interval, thresholds: Sequence[float]) -> bool:

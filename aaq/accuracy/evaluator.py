@@ -6,20 +6,28 @@ groups through a ``GroupRanker``. Models come from the ``Candidates`` it is give
 (``build(reverted)``); switching to another plan (an alternative kept before any
 revert) is ``use(candidates, neighbours)``: cached models and ranking subsets of the
 old plan are dropped, counters are kept.
+
+Only the engine's search samples are measured (never the held-out ones). With a
+confidence rule, every complete measurement carries each metric's drop interval
+(``bootstrap_drops``: from the engine's cached per-sample entries, no inference)
+and its decision values are ``Targets.decision``'s.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnx
 
+from aaq.accuracy.confidence import DropInterval, drop_interval
 from aaq.accuracy.drops import StopRule, Targets
 from aaq.accuracy.ranking import GroupRanker
 from aaq.accuracy.search import Measurement
 from aaq.engine.evaluation import Evaluation
+from aaq.engine.metrics import Metric
 from aaq.engine.protocol import EngineLike
 
 logger = logging.getLogger(__name__)
@@ -48,14 +56,55 @@ class FullCounts:
         self.seconds += ev.seconds
 
 
+@dataclass(frozen=True)
+class DropReference:
+    """What drops are bootstrapped against: the float model's cached entries (by digest), except for the
+    metrics in ``given`` (a ``baseline_value``: a constant); ``relative`` for ``drop_type: relative``."""
+
+    float_digest: str | None = None
+    given: frozenset = field(default_factory=frozenset)
+    relative: bool = False
+
+
+def resample_aggregate(metric: Metric) -> Any:
+    """What a bootstrap folds a metric's resampled entries with: None for a plain mean (vectorised)."""
+    return None if metric.per_sample and type(metric).aggregate is Metric.aggregate else metric.aggregate
+
+
+def bootstrap_drops(engine: EngineLike, targets: Targets, digest: str, reference: DropReference,
+                    indices: np.ndarray, which: str = "search") -> dict[str, DropInterval]:
+    """Each watched metric's drop interval for the model ``digest`` on ``indices`` (cached entries only)."""
+    confidence = targets.confidence
+    if confidence is None:
+        return {}
+    metrics = {m.name: m for m in engine.metrics}
+    candidate = engine.entries(digest, indices)
+    floats = engine.entries(reference.float_digest, indices) if reference.float_digest else {}
+    out = {}
+    for t in targets.targets:
+        ref = t.reference if t.name in reference.given or t.name not in floats else floats[t.name]
+        out[t.name] = drop_interval(candidate[t.name], ref, higher_is_better=t.higher_is_better,
+                                    level=confidence.level, resamples=confidence.resamples, seed=confidence.seed,
+                                    relative=reference.relative, aggregate=resample_aggregate(metrics[t.name]),
+                                    which=which)
+    return out
+
+
 class PlanEvaluator:
-    """A ``SearchEvaluator`` on the engine; ``candidates`` gives the models, ``ranker`` scores groups."""
+    """A ``SearchEvaluator`` on the engine; ``candidates`` gives the models, ``ranker`` scores groups.
+
+    ``reference`` says what drop intervals are computed against (with a confidence rule).
+    """
 
     def __init__(self, engine: EngineLike, targets: Targets, candidates: Candidates, ranker: GroupRanker,
-                 seed: int) -> None:
+                 seed: int, reference: DropReference | None = None) -> None:
         self.engine, self.targets, self.candidates, self.ranker = engine, targets, candidates, ranker
-        self.order = np.random.default_rng(seed).permutation(engine.num_samples)
+        self.order = np.random.default_rng(seed).permutation(engine.search_indices)
+        self.reference = reference or DropReference()
         self.full = FullCounts()
+        self.interval_seconds = 0.0
+        """Time spent on bootstrap intervals."""
+        self._intervals: dict[str, dict[str, DropInterval]] = {}
 
     def build(self, reverted: frozenset) -> onnx.ModelProto:
         return self.candidates.build(reverted)
@@ -68,11 +117,22 @@ class PlanEvaluator:
     def measure(self, reverted: frozenset, rule: StopRule | None) -> Measurement:
         ev = self.engine.evaluate(self.build(reverted), self.order, stop=rule, progress_desc="full set")
         self.full.add(ev)
-        if ev.complete:
-            values = {name: (ev.values[name], ev.values[name]) for name in self.targets.names}
-        else:
-            values = self.targets.intervals(ev.per_sample, ev.requested)
-        return Measurement(reverted, values, ev.complete)
+        if not ev.complete:
+            return Measurement(reverted, self.targets.intervals(ev.per_sample, ev.requested), False)
+        point = {name: ev.values[name] for name in self.targets.names}
+        intervals = self.intervals(ev.model_digest)
+        decision = self.targets.decision(point, intervals)
+        return Measurement(reverted, {n: (v, v) for n, v in decision.items()}, True,
+                           {n: (v, v) for n, v in point.items()}, intervals)
+
+    def intervals(self, digest: str) -> dict[str, DropInterval]:
+        """The drop intervals of an evaluated model on the search samples (computed once per model)."""
+        if digest not in self._intervals:
+            started = time.perf_counter()
+            self._intervals[digest] = bootstrap_drops(self.engine, self.targets, digest, self.reference,
+                                                      np.sort(self.order))
+            self.interval_seconds += time.perf_counter() - started
+        return self._intervals[digest]
 
     def complete(self, m: Measurement) -> Measurement:
         """``m`` evaluated to the end (only the samples not seen yet are inferred)."""

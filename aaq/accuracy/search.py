@@ -26,17 +26,35 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Measurement:
-    """Metric values of one model on the full set: exact when ``complete``, else bounds."""
+    """Metric values of one model on the full set: exact when ``complete``, else bounds.
+
+    ``values`` are what decisions read; under ``require: "upper"`` they are the
+    pessimistic values (``Targets.decision``) and ``measured`` holds the metric values
+    as measured (None: the same as ``values``). ``intervals``: each metric's drop
+    interval (``DropInterval``) of a complete measurement.
+    """
 
     reverted: frozenset
     values: dict[str, Interval]
     complete: bool
+    measured: dict[str, Interval] | None = None
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     def point(self) -> dict[str, float]:
-        """The values of a complete measurement."""
+        """The decision values of a complete measurement."""
         if not self.complete:
             raise ValueError("an incomplete measurement has no point values")
         return {name: lo for name, (lo, _) in self.values.items()}
+
+    def shown(self) -> dict[str, Interval]:
+        """The metric values as measured (bounds when incomplete): what the report and the log show."""
+        return self.values if self.measured is None else self.measured
+
+    def reported(self) -> dict[str, float]:
+        """The measured values of a complete measurement."""
+        if not self.complete:
+            raise ValueError("an incomplete measurement has no point values")
+        return {name: lo for name, (lo, _) in self.shown().items()}
 
 
 class SearchEvaluator(Protocol):
@@ -65,6 +83,7 @@ class Step:
     values: dict[str, Interval]
     complete: bool
     note: str = ""
+    intervals: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,9 +134,9 @@ class _Search:
         return ranking
 
     def record(self, group: str, kept: bool, m: Measurement, note: str) -> None:
-        self.steps.append(Step(group, self.scores.get(group), kept, sorted(m.reverted, key=str), dict(m.values),
-                               m.complete, note))
-        drops = {n: self.targets.by_name[n].drop(v[0]) if m.complete else None for n, v in m.values.items()}
+        self.steps.append(Step(group, self.scores.get(group), kept, sorted(m.reverted, key=str), dict(m.shown()),
+                               m.complete, note, dict(m.intervals)))
+        drops = {n: self.targets.by_name[n].drop(v[0]) if m.complete else None for n, v in m.shown().items()}
         logger.info("revert %s: %s%s", group, note, "" if not m.complete else f" (drops {_fmt(drops)})")
 
     def result(self, order: list[str], m: Measurement, reason: str) -> SearchResult:

@@ -3,6 +3,8 @@
 Pure: it reads the search result and the counters, and measures nothing (the
 latency check is done by the algorithm and handed in). Every drop says what it was
 measured against: the float model's measured value or the user's ``baseline_value``.
+With a confidence rule every complete drop has its interval beside it
+(``DropInterval.as_dict``: point, low, high, level, samples, resamples, seed, set).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from aaq.accuracy.drops import Interval, Targets
 from aaq.accuracy.evaluator import FullCounts
 from aaq.accuracy.ranking import RankingCounts
-from aaq.accuracy.search import SearchResult
+from aaq.accuracy.search import Measurement, SearchResult
 
 
 def search_summary(result: SearchResult, targets: Targets, *, references: Mapping[str, str],
@@ -21,13 +23,15 @@ def search_summary(result: SearchResult, targets: Targets, *, references: Mappin
                    full: FullCounts, ranking: RankingCounts, latency: dict[str, Any] | None,
                    seconds: float) -> dict[str, Any]:
     """The summary; ``references[name]`` is ``"measured"`` or ``"baseline_value"``, ``groups`` id -> layers."""
-    final = result.measurement.point()
+    final, decision = result.measurement.reported(), result.measurement.point()
+    intervals = result.measurement.intervals
     steps = {frozenset(s.reverted): s for s in result.steps}
     reverted = []
     for k, gid in enumerate(result.reverted):
         step = steps.get(frozenset(result.reverted[:k + 1]))
         reverted.append({"group": gid, "layers": list(groups[gid]), "score": result.scores.get(gid),
-                         "drops_after": None if step is None else drop_intervals(targets, step.values)})
+                         "drops_after": None if step is None else drop_intervals(targets, step.values),
+                         "intervals_after": None if step is None else _as_dicts(step.intervals)})
     return {
         "target_met": result.met,
         "stop_reason": result.stop_reason,
@@ -35,13 +39,15 @@ def search_summary(result: SearchResult, targets: Targets, *, references: Mappin
         "metrics": {t.name: {"reference": t.reference, "reference_kind": references[t.name],
                              "float": float_values.get(t.name), "final": final[t.name],
                              "drop": t.drop(final[t.name]), "allowed_drop": t.allowed,
-                             "met": t.met(final[t.name])} for t in targets.targets},
+                             "interval": intervals[t.name].as_dict() if t.name in intervals else None,
+                             "met": t.met(decision[t.name])} for t in targets.targets},
         "groups_quantized": quantized_groups - len(result.reverted),
         "groups_reverted": len(result.reverted),
         "reverted": reverted,
         "search": search,
         "steps": [{"group": s.group, "score": s.score, "kept": s.kept, "note": s.note, "complete": s.complete,
-                   "reverted": list(s.reverted), "drops": drop_intervals(targets, s.values)} for s in result.steps],
+                   "reverted": list(s.reverted), "drops": drop_intervals(targets, s.values),
+                   "intervals": _as_dicts(s.intervals)} for s in result.steps],
         "rankings": rankings,
         "alternatives": alternatives,
         "base_params": base_params,
@@ -63,6 +69,9 @@ def headline(summary: Mapping[str, Any]) -> str:
     layers = [", ".join(r["layers"]) for r in summary["reverted"]]
     shown = "; ".join(layers[:6]) + (f"; ... ({len(layers) - 6} more)" if len(layers) > 6 else "")
     outcome = "target met" if summary["target_met"] else f"target NOT met ({summary['stop_reason']})"
+    confidence = summary.get("confidence") or {}
+    if confidence.get("require") == "upper":
+        outcome += f" (at the {confidence['level']:.0%} upper bound)"
     line = f"{outcome}; {summary['groups_reverted']} of {total} groups reverted to float" + \
         (f": {shown}" if shown else "")
     latency = summary.get("latency")
@@ -84,3 +93,21 @@ def drop_intervals(targets: Targets, values: Mapping[str, Interval]) -> dict[str
 
 def drops_text(targets: Targets, values: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:+.4f}" for k, v in targets.drops(values).items())
+
+
+def confidence_summary(targets: Targets, final: Measurement, limit: float, seconds: float,
+                       held_out: dict[str, Any] | None) -> dict[str, Any]:
+    """The confidence rule, what the intervals cost, the "too few samples" sentences and the held-out check.
+
+    ``limit`` is ``maximal_drop``, in the intervals' units (metric units, or a fraction for relative drops).
+    """
+    rule = targets.confidence
+    statements = [line for t in targets.targets if t.name in final.intervals
+                  for line in [final.intervals[t.name].statement(limit, t.name)] if line]
+    return {"level": None if rule is None else rule.level, "require": None if rule is None else rule.require,
+            "resamples": None if rule is None else rule.resamples, "seed": None if rule is None else rule.seed,
+            "seconds": seconds, "statements": statements, "held_out": held_out}
+
+
+def _as_dicts(intervals: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: iv.as_dict() for name, iv in intervals.items()}

@@ -22,15 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from aaq.accuracy.alternatives import (Alternative, Stage, merge_params, mixed_preset_stages, try_alternatives,
                                        tuning_stages)
+from aaq.accuracy.confidence import Confidence
 from aaq.accuracy.drops import MetricTarget, StopRule, Targets, allowed_drop, score_bounds
-from aaq.accuracy.evaluator import PlanEvaluator
+from aaq.accuracy.evaluator import DropReference, PlanEvaluator
+from aaq.accuracy.heldout import held_out_check
 from aaq.accuracy.ranking import GroupRanker
 from aaq.accuracy.search import SEARCHES, SearchResult
-from aaq.accuracy.summary import drops_text, headline, search_summary
+from aaq.accuracy.summary import confidence_summary, drops_text, headline, search_summary
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
 from aaq.engine.evaluation import Evaluation
 from aaq.engine.latency import latency_on_engine
@@ -41,7 +42,7 @@ from aaq.quantization.graph import FLOAT, group_neighbours
 from aaq.quantization.plan import Plan
 from aaq.schemas.tools import fill_defaults, schema_errors
 from aaq.schemas import load_schema
-from aaq.state import PipelineState
+from aaq.state import PipelineState, model_digest
 from aaq.statistics.collector import fill_statistics
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ NAME = "AccuracyAwareQuantization"
 # The final latency check may take this share of the run so far (at least its first few rounds):
 # a 2 s run on a small model gets a few rounds, a long one on a big model gets more.
 LATENCY_SHARE = 0.05
+DEFAULT_CONFIDENCE = {"level": 0.95, "require": "point", "resamples": 2000}
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class AccuracyAwareParams:
     early_stop: bool = True
     workers: int = 1
     seed: int = 0
+    confidence: dict | None = field(default_factory=lambda: dict(DEFAULT_CONFIDENCE))
 
     @property
     def all_baselines_given(self) -> bool:
@@ -122,6 +125,7 @@ class AccuracyAwareQuantization(Algorithm):
     Params = AccuracyAwareParams
     schema = load_schema(NAME)
     makes_plan = True
+    uses_holdout = True
 
     def __init__(self, params: AccuracyAwareParams, search: Any = None) -> None:
         super().__init__(params)
@@ -134,12 +138,32 @@ class AccuracyAwareQuantization(Algorithm):
         problems = [(f"metrics[{i}].name", f"no metric {m['name']!r} in engine.metrics (known: {', '.join(known)})")
                     for i, m in enumerate(params.get("metrics") or []) if m["name"] not in known]
         problems += _param_problems(params)
+        if params.get("confidence", DEFAULT_CONFIDENCE) is None and "holdout" in spec.resolved["engine"]["dataset"]:
+            problems.append(("confidence", "is null, but engine.dataset.holdout needs intervals to check the "
+                                           "held-out drop against"))
         entries = spec.resolved["compression"]["algorithms"]
         position = next((i for i, e in enumerate(entries) if e.get("params") is params), len(entries))
         base = params.get("base_algorithm", "DefaultQuantization")
         if params.get("base_params") and any(e["name"] == base for e in entries[:position]):
             problems.append(("base_params", f"{base} runs before this step, so base_params would not be used: "
                                             f"set them on that {base} entry"))
+        return problems
+
+    def check_engine(self, engine: EngineLike, prefix: str) -> list[tuple[str, str]]:
+        """The holdout leaves enough samples to rank on; every watched metric can be resampled for an interval."""
+        p = self.params
+        problems = []
+        searched, held = len(engine.search_indices), len(engine.holdout_indices)
+        if held and searched < p.ranking_subset_size:
+            problems.append(("engine.dataset.holdout", f"leaves {searched} samples to search on, fewer than "
+                                                       f"{prefix}.ranking_subset_size ({p.ranking_subset_size})"))
+        if p.confidence is not None:
+            watched = {m["name"] for m in p.metrics or []}
+            problems += [(f"engine.metrics[{i}]", f"metric {m.name!r} ({type(m).__name__}) cannot be resampled "
+                                                  f"(resamplable = False) for the interval {prefix}.confidence asks; "
+                                                  f"set confidence to null")
+                         for i, m in enumerate(engine.metrics)
+                         if (not watched or m.name in watched) and not getattr(m, "resamplable", True)]
         return problems
 
     def run(self, state: PipelineState, engine: EngineLike) -> PipelineState:
@@ -153,7 +177,10 @@ class AccuracyAwareQuantization(Algorithm):
             if state.plan is None:
                 raise SpecError([("base_algorithm", f"{p.base_algorithm} left no quantization plan")])
         targets, references, float_values, float_eval = self._targets(state, engine)
-        evaluator = self._evaluator(state, engine, targets)
+        reference = DropReference(None if float_eval is None else float_eval.model_digest,
+                                  frozenset(n for n, k in references.items() if k == "baseline_value"),
+                                  p.drop_type == "relative")
+        evaluator = self._evaluator(state, engine, targets, reference)
         if float_eval is not None:
             evaluator.full.add(float_eval)
         try:
@@ -161,13 +188,25 @@ class AccuracyAwareQuantization(Algorithm):
         finally:
             evaluator.ranker.close()
         plan = evaluator.candidates.plan.with_reverted(result.reverted)
-        final = result.measurement.point()
+        final, shown = result.measurement.point(), result.measurement.reported()
         state = dataclasses.replace(state, plan=plan, model=evaluator.build(frozenset(result.reverted)))
         for t in targets.targets:
             state.targets[t.name] = t.met(final[t.name])
             state.references[t.name] = {"value": t.reference, "kind": references[t.name]}
         state.metrics["float"] = {k: v for k, v in float_values.items() if v is not None}
-        state.metrics[NAME] = dict(final)
+        state.metrics[NAME] = dict(shown)
+        digest = model_digest(state.model)
+        state.intervals.update({n: {"model": digest, "search": iv.as_dict(), "held_out": None}
+                                for n, iv in result.measurement.intervals.items()})
+        held = None
+        if len(engine.holdout_indices):
+            held = held_out_check(engine, targets, state.float_model, state.model, p.maximal_drop,
+                                  p.drop_type == "relative")
+            for name, record in held["metrics"].items():
+                state.intervals.setdefault(name, {"model": digest, "search": None})["held_out"] = record["interval"]
+            for name in held["overfitted"]:
+                state.targets[name] = False
+                state.notes[name] = held["reason"]
         seconds = time.perf_counter() - started
         latency = self._latency(engine, state, LATENCY_SHARE * seconds)
         steps = {g: k + 1 for k, g in enumerate(result.reverted)}
@@ -178,12 +217,19 @@ class AccuracyAwareQuantization(Algorithm):
             alternatives=alternatives, base_params=base_params,
             plan=plan.describe({g: f"reverted by {NAME} (revert {k} of {len(steps)})" for g, k in steps.items()}),
             full=evaluator.full, ranking=evaluator.ranker.counts, latency=latency, seconds=seconds)
+        self.summary["confidence"] = confidence_summary(targets, result.measurement, p.maximal_drop,
+                                                        evaluator.interval_seconds, held)
+        if held is not None and held["overfitted"]:
+            self.summary.update(target_met=False, stop_reason="the search overfitted: the held-out drop is above "
+                                                              "maximal_drop by more than its interval explains")
         self.summary["headline"] = headline(self.summary)
+        for line in self.summary["confidence"]["statements"]:
+            logger.warning("%s", line)
         if result.met:
             logger.info("target met with %d of %d groups in float", len(result.reverted), len(plan.groups))
         else:
             logger.warning("target NOT met (%s): returning the best model found, %d groups in float, drops %s",
-                           result.stop_reason, len(result.reverted), drops_text(targets, final))
+                           result.stop_reason, len(result.reverted), drops_text(targets, shown))
         return state
 
     def _base_params(self, state: PipelineState) -> dict[str, Any]:
@@ -203,7 +249,7 @@ class AccuracyAwareQuantization(Algorithm):
         measured: dict[str, float] = {}
         evaluation = None
         if len(given) < len(watched):
-            evaluation = engine.evaluate(state.float_model, progress_desc="float model")
+            evaluation = engine.evaluate(state.float_model, engine.search_indices, progress_desc="float model")
             measured = {k: float(v) for k, v in evaluation.values.items()}
         references = {w["name"]: "baseline_value" if w["name"] in given else "measured" for w in watched}
         values = {w["name"]: given.get(w["name"], measured.get(w["name"])) for w in watched}
@@ -213,18 +259,19 @@ class AccuracyAwareQuantization(Algorithm):
             logger.info("%s: float %.4f (%s), allowed drop %.4f", t.name, t.reference,
                         references[t.name], t.allowed)
         float_values = {w["name"]: measured.get(w["name"]) for w in watched}
-        return Targets(targets), references, float_values, evaluation
+        return Targets(targets, Confidence.from_params(p.confidence, p.seed)), references, float_values, evaluation
 
-    def _evaluator(self, state: PipelineState, engine: EngineLike, targets: Targets) -> PlanEvaluator:
+    def _evaluator(self, state: PipelineState, engine: EngineLike, targets: Targets,
+                   reference: DropReference) -> PlanEvaluator:
         p = self.params
-        n = engine.num_samples
-        comparison = engine.subset(max(1, int(n * p.metric_subset_ratio)), p.seed) if p.all_baselines_given \
-            else np.arange(n)
+        searched = engine.search_indices
+        comparison = engine.subset(max(1, int(len(searched) * p.metric_subset_ratio)), p.seed, among=searched) \
+            if p.all_baselines_given else searched
         candidates = CandidateModels(state.plan)
         ranker = GroupRanker(engine, candidates.build, state.float_model, method=p.ranking_method,
                              subset_size=p.ranking_subset_size, comparison=comparison, seed=p.seed,
                              workers=p.workers, neighbours=_neighbours(state.plan))
-        return PlanEvaluator(engine, targets, candidates, ranker, p.seed)
+        return PlanEvaluator(engine, targets, candidates, ranker, p.seed, reference)
 
     def _search(self, evaluator: PlanEvaluator, state: PipelineState, engine: EngineLike,
                 base_params: dict[str, Any]) -> tuple[SearchResult, dict[str, Any], dict[str, Any]]:

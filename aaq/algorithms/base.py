@@ -62,6 +62,16 @@ class Algorithm(abc.ABC):
         """
         return []
 
+    uses_holdout: ClassVar[bool] = False
+    """Whether ``run`` reads ``engine.holdout_indices`` (``engine.dataset.holdout`` needs such an algorithm)."""
+
+    def check_engine(self, engine: EngineLike, prefix: str) -> list[tuple[str, str]]:
+        """Problems seen only once the data and metrics are loaded, before any inference.
+
+        Returns ``(full JSON path, message)`` pairs; ``prefix`` is the path of these params.
+        """
+        return []
+
     def statistics_needs(self, state: PipelineState) -> Sequence[StatisticsNeeds]:
         """The statistics ``run`` reads from ``state.statistics``."""
         return ()

@@ -28,13 +28,15 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from aaq.engine.augment import AugmentedModels
-from aaq.engine.datasets import Dataset, dataset_from_spec, is_batched
-from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
+from aaq.engine.configure import engine_arguments
+from aaq.engine.datasets import Dataset, is_batched
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
-from aaq.engine.metrics import Metric, metric_from_spec
+from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
+from aaq.engine.holdout import Split
+from aaq.engine.metrics import Metric
 from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
-from aaq.errors import BadInputError, DataError, SpecError
+from aaq.errors import BadInputError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class Engine:
     def __init__(self, dataset: Dataset, metrics: Sequence[Metric], *, calibration_dataset: Dataset | None = None,
                  batch_size: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0, graph_optimization_level: str = "all", allow_spinning: bool = False,
-                 progress: bool = True, session_cache_size: int = 8) -> None:
+                 progress: bool = True, session_cache_size: int = 8, holdout: float | int | None = None) -> None:
         if batch_size < 1:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
         names = [m.name for m in metrics]
@@ -72,6 +74,7 @@ class Engine:
         self.inferred_by_model: Counter[str] = Counter()
         """Samples of ``dataset`` run through each model (by digest), by evaluations and raw runs alike."""
         self._size = len(dataset)
+        self.split = Split.make(self._size, holdout, getattr(dataset, "labels", None))
         self._sessions = SessionCache(session_options(intra_op_threads, graph_optimization_level, allow_spinning),
                                       providers, session_cache_size)
         self._scores: dict[str, ScoreCache] = {}
@@ -92,21 +95,7 @@ class Engine:
     @classmethod
     def from_spec(cls, engine_spec: dict, base_dir: Path, *, progress: bool = True) -> "Engine":
         """An engine for the validated, default-filled ``engine`` section of a spec."""
-        if engine_spec.get("type", "onnxruntime") != "onnxruntime":
-            raise SpecError([("engine.type", f"must be 'onnxruntime', got {engine_spec['type']!r}")])
-        base_dir = Path(base_dir)
-        dataset = dataset_from_spec(engine_spec["dataset"], base_dir, "engine.dataset")
-        calibration = engine_spec.get("calibration_dataset")
-        if calibration is not None:
-            calibration = dataset_from_spec(calibration, base_dir, "engine.calibration_dataset")
-        metric_list = [metric_from_spec(entry, base_dir, f"engine.metrics[{i}]")
-                       for i, entry in enumerate(engine_spec.get("metrics", []))]
-        return cls(dataset, metric_list, calibration_dataset=calibration,
-                   batch_size=engine_spec.get("batch_size", 1),
-                   providers=tuple(engine_spec.get("providers", ("CPUExecutionProvider",))),
-                   intra_op_threads=engine_spec.get("intra_op_threads", 0),
-                   graph_optimization_level=engine_spec.get("graph_optimization_level", "all"),
-                   allow_spinning=engine_spec.get("allow_spinning", False), progress=progress)
+        return cls(**engine_arguments(engine_spec, base_dir), progress=progress)
 
     # ------------------------------------------------------------------ sizes and subsets
 
@@ -118,9 +107,20 @@ class Engine:
     def num_calibration_samples(self) -> int:
         return len(self._calibration())
 
+    @property
+    def search_indices(self) -> np.ndarray:
+        """The samples algorithms search on: all but the held-out ones."""
+        return self.split.search
+
+    @property
+    def holdout_indices(self) -> np.ndarray:
+        """The held-out samples (none without ``holdout``)."""
+        return self.split.held_out
+
     def calibration_indices(self, num_samples: int) -> np.ndarray:
-        """The first ``min(num_samples, len)`` calibration samples (POT's default)."""
-        return np.arange(min(max(num_samples, 0), len(self._calibration())), dtype=np.int64)
+        """The first ``min(num_samples, len)`` calibration samples (POT's default); never a held-out one."""
+        pool = self.split.search if self.calibration_dataset is None else np.arange(len(self.calibration_dataset))
+        return pool[:max(num_samples, 0)].astype(np.int64)
 
     def subset(self, size: int, seed: int, *, among: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """``size`` sorted distinct indices drawn with ``np.random.default_rng(seed)``; all when too few."""
@@ -253,6 +253,18 @@ class Engine:
         logger.debug("evaluated %s on %d samples (%d inferred%s) in %.2f s: %s", digest[:12], len(done),
                      inferred, ", stopped early" if stopped else "", result.seconds, values)
         return result
+
+    def entries(self, digest: str, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The cached metric entries of the model with ``digest`` on ``indices``, by metric; no inference.
+
+        Float scores for a per-sample metric, an object array of partial entries
+        otherwise. Every sample must have been evaluated for that model.
+        """
+        idx = self._indices(indices, self._size, "dataset")
+        cache = self._scores.get(digest)
+        if cache is None or not cache.have[idx].all():
+            raise BadInputError(f"model {digest[:12]} has not been evaluated on all of these samples")
+        return {m.name: cache.entries[m.name][idx] for m in self.metrics}
 
     # ------------------------------------------------------------------ internals
 

@@ -118,7 +118,7 @@ def latency_on_engine(engine: EngineLike, reference: onnx.ModelProto, candidate:
                                warmup=1, budget_seconds=budget_seconds, samples=1)
     dims = reference.graph.input[0].type.tensor_type.shape.dim
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
-    size = min(fixed or engine.batch_size, engine.num_samples)
-    inputs, _ = fetch(engine.dataset, np.arange(size))
+    searched = engine.search_indices  # never a held-out sample
+    inputs, _ = fetch(engine.dataset, searched[:min(fixed or engine.batch_size, len(searched))])
     return compare_latency(engine.session(reference), engine.session(candidate), inputs, warmup=1,
                            budget_seconds=budget_seconds)

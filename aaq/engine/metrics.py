@@ -51,6 +51,15 @@ class Metric(abc.ABC):
     exactly, which is what lets AccuracyAwareQuantization stop an evaluation early.
     Leave it None when either is not true.
 
+    Confidence intervals (a paired bootstrap over samples, ``aaq.accuracy.confidence``)
+    need nothing more from a metric: a plain mean is resampled from the cached scores;
+    any other ``aggregate`` is called once per resample on the entries of the
+    resampled samples, in resample order and with repeats (the same sample may come
+    several times). A metric must therefore fold any multiset of its per-sample entries
+    (what F1 or character accuracy over a corpus do: sum counts, then divide). One that
+    cannot (entries that are not independent per sample, a value that needs each
+    sample once) sets ``resamplable = False``: an interval asked for it is a spec error.
+
     ``outputs`` is ``{graph output name: batched array}`` in the model's output order.
     ``labels`` are the dataset's labels of the batch (a list or array aligned with
     the batch, or None), except for a metric with ``reference = True``: it gets the
@@ -69,6 +78,7 @@ class Metric(abc.ABC):
     reference: ClassVar[bool] = False
     stack_runs: ClassVar[bool] = False
     bounds: tuple[float, float] | None = None
+    resamplable: ClassVar[bool] = True
     schema: ClassVar[dict] = {"type": "object", "additionalProperties": False, "properties": {}}
 
     @classmethod

@@ -31,6 +31,17 @@ class EngineLike(Protocol):
     def num_samples(self) -> int:
         """Samples in ``dataset``."""
 
+    @property
+    def search_indices(self) -> np.ndarray:
+        """The samples to search on: all but the held-out ones (``engine.dataset.holdout``)."""
+
+    @property
+    def holdout_indices(self) -> np.ndarray:
+        """The held-out samples, for a final check only (empty without a holdout)."""
+
+    def entries(self, digest: str, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The cached per-sample metric entries of an evaluated model (by digest), without inference."""
+
     def calibration_indices(self, num_samples: int) -> np.ndarray:
         """The calibration samples a statistics pass over ``num_samples`` reads."""
 

@@ -92,7 +92,12 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append((f"engine.metrics[{i}].name", f"metric name {name!r} is used twice"))
-    for i, entry in enumerate(spec.resolved["compression"]["algorithms"]):
+    entries = spec.resolved["compression"]["algorithms"]
+    if "holdout" in spec.resolved["engine"]["dataset"] and not any(
+            algorithms.get(e["name"]).uses_holdout for e in entries):
+        problems.append(("engine.dataset.holdout", "no algorithm of this spec reads held-out samples "
+                                                   "(AccuracyAwareQuantization does)"))
+    for i, entry in enumerate(entries):
         cls = algorithms.get(entry["name"])
         prefix = f"compression.algorithms[{i}].params"
         problems += [(f"{prefix}.{p}" if p else prefix, m) for p, m in cls.check_spec(entry["params"], spec)]
@@ -107,10 +112,10 @@ def _sections(raw: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, A
     """
     yield load_schema("spec"), raw, ()
     engine = raw.get("engine") if isinstance(raw.get("engine"), dict) else {}
-    for key in ("dataset", "calibration_dataset"):
+    for key, reserved in (("dataset", DATASET_KEYS + ("holdout",)), ("calibration_dataset", DATASET_KEYS)):
         entry = engine.get(key)
         if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] in datasets:
-            yield _plugin_view(datasets.get(entry["type"]).schema, entry, DATASET_KEYS, ("engine", key))
+            yield _plugin_view(datasets.get(entry["type"]).schema, entry, reserved, ("engine", key))
     for i, entry in enumerate(engine.get("metrics") or [] if isinstance(engine.get("metrics"), list) else []):
         if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"] in metrics:
             yield _plugin_view(metrics.get(entry["type"]).schema, entry, ("name", "type"),
