@@ -171,8 +171,8 @@ BAD = {
                              "params.tuning_space.op_wise./conv9/Conv", "no node named '/conv9/Conv'"),
     "no quantized choice": ({"tuning_space": {"model_wise": {"activation": {"dtype": ["fp32"]}}}},
                             "params.tuning_space.model_wise.activation.dtype", "no quantized choice"),
-    "kl not available yet": ({"tuning_space": {"model_wise": {"activation": {"algorithm": ["kl"]}}}},
-                             "params.tuning_space.model_wise.activation.algorithm", "not available yet"),
+    "unknown range algorithm": ({"tuning_space": {"model_wise": {"activation": {"algorithm": ["kll"]}}}},
+                                "params.tuning_space.model_wise.activation.algorithm", "must be one of"),
     "a run that never ends": ({"strategy": {"name": "random"}, "calibration": {"sampling_size": list(range(1, 70))},
                                "exit_policy": {"timeout": 0, "max_trials": 0}}, "params.exit_policy",
                               "would not end"),
@@ -272,3 +272,14 @@ def test_after_default_quantization_its_params_are_the_base_of_every_config() ->
     result = Pipeline(full, progress=False).run()
     assert [r.name for r in result.algorithms] == ["DefaultQuantization", "Tuning"]
     assert result.target_met and not any("bias_corrected" in i for n in result.model.graph.node for i in n.input)
+
+
+def test_kl_and_percentile_trials_run_with_one_histogram_pass_each() -> None:
+    params = {"strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 1.0},
+              "tuning_space": {"model_wise": {"activation": {"algorithm": ["kl", "percentile"]},
+                                              "weight": {"granularity": ["per_channel"]}}},
+              "exit_policy": {"timeout": 0, "max_trials": 10}}
+    result, summary = run(TINY, params)
+    algorithms = [t["config"]["activation"]["algorithm"] for t in summary["trials"]]
+    assert algorithms[:1] == ["kl"] and result.target_met
+    ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -34,6 +34,9 @@ def test_a_config_maps_to_default_quantization_params() -> None:
         "weights": {"granularity": "pertensor", "range_estimator": {"max": {"type": "abs_max"}}},
         "activations": {"range_estimator": {"preset": "quantile"}}}
     assert dq_overrides(TrialConfig(100))["preset"] == "performance"
+    for algorithm in ("kl", "percentile"):
+        preset = dq_overrides(TrialConfig(100, activation_algorithm=algorithm))["activations"]["range_estimator"]
+        assert preset == {"preset": algorithm}
 
 
 def test_op_wise_rules_force_forbid_or_allow_fallback() -> None:
@@ -45,10 +48,10 @@ def test_op_wise_rules_force_forbid_or_allow_fallback() -> None:
 
 
 @pytest.mark.parametrize("tuning_space, path, phrase", [
-    ({"model_wise": {"activation": {"algorithm": ["minmax", "kl"]}}}, "model_wise.activation.algorithm",
-     "'kl' (KL-divergence ranges) is not available yet"),
-    ({"model_wise": {"activation": {"algorithm": ["percentile"]}}}, "model_wise.activation.algorithm",
-     "not available yet"),
+    ({"model_wise": {"activation": {"algorithm": ["minmax", "entropy"]}}}, "model_wise.activation.algorithm",
+     "'entropy' is not a range algorithm for activations; available: minmax, quantile, kl, percentile"),
+    ({"model_wise": {"weight": {"algorithm": ["kl"]}}}, "model_wise.weight.algorithm",
+     "'kl' is not a range algorithm for weights"),
     ({"model_wise": {"weight": {"scheme": ["sym", "asym"]}}}, "model_wise.weight.scheme", "zero-point-0"),
     ({"model_wise": {"activation": {"granularity": ["per_channel"]}}}, "model_wise.activation.granularity",
      "one input scale"),
@@ -56,7 +59,7 @@ def test_op_wise_rules_force_forbid_or_allow_fallback() -> None:
     ({"op_wise": {"conv9": {"activation": {"dtype": ["fp32"]}}}}, "op_wise.conv9", "no node named 'conv9'"),
     ({"op_wise": {"conv1": {"activation": {"scheme": ["asym"]}}}}, "op_wise.conv1.activation",
      "only dtype can be set per op"),
-], ids=["kl", "percentile", "asym weights", "per-channel activations", "no quantized choice", "unknown op",
+], ids=["unknown activation algorithm", "kl for weights", "asym weights", "per-channel activations", "no quantized choice", "unknown op",
         "per-op scheme"])
 def test_space_problems(tuning_space, path, phrase) -> None:
     problems = space_problems(tuning_space, ["conv1", "conv2", "fc"])

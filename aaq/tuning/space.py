@@ -33,14 +33,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 FLOAT = "fp32"
 
-RANGE_ALGORITHMS = {"minmax": "default", "quantile": "quantile"}
+RANGE_ALGORITHMS = {"minmax": "default", "quantile": "quantile", "kl": "kl", "percentile": "percentile"}
 """Activation range algorithm -> DefaultQuantization's ``activations.range_estimator.preset``.
 
-``quantile`` is POT's estimator. Adding an algorithm that DefaultQuantization gains
-(``kl``, ``percentile``) is one line here, and its removal from ``PENDING_ALGORITHMS``.
+``quantile`` is POT's estimator; ``kl`` and ``percentile`` read a histogram of each
+tensor (``quantization.thresholds``), collected once per sampling size like the rest.
 """
-PENDING_ALGORITHMS = {"kl": "KL-divergence ranges", "percentile": "percentile ranges"}
-"""Range algorithms of INC's space that DefaultQuantization does not offer yet: refused by name."""
 WEIGHT_ALGORITHMS = {"minmax": "abs_max"}
 """Weight range algorithm -> ``weights.range_estimator.max.type`` (minmax: the largest |w| per channel)."""
 
@@ -198,11 +196,8 @@ def _choice_problems(kind: str, choices: Mapping[str, Sequence[str]], where: str
                                                  "integer kernels take one input scale"))
     known = RANGE_ALGORITHMS if kind == "activation" else WEIGHT_ALGORITHMS
     for algorithm in choices["algorithm"]:
-        if algorithm in PENDING_ALGORITHMS and kind == "activation":
-            problems.append((f"{where}.algorithm", f"{algorithm!r} ({PENDING_ALGORITHMS[algorithm]}) is not "
-                                                   f"available yet; available: {', '.join(known)}"))
-        elif algorithm not in known:
-            problems.append((f"{where}.algorithm", f"{algorithm!r} is not a {kind} range algorithm; "
+        if algorithm not in known:
+            problems.append((f"{where}.algorithm", f"{algorithm!r} is not a range algorithm for {kind}s; "
                                                    f"available: {', '.join(known)}"))
     return problems
 
