@@ -4,7 +4,7 @@ Functions of the report dict returning HTML ("" when the report has no such run)
 They read AccuracyAwareQuantization's ``rankings`` (every ranking made; an older
 report has only their count, then the scores of the steps stand in), ``plan``
 (layers per group), ``steps`` and ``reverted``, and a Tuning record's ``trials``,
-``best`` and ``exit_case``.
+``best`` and ``exit`` (the exit case).
 """
 from __future__ import annotations
 
@@ -210,9 +210,11 @@ def _chosen(best: Any, trials: list[dict]) -> int | None:
     if is_num(best) and isinstance(best, int) and 0 <= best < len(trials):
         return best
     if isinstance(best, dict):
-        for key in ("trial", "index"):
-            if isinstance(best.get(key), int) and 0 <= best[key] < len(trials):
-                return best[key]
+        numbered = {t.get("trial"): i for i, t in enumerate(trials) if isinstance(t.get("trial"), int)}
+        if isinstance(best.get("trial"), int) and best["trial"] in numbered:  # Tuning numbers trials from 1
+            return numbered[best["trial"]]
+        if isinstance(best.get("index"), int) and 0 <= best["index"] < len(trials):
+            return best["index"]
         config = best.get("config", best)
         return next((i for i, t in enumerate(trials) if t.get("config") == config), None)
     return None
@@ -223,24 +225,26 @@ def trials(report: dict) -> str:
     found = [t for t in tuning.get("trials") or [] if isinstance(t, dict)]
     if not found:
         return ""
-    chosen, (objective, _) = _chosen(tuning.get("best"), found), _objective(found[0])
+    measured = next((t for t in found if _objective(t)[1] is not None), found[0])  # failed trials may have none
+    chosen, (objective, _) = _chosen(tuning.get("best"), found), _objective(measured)
     points, rows = [], []
+    labels = [t["trial"] if isinstance(t.get("trial"), int) else i for i, t in enumerate(found)]
     for i, t in enumerate(found):
-        x, acc, passed = _objective(t)[1], t.get("accuracy"), t.get("passed")
+        x, acc, passed, label = _objective(t)[1], t.get("accuracy"), t.get("passed"), labels[i]
         classes = " ".join(c for c, on in (("chosen", i == chosen), ("failed", passed is False)) if on)
         if is_num(x) and is_num(acc):
-            points.append(Point(x, acc, f"trial {i}: {objective} {x:.4g}, accuracy {acc:.4f}"
+            points.append(Point(x, acc, f"trial {label}: {objective} {x:.4g}, accuracy {acc:.4f}"
                                 + ("; chosen" if i == chosen else "") + ("; failed" if passed is False else ""),
                                 classes))
         objectives = t.get("objectives")
-        rows.append(td(i) + f"<td><code>{escape(json.dumps(t.get('config'), sort_keys=True))}</code></td>"
+        rows.append(td(label) + f"<td><code>{escape(json.dumps(t.get('config'), sort_keys=True))}</code></td>"
                     + td(json.dumps(objectives, sort_keys=True) if isinstance(objectives, (dict, list)) else objectives)
                     + td(acc) + flag(passed) + td(t.get("seconds"), 2) + td("chosen" if i == chosen else ""))
     chart = point_chart([("trials", points)], label="trials: objective against accuracy", x_label=objective,
                         y_label="accuracy")
     return (f"<p>{len(found)} trials; the run ended with exit case <strong>"
-            f"{escape(str(tuning.get('exit_case') or '—'))}</strong>; chosen: "
-            f"{'trial ' + str(chosen) if chosen is not None else 'none'}.</p>"
+            f"{escape(str(tuning.get('exit') or tuning.get('exit_case') or '—'))}</strong>; chosen: "
+            f"{'trial ' + str(labels[chosen]) if chosen is not None else 'none'}.</p>"
             + figure("trials-chart", chart, "One point per trial; ringed: the chosen one; hollow: did not meet the "
                      "accuracy target.", table(["trial", "config", "objectives", "accuracy", "passed", "seconds", ""],
                                                rows, "trials")))

@@ -232,3 +232,19 @@ def test_truncated_file_written_by_a_run_is_refused(tiny_run: Path, tmp_path: Pa
         write_report_html(tmp_path / "report.json")
     with pytest.raises(ReportError, match="not an aaq report"):
         check_report(copy.deepcopy({"metrics": {}}))
+
+
+def test_a_real_tuning_run_draws_its_trials_and_exit_case(tmp_path) -> None:
+    from aaq.cli import main
+
+    assert main(["run", str(ROOT / "algorithms_specs" / "Tuning.json"), "--output-dir", str(tmp_path),
+                 "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    tuning = next(a["summary"] for a in report["algorithms"] if a["name"] == "Tuning")
+    trials = parse((tmp_path / "report.html").read_text()).one("section", id="trials")
+    measured = [t for t in tuning["trials"] if t["objectives"]]  # objectives are measured on passing trials
+    assert measured and len(trials.find("circle", "point")) == len(measured)
+    chosen = trials.one("circle", "point", "chosen").one("title").all_text()
+    assert f"trial {tuning['best']['trial']}: performance" in chosen
+    assert len(trials.one("table", "trials").rows()) == len(tuning["trials"])
+    assert tuning["exit"] in trials.all_text()
