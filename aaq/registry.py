@@ -149,6 +149,19 @@ class Registry(Generic[T]):
         self._broken.setdefault(error.name, error)
 
 
+def subclass_check(base: type, what: str) -> Check:
+    """The registration check of a plugin kind that is a subclass of ``base`` (named ``what`` in the error);
+    a class without a ``name`` of its own takes the one it is registered under."""
+
+    def check(name: str, cls: object) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{what} must be a subclass of {base.__module__}.{base.__qualname__}", name)
+        if not getattr(cls, "name", ""):
+            cls.name = name
+
+    return check
+
+
 def _module_of(obj: object) -> str:
     module = getattr(obj, "__module__", "") or ""
     return "aaq" if module.split(".")[0] == "aaq" else f"module {module}"

@@ -29,8 +29,7 @@ import numpy as np
 import onnx
 
 from aaq.engine.latency import latency_on_engine
-from aaq.errors import PluginError
-from aaq.registry import Registry
+from aaq.registry import Registry, subclass_check
 from aaq.tuning.footprint import measure_footprint
 
 LATENCY_BUDGET_SECONDS = 1.0  # timed rounds after the first few, per trial
@@ -59,15 +58,8 @@ class Objective(abc.ABC):
         """The objective's value for ``model``."""
 
 
-def _check_objective(name: str, cls: object) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise PluginError("an objective must be a subclass of aaq.tuning.objectives.Objective", name)
-    if not cls.name:
-        cls.name = name
-
-
 objectives: Registry[type[Objective]] = Registry("objective", "aaq.objectives", builtins="aaq.tuning.objectives",
-                                                 check=_check_objective)
+                                                 check=subclass_check(Objective, "an objective"))
 
 
 def register_objective(name: str):

@@ -25,8 +25,7 @@ from typing import Any, Callable, ClassVar, Generator, Optional
 
 import numpy as np
 
-from aaq.errors import PluginError
-from aaq.registry import Registry
+from aaq.registry import Registry, subclass_check
 from aaq.tuning.monitor import Monitor, Trial
 from aaq.tuning.space import TrialConfig, TuningSpace
 
@@ -76,15 +75,8 @@ class Strategy(abc.ABC):
         return self.name
 
 
-def _check_strategy(name: str, cls: object) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise PluginError("a strategy must be a subclass of aaq.tuning.strategies.Strategy", name)
-    if not cls.name:
-        cls.name = name
-
-
 strategies: Registry[type[Strategy]] = Registry("strategy", "aaq.strategies", builtins="aaq.tuning.strategies",
-                                                check=_check_strategy)
+                                                check=subclass_check(Strategy, "a strategy"))
 
 
 def register_strategy(name: str):
