@@ -172,3 +172,16 @@ def test_subset_by_output_distance_streams_and_matches_a_direct_computation() ->
     assert list(picked) == sorted(np.argsort(-expected)[:6])
     assert not engine._reference.have.any()  # 40 samples compared, no float outputs kept for them
     assert ranker.counts.samples == 80  # both models inferred on the comparison set, and counted
+
+
+def test_ranking_workers_leave_ctrl_c_to_the_run(monkeypatch) -> None:
+    """A worker ignores SIGINT and SIGHUP: the run handles them and closes the pool, with no worker traceback."""
+    import signal
+
+    from aaq.accuracy import workers
+
+    handlers = {}
+    monkeypatch.setattr(signal, "signal", lambda number, handler: handlers.__setitem__(number, handler))
+    monkeypatch.setattr(workers, "_WORKER", {})
+    workers._worker_init(__import__("pickle").dumps([]), b"", 1, 1, False)
+    assert handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGHUP: signal.SIG_IGN}

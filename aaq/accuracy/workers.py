@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -78,6 +79,10 @@ def _spinning(engine: Any) -> bool:
 
 
 def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int, spinning: bool) -> None:
+    # Ctrl-C and a hang-up reach the whole process group: the run decides, and ends the pool with it
+    # (WorkerPool.close); a worker printing its own KeyboardInterrupt traceback would only be noise.
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
     _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
                    threads=threads, spinning=spinning, context=None, engine=None)
 
