@@ -211,8 +211,9 @@ def test_dq_then_aaq_on_a_streaming_model_from_a_spec(tmp_path: Path) -> None:
                               "c": np.zeros((1, 1, 8), np.float32)})[0].shape == (40, 2)
 
 
-def test_ranking_workers_get_the_whole_feeds(vad, tmp_path: Path) -> None:
+def test_ranking_workers_get_the_whole_feeds(vad, tmp_path: Path, monkeypatch) -> None:
     """What a worker process is sent of a batched subset, and what it scores there (in this process)."""
+    monkeypatch.setattr(workers.signal, "signal", lambda number, handler: None)  # a worker's, not pytest's
     model, data = vad
     engine = Engine(data, [FrameAccuracy()], progress=False)
     engine.set_float_model(model)
