@@ -335,18 +335,23 @@ class EvalLog:
         return out
 
 
+def engine_section(case: str, data: Path, steps: int | None) -> dict[str, Any]:
+    """The engine of every aaq spec the benchmarks run: the case's data, its calibration set, the shared metric."""
+    return {
+        "type": "onnxruntime",
+        "dataset": {"type": "npz", "path": str(data), "inputs": {"x": "x__x"}, "labels": nncf_side.LABELS[case]},
+        "calibration_dataset": {"type": "npz", "path": str(data), "inputs": {"x": "calib__x"}},
+        "metrics": [{"name": "metric", "type": "python", "factory": "bench_accuracy_aware:make_metric",
+                     "kwargs": {"case": case, "data": str(data), "steps": steps}}],
+        "batch_size": BATCH[case],
+    }
+
+
 def run_aaq(case: str, data: Path, model: Path, search: str, n_calib: int, ranking: int, steps: int | None,
             out: Path) -> dict[str, Any]:
     spec = {
         "model": {"name": f"{case}.aaq-{search}", "path": str(model)},
-        "engine": {
-            "type": "onnxruntime",
-            "dataset": {"type": "npz", "path": str(data), "inputs": {"x": "x__x"}, "labels": nncf_side.LABELS[case]},
-            "calibration_dataset": {"type": "npz", "path": str(data), "inputs": {"x": "calib__x"}},
-            "metrics": [{"name": "metric", "type": "python", "factory": "bench_accuracy_aware:make_metric",
-                         "kwargs": {"case": case, "data": str(data), "steps": steps}}],
-            "batch_size": BATCH[case],
-        },
+        "engine": engine_section(case, data, steps),
         "compression": {"algorithms": [
             {"name": "DefaultQuantization", "params": {"preset": "performance", "stat_subset_size": n_calib}},
             {"name": "AccuracyAwareQuantization",

@@ -47,7 +47,7 @@ import realcases  # noqa: E402
 from aaq.accuracy.confidence import Confidence, drop_interval  # noqa: E402
 from aaq.accuracy.drops import MetricTarget, Targets  # noqa: E402
 from aaq.accuracy.evaluator import DropReference, bootstrap_drops  # noqa: E402
-from aaq.engine.datasets import ArrayDataset, NpzDataset  # noqa: E402
+from aaq.engine.datasets import ArrayDataset  # noqa: E402
 from aaq.engine.engine import Engine  # noqa: E402
 from aaq.engine.metrics import Accuracy  # noqa: E402
 

@@ -105,14 +105,7 @@ def aaq_spec(case: str, data: Path, model: Path, strategy: str, steps: int | Non
     """The spec of aaq's side: Tuning alone (it runs its base algorithm first), INC's criterion and exit policy."""
     return {
         "model": {"name": f"{case}.aaq-{strategy}", "path": str(model)},
-        "engine": {
-            "type": "onnxruntime",
-            "dataset": {"type": "npz", "path": str(data), "inputs": {"x": "x__x"}, "labels": nncf_side.LABELS[case]},
-            "calibration_dataset": {"type": "npz", "path": str(data), "inputs": {"x": "calib__x"}},
-            "metrics": [{"name": "metric", "type": "python", "factory": "bench_accuracy_aware:make_metric",
-                         "kwargs": {"case": case, "data": str(data), "steps": steps}}],
-            "batch_size": BATCH[case],
-        },
+        "engine": common.engine_section(case, data, steps),
         "compression": {"algorithms": [
             {"name": "Tuning", "params": {"strategy": {"name": strategy}, "accuracy_criterion": {"absolute": MAX_DROP},
                                           "objective": "performance",

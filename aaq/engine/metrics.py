@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from aaq.engine.datasets import check_plugin_schema, plugin_options
-from aaq.engine.python_datasets import import_factory
+from aaq.engine.python_datasets import call_factory
 from aaq.errors import BadInputError, DataError, PluginError
 from aaq.registry import Registry
 
@@ -299,13 +299,7 @@ class PythonMetric:
     @classmethod
     def from_spec(cls, name: str, options: dict, base_dir: Path) -> Metric:
         ref = options["factory"]
-        factory = import_factory(ref, base_dir)
-        try:
-            metric = factory(**options.get("kwargs", {}))
-        except BadInputError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"the metric factory raised {type(exc).__name__}: {exc}", ref) from exc
+        metric = call_factory(ref, base_dir, options.get("kwargs", {}), "metric")
         if not isinstance(metric, Metric):
             raise PluginError(f"the factory must return an aaq.engine.Metric instance, "
                               f"got {type(metric).__name__}", ref)

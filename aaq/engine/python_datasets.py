@@ -44,14 +44,8 @@ class PythonDataset:
     @classmethod
     def from_spec(cls, options: dict, base_dir: Path) -> Dataset:
         ref = options["factory"]
-        factory = import_factory(ref, base_dir)
         transform = options.get("transform")
-        try:
-            dataset = factory(**options.get("kwargs", {}))
-        except BadInputError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"the dataset factory raised {type(exc).__name__}: {exc}", ref) from exc
+        dataset = call_factory(ref, base_dir, options.get("kwargs", {}), "dataset")
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise PluginError(f"the factory must return a Dataset (__len__ and __getitem__), "
                               f"got {type(dataset).__name__}", ref)
@@ -123,6 +117,17 @@ class TransformedDataset:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def call_factory(ref: str, base_dir: Path, kwargs: dict, what: str) -> Any:
+    """What the user's ``module:callable`` returns for ``kwargs``; whatever it raises names it (``what`` factory)."""
+    factory = import_factory(ref, base_dir)
+    try:
+        return factory(**kwargs)
+    except BadInputError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"the {what} factory raised {type(exc).__name__}: {exc}", ref) from exc
 
 
 def import_factory(ref: str, base_dir: Path) -> Callable[..., Any]:
