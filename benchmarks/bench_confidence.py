@@ -80,11 +80,12 @@ def tiny_population(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, labels
 
 
-def coverage(cand: list[np.ndarray], ref: list[np.ndarray], true: float, metric: Any = None) -> dict[str, Any]:
+def coverage(cand: list[np.ndarray], ref: list[np.ndarray], true: float,
+             bounds: tuple[float, float] | None) -> dict[str, Any]:
     """The share of intervals of the draws that hold ``true``; widths; seconds per interval."""
     hits, widths, started = 0, [], time.perf_counter()
     for c, r in zip(cand, ref):
-        iv = drop_interval(c, r, higher_is_better=True, seed=0)
+        iv = drop_interval(c, r, higher_is_better=True, seed=0, bounds=bounds)
         hits += iv.low <= true <= iv.high
         widths.append(iv.high - iv.low)
     return {"true_drop": true, "draws": len(cand), "coverage": hits / len(cand),
@@ -149,7 +150,7 @@ def real_case(case: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     true = float(np.mean(ref) - np.mean(cand))
     rng = np.random.default_rng(2024)
     draws = [rng.integers(0, len(ref), SET) for _ in range(args.draws)]
-    cov = coverage([cand[d] for d in draws], [ref[d] for d in draws], true)
+    cov = coverage([cand[d] for d in draws], [ref[d] for d in draws], true, engine.metrics[0].bounds)
     cov.update(population=len(ref), prepare_seconds=time.perf_counter() - started)
     log.info("%s coverage: %s", case, cov)
     aaq_params = {"maximal_drop": MAX_DROP, "ranking_subset_size": 100}

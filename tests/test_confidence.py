@@ -74,6 +74,31 @@ def test_relative_drops_lower_is_better_and_a_given_baseline() -> None:
     assert given.point == pytest.approx(0.9 - cand.mean()) and given.high - given.low > absolute.high - absolute.low
 
 
+def test_a_set_without_disagreement_does_not_collapse_to_zero_width_and_covers_a_small_drop() -> None:
+    ref = np.ones(300)
+    plain = drop_interval(ref.copy(), ref, higher_is_better=True)
+    assert (plain.low, plain.high) == (0.0, 0.0)  # the percentile bootstrap alone: sure of a zero drop
+    smoothed = drop_interval(ref.copy(), ref, higher_is_better=True, bounds=(0.0, 1.0))
+    assert smoothed.point == 0.0 and smoothed.low < -0.003 and smoothed.high > 0.003
+    # coverage on a population where the models disagree on 0.7% of samples (true drop +0.003)
+    true, hits, plain_hits = 0.003, 0, 0
+    for k in range(200):
+        u = np.random.default_rng(k).random(300)
+        r, c = np.ones(300), np.ones(300)
+        c[u < 0.005] = 0.0
+        r[(u >= 0.005) & (u < 0.007)] = 0.0
+        iv = drop_interval(c, r, higher_is_better=True, seed=k, bounds=(0.0, 1.0))
+        hits += iv.low <= true <= iv.high
+        bare = drop_interval(c, r, higher_is_better=True, seed=k)
+        plain_hits += bare.low <= true <= bare.high
+    assert hits / 200 >= 0.93 and plain_hits / 200 < 0.85
+    # many samples: the pseudo-counts' weight vanishes and the interval is the plain one
+    cand, ref = planted(20000)
+    a = drop_interval(cand, ref, higher_is_better=True, bounds=(0.0, 1.0))
+    b = drop_interval(cand, ref, higher_is_better=True)
+    assert a.low == pytest.approx(b.low, abs=0.001) and a.high == pytest.approx(b.high, abs=0.001)
+
+
 def test_the_too_few_samples_sentence() -> None:
     cand, ref = planted(300, flip=0.01, seed=3)
     iv = drop_interval(cand, ref, higher_is_better=True)

@@ -17,6 +17,12 @@ distribution; its percentiles are the interval.
   loop: its cost is ``resamples`` calls of ``aggregate``).
 - The reference is the float model's entries on the same samples, or a constant
   (the user's ``baseline_value``): then only the candidate is resampled.
+- Few distinct scores and a metric with ``bounds`` (accuracy): each corner of the
+  bounds box gets a pseudo-count of ``PSEUDO`` before the multinomial draw (Agresti
+  and Min's adjustment for matched proportions). Without it, a set on which the two
+  models never disagree resamples to the interval [0, 0] however small it is; with it
+  the interval keeps the width those few samples cannot rule out. Its weight vanishes
+  as samples grow, and continuous scores never collapse, so they are left as they are.
 - ``relative``: the interval of ``drop / |reference|`` (each resample's own reference
   when it is resampled).
 
@@ -35,6 +41,8 @@ CHUNK = 1 << 20
 """The most resample indices held at once (int32: 4 MB)."""
 DISTINCT = 64
 """Up to this many distinct per-sample score rows, resample counts are drawn multinomially."""
+PSEUDO = 0.5
+"""The pseudo-count each corner of a bounded metric's score box adds to the multinomial draw."""
 
 REQUIRES = ("point", "upper")
 
@@ -129,12 +137,14 @@ def resample_indices(n: int, resamples: int, rng: np.random.Generator) -> Iterat
         yield rng.integers(0, n, size=(min(rows, resamples - start), n), dtype=np.int32)
 
 
-def resampled_means(columns: Sequence[np.ndarray], resamples: int, seed: int) -> np.ndarray:
+def resampled_means(columns: Sequence[np.ndarray], resamples: int, seed: int,
+                    corners: np.ndarray | None = None) -> np.ndarray:
     """``(resamples, len(columns))``: the mean of each column of per-sample scores on each resample (rows paired).
 
     When the samples take few distinct score rows (accuracy: 0 or 1 per model), the
     counts of each distinct row in a resample are drawn directly, multinomially: the
-    same distribution as resampling indices, at a cost that does not grow with n.
+    same distribution as resampling indices, at a cost that does not grow with n;
+    ``corners`` (rows of extreme scores) then add ``PSEUDO`` each to the frequencies.
     Otherwise ``(rows, n)`` int32 index matrices are gathered, chunk by chunk.
     """
     stack = np.column_stack([np.asarray(c, np.float64) for c in columns])
@@ -142,8 +152,11 @@ def resampled_means(columns: Sequence[np.ndarray], resamples: int, seed: int) ->
     rng = np.random.default_rng(seed)
     rows, inverse = np.unique(stack, axis=0, return_inverse=True)
     if len(rows) <= DISTINCT:
-        freq = np.bincount(np.ravel(inverse), minlength=len(rows)) / n
-        counts = rng.multinomial(n, freq, size=resamples)
+        weights = np.bincount(np.ravel(inverse), minlength=len(rows)).astype(np.float64)
+        if corners is not None:
+            rows = np.concatenate([rows, corners])
+            weights = np.concatenate([weights, np.full(len(corners), PSEUDO)])
+        counts = rng.multinomial(n, weights / weights.sum(), size=resamples)
         return counts @ rows / n
     out = np.empty((resamples, stack.shape[1]), dtype=np.float64)
     pos = 0
@@ -172,12 +185,14 @@ def resampled_aggregates(entries: Sequence[Any], resamples: int, seed: int,
 def drop_interval(candidate: Sequence[Any] | np.ndarray, reference: Sequence[Any] | np.ndarray | float, *,
                   higher_is_better: bool, level: float = 0.95, resamples: int = 2000, seed: int = 0,
                   relative: bool = False, aggregate: Callable[[Any], float] | None = None,
-                  which: str = "search") -> DropInterval:
+                  which: str = "search", bounds: tuple[float, float] | None = None) -> DropInterval:
     """The paired bootstrap interval of the drop of ``candidate`` against ``reference`` on the same samples.
 
     ``candidate`` and ``reference`` are per-sample entries aligned sample by sample
     (float scores, or a metric's partial entries with its ``aggregate``); ``reference``
     may be a number instead (a given baseline: only the candidate is resampled).
+    ``bounds``: the range every per-sample score lies in (the metric's ``bounds``),
+    which smooths the draw of few-valued scores (see the module's docstring).
     """
     n = len(candidate)
     if n == 0:
@@ -189,13 +204,16 @@ def drop_interval(candidate: Sequence[Any] | np.ndarray, reference: Sequence[Any
     sign = 1.0 if higher_is_better else -1.0
     ref_point = float(reference) if constant else float(value(reference))  # type: ignore[arg-type]
     point = sign * (ref_point - float(value(candidate)))
+    box = None if bounds is None else np.array([[lo, hi] for lo in bounds for hi in bounds], np.float64)
     if aggregate is None and not constant and not relative:  # the drop of means is the mean of differences
         diff = np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)
-        drops = sign * resampled_means([diff], resamples, seed)[:, 0]
+        corners = None if box is None else (box[:, 1] - box[:, 0])[:, None]
+        drops = sign * resampled_means([diff], resamples, seed, corners)[:, 0]
     else:
         if aggregate is None:
+            corners = None if box is None else (np.array(bounds, np.float64)[:, None] if constant else box)
             means = resampled_means([candidate] if constant else [candidate, reference],  # type: ignore[list-item]
-                                    resamples, seed)
+                                    resamples, seed, corners)
             cand = means[:, 0]
             ref = np.full(resamples, ref_point) if constant else means[:, 1]
         else:

@@ -86,7 +86,7 @@ def bootstrap_drops(engine: EngineLike, targets: Targets, digest: str, reference
         out[t.name] = drop_interval(candidate[t.name], ref, higher_is_better=t.higher_is_better,
                                     level=confidence.level, resamples=confidence.resamples, seed=confidence.seed,
                                     relative=reference.relative, aggregate=resample_aggregate(metrics[t.name]),
-                                    which=which)
+                                    which=which, bounds=metrics[t.name].bounds)
     return out
 
 
