@@ -146,6 +146,7 @@ details>summary{cursor:pointer;color:var(--muted);font-size:13px}
 .bar{fill:#0072B2}.bar.reverted,.bar.over{fill:#D55E00}
 .limit{fill:none;stroke:#1b1f24;stroke-width:2;stroke-dasharray:5 3}.reference{stroke:#1b1f24;stroke-dasharray:3 3}
 .band{fill:#56B4E9;opacity:.35}path.step,path.clipped{fill:none;stroke-width:2}.interval{stroke-width:2}
+path.ci{fill:none;stroke-width:1.5}path.ci.plain{stroke:#1b1f24}
 .s0{fill:#0072B2;stroke:#0072B2}.s1{fill:#E69F00;stroke:#E69F00}.s2{fill:#009E73;stroke:#009E73}
 .s3{fill:#CC79A7;stroke:#CC79A7}.s4{fill:#56B4E9;stroke:#56B4E9}.s5{fill:#D55E00;stroke:#D55E00}
 .s6{fill:#F0E442;stroke:#F0E442}.s7{fill:#8c959f;stroke:#8c959f}

@@ -130,10 +130,15 @@ def _series(name: str, steps: list[dict], start: float | None) -> tuple[list[Poi
             classes.append("partial")
         elif is_num(drop):
             y, low, high, text = drop, None, None, f"{drop:+.4f}"
+            iv = (step.get("intervals") or {}).get(name)
+            if iv and is_num(iv.get("low")) and is_num(iv.get("high")):
+                low, high = iv["low"], iv["high"]
+                text += f", {iv['level']:.0%} interval [{low:+.4f}, {high:+.4f}]"
         else:
             continue
         title = f"step {k}: group {step.get('group')} {'kept' if kept else 'rolled back'}: {name} drop {text}"
-        points.append(Point(k, y, title, " ".join(classes), low, high))
+        whisker = "interval" if "partial" in classes or low is None else "ci"
+        points.append(Point(k, y, title, " ".join(classes), low, high, whisker))
         if kept and low is None:
             current = y
         if current is not None:
@@ -173,8 +178,9 @@ def search(report: dict) -> str:
     chart = point_chart(series, label="drop after each step", x_label="step", y_label="drop", x_ticks=ticks,
                         hlines=hlines, paths=paths)
     caption = (f"{legend} Filled: kept; hollow: rolled back. A vertical bar: that evaluation stopped once decided; "
-               "the drop lies between the point and the bar's end (an arrow: beyond the chart). The line is the "
-               "drop of the model kept so far; dashed: the allowed drop.")
+               "the drop lies between the point and the bar's end (an arrow: beyond the chart). A capped bar: a "
+               "complete evaluation's confidence interval. The line is the drop of the model kept so far; dashed: "
+               "the allowed drop.")
     head = ["step", "group", "layers", "score", "outcome", "note"] + [f"{m} drop" for m in metrics]
     return (f"<p>Search <strong>{escape(str(aaq.get('search', '')))}</strong>: {len(steps)} steps, {kept} kept, "
             f"{len(steps) - kept} rolled back; it stopped because: <strong>{reason}</strong>.</p>"

@@ -109,6 +109,17 @@ def _met(report: dict, targets: dict, name: str) -> bool | None:
     return (targets.get(name) or {}).get("met", (report.get("targets") or {}).get(name))
 
 
+def _drop_bar(name: str, drop: float, interval: dict | None, over: bool, allowed: float | None) -> Bar:
+    """A metric's drop, with its confidence interval as an error bar when one was computed."""
+    title = f"{name}: drop {drop:+.4f}"
+    low = high = None
+    if interval and is_num(interval.get("low")) and is_num(interval.get("high")):
+        low, high = interval["low"], interval["high"]
+        title += f", {interval['level']:.0%} interval [{low:+.4f}, {high:+.4f}] on {interval['samples']} samples"
+    title += f", allowed {allowed:.4f}" if allowed is not None else ""
+    return Bar(name, drop, title, marked=over, limit=allowed, low=low, high=high)
+
+
 def outcome(report: dict) -> str:
     aaq = summary(report, AAQ)
     targets = aaq.get("metrics") or {}
@@ -122,8 +133,12 @@ def outcome(report: dict) -> str:
                     + td(m.get("quantized"))
                     + td(drop, signed=True) + td(allowed) + flag(met))
         if is_num(drop):
-            title = f"{name}: drop {drop:+.4f}" + (f", allowed {allowed:.4f}" if is_num(allowed) else "")
-            bars.append(Bar(name, drop, title, marked=met is False, limit=allowed if is_num(allowed) else None))
+            limit = allowed if is_num(allowed) else None
+            bars.append(_drop_bar(name, drop, m.get("interval"), met is False, limit))
+            held = m.get("held_out")
+            if held and is_num(held.get("point")):
+                bars.append(_drop_bar(f"{name} (held-out)", held["point"], held, held["low"] > allowed
+                                      if is_num(allowed) else False, limit))
     out = []
     if aaq.get("stop_reason") and not report.get("target_met"):
         out.append(f'<p class="banner missed">The search stopped: {escape(str(aaq["stop_reason"]))}. The best '
@@ -137,8 +152,10 @@ def outcome(report: dict) -> str:
                                              axis_label="drop (positive: worse than float)", marked_note="over",
                                              marked_class="over"),
                           "Drop of the final model per metric on the full dataset"
-                          + ("; the dashed tick is the drop allowed." if limits else
-                             "; no algorithm set an allowed drop."), metrics))
+                          + ("; the dashed tick is the drop allowed" if limits else
+                             "; no algorithm set an allowed drop")
+                          + ("; the capped bar is the drop's confidence interval (held-out: on the samples the "
+                             "search never saw)." if any(b.low is not None for b in bars) else "."), metrics))
     else:
         out.append(metrics)
     latency = _latency(report)

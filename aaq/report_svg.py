@@ -27,6 +27,9 @@ class Bar:
     marked: bool = False
     limit: float | None = None
     """Drawn as a tick across the bar (``line.limit``): e.g. the drop allowed for that metric."""
+    low: float | None = None
+    """With ``high``: the value's confidence interval, drawn as a capped error bar (``.ci``)."""
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Point:
     low: float | None = None
     """With ``high``: the point is only known to lie in [low, high] (drawn as an error bar)."""
     high: float | None = None
+    whisker: str = "interval"
+    """The class of the [low, high] bar: ``interval`` (a stopped evaluation's bounds) or ``ci`` (capped)."""
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -111,6 +116,16 @@ def _y_axis(scale: _Scale, ticks: list[float], left: float, right: float, label:
     return out
 
 
+def _capped(a: float, b: float, at: float, *, horizontal: bool, series: int | None = None) -> str:
+    """An error bar from ``a`` to ``b`` (pixels) at ``at`` across, with caps at both ends."""
+    cls = "ci plain" if series is None else f"ci s{series % SERIES}"
+    if horizontal:
+        d = f"M{a:.1f},{at:.1f} H{b:.1f} M{a:.1f},{at - 4:.1f} V{at + 4:.1f} M{b:.1f},{at - 4:.1f} V{at + 4:.1f}"
+    else:
+        d = f"M{at:.1f},{a:.1f} V{b:.1f} M{at - 4:.1f},{a:.1f} H{at + 4:.1f} M{at - 4:.1f},{b:.1f} H{at + 4:.1f}"
+    return f'<path class="{cls}" d="{d}"/>'
+
+
 def bar_chart(bars: Sequence[Bar], *, label: str, axis_label: str = "", marked_note: str = "",
               marked_class: str = "reverted") -> str:
     """Horizontal bars, one row each, from zero (negative values go left of the zero line).
@@ -120,7 +135,8 @@ def bar_chart(bars: Sequence[Bar], *, label: str, axis_label: str = "", marked_n
     """
     left, right, row, top = 190, WIDTH - 70, 18, 10
     bottom = top + row * len(bars)
-    values = [v for b in bars for v in (b.value, b.limit) if v is not None and math.isfinite(v)] or [0.0]
+    values = [v for b in bars for v in (b.value, b.limit, b.low, b.high)
+              if v is not None and math.isfinite(v)] or [0.0]
     ticks = nice_ticks(min(0.0, min(values)), max(0.0, max(values)))
     x = _Scale(ticks[0], ticks[-1], left, right)
     body = _x_axis(x, ticks, top, bottom, axis_label)
@@ -129,12 +145,16 @@ def bar_chart(bars: Sequence[Bar], *, label: str, axis_label: str = "", marked_n
         y = top + i * row
         v = b.value if math.isfinite(b.value) else 0.0
         x0, x1 = sorted((zero, x(v)))
+        whisker = b.low is not None and b.high is not None and math.isfinite(b.low) and math.isfinite(b.high)
+        text_x = max(x1, x(b.high)) if whisker else x1  # type: ignore[arg-type]
         cls = f"bar {marked_class}" if b.marked else "bar"
         body.append(f'<text class="row-label" x="{left - 6}" y="{y + 13}" text-anchor="end">{escape(b.label)}</text>'
                     f'<rect class="{cls}" x="{x0:.1f}" y="{y + 2}" width="{max(x1 - x0, 1):.1f}" height="{row - 4}">'
                     f'<title>{escape(b.title)}</title></rect>'
-                    f'<text class="value" x="{x1 + 4:.1f}" y="{y + 13}">{b.value:.4g}'
+                    f'<text class="value" x="{text_x + 4:.1f}" y="{y + 13}">{b.value:.4g}'
                     f'{" " + escape(marked_note) if b.marked and marked_note else ""}</text>')
+        if whisker:
+            body.append(_capped(x(b.low), x(b.high), y + row / 2, horizontal=True))
         if b.limit is not None and math.isfinite(b.limit):
             lx = x(b.limit)
             body.append(f'<line class="limit" x1="{lx:.1f}" y1="{y}" x2="{lx:.1f}" y2="{y + row}">'
@@ -194,8 +214,11 @@ def point_chart(series: Sequence[tuple[str, Sequence[Point]]], *, label: str, x_
             cx, cy = x(p.x) + dodge(s), y(p.y)
             if p.low is not None and p.high is not None:
                 y0, y1 = (y(min(max(v, yt[0]), yt[-1])) for v in (p.low, p.high))
-                body.append(f'<line class="interval s{s % SERIES}" x1="{cx:.1f}" y1="{y0:.1f}" '
-                            f'x2="{cx:.1f}" y2="{y1:.1f}"/>')
+                if p.whisker == "ci":
+                    body.append(_capped(y0, y1, cx, horizontal=False, series=s))
+                else:
+                    body.append(f'<line class="interval s{s % SERIES}" x1="{cx:.1f}" y1="{y0:.1f}" '
+                                f'x2="{cx:.1f}" y2="{y1:.1f}"/>')
                 if p.high > yt[-1]:
                     body.append(f'<path class="clipped s{s % SERIES}" d="M{cx - 5:.1f},{y1 + 7:.1f} '
                                 f'L{cx:.1f},{y1:.1f} L{cx + 5:.1f},{y1 + 7:.1f}"/>')

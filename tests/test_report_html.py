@@ -132,6 +132,29 @@ def test_steps_chart_marks_rolled_back_and_stopped_evaluations() -> None:
     assert [r[4].all_text() for r in table.rows()] == ["kept", "rolled back", "kept"]
 
 
+def test_confidence_intervals_are_drawn_as_capped_error_bars_on_drops_and_steps() -> None:
+    report = synthetic_report()
+    iv = lambda point, low, high, which="search": {"point": point, "low": low, "high": high, "level": 0.95,  # noqa
+                                                     "samples": 300, "resamples": 2000, "seed": 0, "set": which,
+                                                     "drop_type": "absolute"}
+    report["metrics"]["top1"].update(interval=iv(0.03, 0.01, 0.05), held_out=iv(0.04, 0.02, 0.07, "held-out"))
+    steps = report["algorithms"][1]["summary"]["steps"]
+    steps[0]["intervals"] = {"top1": iv(0.05, 0.02, 0.08), "top5": iv(0.025, 0.0, 0.05)}
+    page = parse(render_report(report))
+    drops = page.one("figure", id="drops")
+    assert len(drops.find("rect", "bar")) == 3  # top1, top1 held-out, top5 (no interval: no error bar)
+    assert len(drops.find("path", "ci")) == 2
+    titles = [r.one("title").all_text() for r in drops.find("rect", "bar")]
+    assert "95% interval [+0.0100, +0.0500] on 300 samples" in titles[0]
+    assert titles[1].startswith("top1 (held-out): drop +0.0400")
+    assert len(drops.find("rect", "bar", "over")) == 2  # the held-out interval lies wholly above 0.01
+    chart = page.one("figure", id="steps")
+    assert len(chart.find("path", "ci")) == 2  # the first step's two complete intervals
+    assert len(chart.find("line", "interval")) == 2  # the stopped evaluation keeps its plain bar
+    assert "capped bar" in chart.all_text()
+    assert len(parse(render_report(synthetic_report())).one("figure", id="drops").find("path", "ci")) == 0
+
+
 def _start_points(report: dict) -> list[str]:
     steps = parse(render_report(report)).one("figure", id="steps")
     return [p.one("title").all_text() for p in steps.find("circle", "point", "start")]
