@@ -17,12 +17,13 @@ distribution; its percentiles are the interval.
   loop: its cost is ``resamples`` calls of ``aggregate``).
 - The reference is the float model's entries on the same samples, or a constant
   (the user's ``baseline_value``): then only the candidate is resampled.
-- Few distinct scores and a metric with ``bounds`` (accuracy): each corner of the
-  bounds box gets a pseudo-count of ``PSEUDO`` before the multinomial draw (Agresti
-  and Min's adjustment for matched proportions). Without it, a set on which the two
-  models never disagree resamples to the interval [0, 0] however small it is; with it
-  the interval keeps the width those few samples cannot rule out. Its weight vanishes
-  as samples grow, and continuous scores never collapse, so they are left as they are.
+- Scores that are each one end of the metric's ``bounds`` (accuracy's 0/1): each
+  corner of the bounds box gets a pseudo-count of ``PSEUDO`` before the multinomial
+  draw (Agresti and Min's adjustment for matched proportions). Without it, a set on
+  which the two models never disagree resamples to the interval [0, 0] however small
+  it is; with it the interval keeps the width those few samples cannot rule out. Its
+  weight vanishes as samples grow. Graded scores (a per-line character accuracy) do
+  not collapse that way and are resampled as they are.
 - ``relative``: the interval of ``drop / |reference|`` (each resample's own reference
   when it is resampled).
 
@@ -192,7 +193,7 @@ def drop_interval(candidate: Sequence[Any] | np.ndarray, reference: Sequence[Any
     (float scores, or a metric's partial entries with its ``aggregate``); ``reference``
     may be a number instead (a given baseline: only the candidate is resampled).
     ``bounds``: the range every per-sample score lies in (the metric's ``bounds``),
-    which smooths the draw of few-valued scores (see the module's docstring).
+    which smooths the draw of scores that are all at its ends (see the module's docstring).
     """
     n = len(candidate)
     if n == 0:
@@ -204,7 +205,9 @@ def drop_interval(candidate: Sequence[Any] | np.ndarray, reference: Sequence[Any
     sign = 1.0 if higher_is_better else -1.0
     ref_point = float(reference) if constant else float(value(reference))  # type: ignore[arg-type]
     point = sign * (ref_point - float(value(candidate)))
-    box = None if bounds is None else np.array([[lo, hi] for lo in bounds for hi in bounds], np.float64)
+    extremes = bounds is not None and aggregate is None and all(
+        np.isin(np.asarray(e, np.float64), bounds).all() for e in ([candidate] if constant else [candidate, reference]))
+    box = np.array([[lo, hi] for lo in bounds for hi in bounds], np.float64) if extremes else None
     if aggregate is None and not constant and not relative:  # the drop of means is the mean of differences
         diff = np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)
         corners = None if box is None else (box[:, 1] - box[:, 0])[:, None]
