@@ -8,13 +8,15 @@ down) is read up to its last whole record.
 Resuming is replay: the strategy runs again from the start, deterministically, and
 each config it proposes whose trial finished in the earlier run (measured to the end,
 or stopped early once its verdict was certain; not one the deadline cut short) is
-answered from that run's record instead of being evaluated, keyed by a digest of the
-config's canonical form. A ranking is answered the same way. The new run's files
-start as a copy of the earlier run's finished records, so each run's history holds
-everything the next resume needs even when that run is interrupted in turn.
+answered from that run's record instead of being evaluated, keyed by a digest of
+every field of the config (``config_key``, written in each record). A ranking is
+answered the same way. The new run's files start as a copy of the earlier run's
+finished records, so each run's history holds everything the next resume needs even
+when that run is interrupted in turn.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,10 +32,10 @@ HISTORY_FILE = "tuning_history.jsonl"
 RANKINGS_FILE = "tuning_rankings.jsonl"
 
 
-def config_key(config: TrialConfig | dict[str, Any]) -> str:
-    """The digest of a config's canonical form (the history's ``config``): the cache key of its trial."""
-    shown = config.as_dict() if isinstance(config, TrialConfig) else config
-    return hashlib.sha256(json.dumps(shown, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+def config_key(config: TrialConfig) -> str:
+    """The digest of every field of a config (canonical JSON): the cache key of its trial and rankings."""
+    fields = dataclasses.asdict(config)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -64,7 +66,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def finished(record: dict[str, Any]) -> bool:
     """A trial whose result stands: measured to the end, or stopped once its verdict was certain."""
-    return (isinstance(record.get("config"), dict) and isinstance(record.get("score"), list)
+    return (isinstance(record.get("config_key"), str) and isinstance(record.get("score"), list)
             and (record.get("complete") or record.get("stopped") == "decided"))
 
 
@@ -89,9 +91,9 @@ class History:
         self.rankings_path = None if output_dir is None else Path(output_dir) / RANKINGS_FILE
         old = [r for r in read_records(previous / HISTORY_FILE) if finished(r)] if previous else []
         ranks = read_records(previous / RANKINGS_FILE) if previous else []
-        self._trials = {config_key(r["config"]): r for r in old}
-        self._rankings = {(config_key(r["config"]), r.get("method")): r for r in ranks
-                          if isinstance(r.get("config"), dict) and isinstance(r.get("order"), list)}
+        self._trials = {r["config_key"]: r for r in old}
+        self._rankings = {(r["config_key"], r["method"]): r for r in ranks
+                          if isinstance(r.get("config_key"), str) and isinstance(r.get("ranking"), dict)}
         self.replayed = 0
         """Trials answered from the earlier run's records."""
         if previous is not None:
@@ -114,18 +116,18 @@ class History:
 
     def append(self, trial: Trial) -> None:
         """A trial this run evaluated (a replayed one is in the file already)."""
-        _append(self.path, trial.as_dict())
+        _append(self.path, {**trial.as_dict(), "config_key": config_key(trial.config)})
 
     def ranking(self, config: TrialConfig, method: str, compute: Callable[[], Optional[dict[str, Any]]]
                 ) -> Optional[dict[str, Any]]:
         """The ranking record of ``config`` by ``method``: the earlier run's, else ``compute()``'s (recorded)."""
-        cached = self._rankings.get((config_key(config), method))
-        if cached is not None:
-            return cached
+        key = (config_key(config), method)
+        if key in self._rankings:
+            return self._rankings[key]["ranking"]
         record = compute()
         if record is not None:
-            self._rankings[(config_key(config), method)] = record
-            _append(self.rankings_path, record)
+            self._rankings[key] = {"config_key": key[0], "method": method, "ranking": record}
+            _append(self.rankings_path, self._rankings[key])
         return record
 
 
