@@ -126,13 +126,18 @@ def _interrupted_run(case: Path, out: Path, calls: Path, signum: int) -> subproc
            "AAQ_TEST_CALLS": str(calls)}
     proc = subprocess.Popen([sys.executable, "-m", "aaq", "run", str(case / "spec.json"), "--output-dir", str(out),
                              "--no-progress", "--no-html"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=case, env=env)
-    deadline = time.monotonic() + 600
-    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert flag.exists(), proc.communicate(timeout=60)
-    proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=300)
+                            text=True, cwd=case, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:  # a failing run must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
