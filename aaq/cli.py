@@ -76,8 +76,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if HTML_FILE in extra:
         print(f"html: {out_dir / HTML_FILE}")
     if interrupted is not None:
+        more = "; continue with --resume" if keeps_history(pipeline.spec.resolved) else ""
         print(f"aaq: interrupted by {interrupted.signal_name}: wrote the best model so far and its report "
-              f"(\"interrupted\": true) as one pair; continue with --resume", file=sys.stderr)
+              f"(\"interrupted\": true) as one pair{more}", file=sys.stderr)
         return 128 + interrupted.signum
     if not result.target_met:
         print("accuracy target NOT met: the best model found was written (see report.json)")

@@ -21,9 +21,13 @@ import numpy as np
 import onnx
 import pytest
 
+from aaq import Pipeline
 from aaq.accuracy.drops import MetricTarget, Targets
 from aaq.accuracy.evaluator import better
 from aaq.accuracy.search import Measurement
+from aaq.engine.metrics import Accuracy, metrics, register_metric
+from aaq.errors import Interrupted
+from aaq.state import model_digest
 from models import labeled_data, mlp
 
 GATE = '''
@@ -165,3 +169,74 @@ def _m(reverted: set, value: float) -> Measurement:
 def test_the_best_plan_so_far(a: Measurement, b: Measurement, expected: bool) -> None:
     targets = Targets([MetricTarget("top1", True, 1.0, 0.02, (0.0, 1.0))])
     assert better(targets, a, b) is expected
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    onnx.save(mlp(), str(root / "model.onnx"))
+    x, y = labeled_data(mlp, n=64)
+    np.savez(root / "data.npz", x=x, y=y)
+    return root
+
+
+class _Stop:
+    """A KeyboardInterrupt at the metric's ``at``-th call, as Ctrl-C arrives in the middle of an evaluation."""
+
+    calls, at = 0, 0
+
+
+if "interrupting_accuracy" not in metrics:
+    @register_metric("interrupting_accuracy")
+    class InterruptingAccuracy(Accuracy):
+        def score(self, outputs, labels):
+            _Stop.calls += 1
+            if _Stop.calls == _Stop.at:
+                raise KeyboardInterrupt
+            return super().score(outputs, labels)
+
+
+def _aaq_spec(small: Path) -> dict:
+    return {"model": {"name": "m", "path": str(small / "model.onnx")}, "evaluate": False,
+            "engine": {"dataset": {"type": "npz", "path": str(small / "data.npz"), "inputs": {"x": "x"},
+                                   "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "interrupting_accuracy"}], "batch_size": 16},
+            "compression": {"algorithms": [{"name": "AccuracyAwareQuantization",
+                                            "params": {"maximal_drop": 0.0, "ranking_subset_size": 16}}]}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small: Path) -> list:
+    """The evaluations of the run no signal stops, each with the metric calls it made (one per batch of 16)."""
+    _Stop.calls, _Stop.at = 0, 0
+    result = Pipeline(_aaq_spec(small), progress=False).run()
+    calls = [-(-e.inferred // 16) for e in result.evaluations]
+    assert sum(calls) == _Stop.calls
+    return list(zip(result.evaluations, np.cumsum(calls)))
+
+
+@pytest.mark.parametrize("at", range(2, 22, 2))  # up to the last plan before every group is in float
+def test_an_interrupted_search_publishes_the_best_plan_measured_to_the_end(small: Path, uninterrupted: list,
+                                                                          at: int) -> None:
+    if at > uninterrupted[-1][1]:
+        pytest.skip("the run makes fewer calls")
+    _Stop.calls, _Stop.at = 0, at
+    with pytest.raises(Interrupted) as caught:
+        Pipeline(_aaq_spec(small), progress=False).run()
+    assert caught.value.signum == signal.SIGINT
+    float_digest = model_digest(onnx.load(str(small / "model.onnx")))
+    before = [e for e, upto in uninterrupted if upto < at]  # the evaluations that ended before the signal
+    measured = [e for e in before if e.full and e.complete and e.model_digest != float_digest]
+    result = caught.value.result
+    if not measured:  # no plan measured to the end yet: nothing to publish
+        assert result is None
+        return
+    assert [e.model_digest for e in result.evaluations] == [e.model_digest for e in before]
+    report = json.loads(result.report_bytes())
+    assert report["interrupted"] is True and report["signal"] == "SIGINT"
+    done = {e.model_digest: e.values["top1"] for e in before if e.full and e.complete}
+    # published: a model measured to the end (the float-equal plan of every group reverted has the float digest),
+    # and the best of them: with maximal_drop 0 a plan meets the target only at top-1 1.0, so no other is better
+    assert report["model"]["sha256"] in done
+    assert done[report["model"]["sha256"]] == max(e.values["top1"] for e in measured)
+    assert report["algorithms"][-1]["summary"]["target_met"] is (done[report["model"]["sha256"]] >= 1.0)

@@ -258,7 +258,11 @@ class AccuracyAwareQuantization(Algorithm):
                         f"{len(groups)} groups in float, drops {drops_text(targets, shown)}",
             "interrupted": True, "signal": exc.signal_name, "target_met": targets.met(final),
             "reverted": [{"group": str(g), "layers": list(groups.get(g, ()))} for g in sorted(best.reverted, key=str)],
-            "metrics": dict(shown), "float": float_values, "rankings": evaluator.ranker.history,
+            "metrics": {t.name: {"reference": t.reference, "reference_kind": references[t.name],
+                                 "float": float_values.get(t.name), "final": shown[t.name],
+                                 "drop": t.drop(shown[t.name]), "allowed_drop": t.allowed,
+                                 "met": t.met(final[t.name])} for t in targets.targets},
+            "rankings": evaluator.ranker.history,
             "evaluations": {"full": evaluator.full.evaluations, "full_stopped_early": evaluator.full.stopped_early,
                             "ranking": evaluator.ranker.counts.evaluations},
         }
