@@ -2,9 +2,9 @@
 
 Exit codes: 0 done and every accuracy target met; 2 bad input (spec, model, data,
 plugin); 3 finished but a target was not met (the best model is still written);
-128 + N interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129); 1 anything
-else. A failure prints one line (and, for ``run``, where its log is); the traceback
-only at debug level.
+128 + N interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129; the best model
+so far is published as a pair when an algorithm has one); 1 anything else. A failure
+prints one line (and, for ``run``, where its log is); the traceback only at debug level.
 """
 from __future__ import annotations
 

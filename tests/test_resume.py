@@ -286,3 +286,31 @@ def test_a_resumed_basic_tuning_takes_its_fallback_ranking_from_the_history(case
     assert again["replayed_trials"] == len(first["trials"]) and again["evaluations"]["full"] == 0
     assert again["evaluations"]["ranking"]["evaluations"] == 0 and again["rankings"] == first["rankings"]
     assert again["best"] == first["best"]
+
+
+def test_a_resumed_pipeline_recomputes_default_quantization_and_replays_the_tuning(case: Path, tmp_path: Path) -> None:
+    spec = json.loads((case / "spec.json").read_text())
+    tuning = spec["compression"]["algorithms"][0]
+    tuning["params"]["exit_policy"] = {"timeout": 36000, "max_trials": 3}
+    del tuning["params"]["calibration"]
+    spec["compression"]["algorithms"] = [{"name": "DefaultQuantization", "params": {"stat_subset_size": 32}}, tuning]
+    path = case / "dq_tuning.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--output-dir", str(out), "--no-progress", "--no-html"]
+    assert main(argv) == 0
+    first, model = _tuning(out), _model_bytes(out)
+    assert main(argv + ["--resume"]) == 0
+    assert [a["name"] for a in _report(out)["algorithms"]] == ["DefaultQuantization", "Tuning"]
+    assert _tuning(out)["replayed_trials"] == 3 and _tuning(out)["evaluations"]["full"] == 0
+    assert _tuning(out)["best"] == first["best"] and _model_bytes(out) == model
+
+
+def test_resume_of_a_spec_without_tuning_says_there_is_nothing_to_resume(case: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    spec = json.loads((case / "spec.json").read_text())
+    spec["compression"]["algorithms"] = [{"name": "AccuracyAwareQuantization", "params": {"maximal_drop": 0.5}}]
+    path = case / "aaq.json"
+    path.write_text(json.dumps(spec))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out"), "--no-progress", "--resume"]) == 2
+    assert "only Tuning keeps a history" in capsys.readouterr().err

@@ -12,6 +12,12 @@ objectives are measured when it passes, the monitor records it, the strategy is
 told, a line is appended to ``tuning_history.jsonl`` -> the exit case -> the best
 trial's model (objectives among the passing trials; else the failing trial closest
 to the criterion).
+
+Interrupted (SIGINT, SIGTERM, SIGHUP): the running trial is abandoned and the best
+trial meeting the criterion, if one finished, leaves with ``aaq.errors.Interrupted``.
+Resumed (``state.resume_from``): everything before the loop is recomputed, and each
+proposed config whose trial finished in the earlier run is answered from its history
+(``aaq.tuning.history``), as are the strategies' rankings.
 """
 from __future__ import annotations
 
