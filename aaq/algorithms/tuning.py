@@ -22,11 +22,9 @@ proposed config whose trial finished in the earlier run is answered from its his
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
