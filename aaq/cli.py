@@ -2,9 +2,9 @@
 
 Exit codes: 0 done and every accuracy target met; 2 bad input (spec, model, data,
 plugin); 3 finished but a target was not met (the best model is still written);
-128 + N interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129); 1 anything
-else. A failure prints one line (and, for ``run``, where its log is); the traceback
-only at debug level.
+128 + N interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129; the best model
+so far is published as a pair when an algorithm has one); 1 anything else. A failure
+prints one line (and, for ``run``, where its log is); the traceback only at debug level.
 """
 from __future__ import annotations
 
@@ -18,35 +18,49 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from aaq.errors import AaqError
+from aaq.errors import AaqError, Interrupted
 
 logger = logging.getLogger("aaq.cli")
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_TARGET_MISSED = 0, 1, 2, 3
 LOG_FILE = "aaq.log"
 HTML_FILE = "report.html"
-HISTORY_FILE = "tuning_history.jsonl"  # written by Tuning as its trials end (aaq.algorithms.tuning)
+HISTORY_FILE = "tuning_history.jsonl"  # written by Tuning as its trials end (aaq.tuning.history)
+KEPT_FILES = (HISTORY_FILE, "tuning_rankings.jsonl", "tuning_spec.json")
+"""What a later ``--resume`` reads (``aaq.resume.FILES``): published with the pair, kept when nothing is."""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Quantize the spec's model; write the model, report.json, report.html and the log."""
     from aaq.pipeline import Pipeline
+    from aaq.resume import SPEC_FILE, keeps_history, previous_run, spec_record
 
     pipeline = Pipeline(args.spec, progress=not args.no_progress, evaluate=False if args.no_evaluate else None)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(pipeline.spec)
+    previous = previous_run(out_dir, pipeline.spec.resolved, args.spec) if args.resume else None
     run, protect = _open_run_folder(out_dir, pipeline.spec, args.spec, html=not args.no_html)
     file_handler = logging.FileHandler(run.file(LOG_FILE), mode="w", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("aaq").addHandler(file_handler)
+    interrupted = None
     try:
-        result = pipeline.run(output_dir=run.path)  # files an algorithm writes as it goes join the pair
-        run.file(HISTORY_FILE)  # published when Tuning wrote it
+        if keeps_history(pipeline.spec.resolved):  # what a later --resume checks the spec against
+            run.write(SPEC_FILE, spec_record(pipeline.spec.resolved))
+        try:
+            result = pipeline.run(output_dir=run.path, resume_from=previous)  # files written as it goes join the pair
+        except Interrupted as exc:
+            if exc.result is None:
+                raise
+            result, interrupted = exc.result, exc
+            _log_interrupted(exc)
+        for name in KEPT_FILES:
+            run.file(name)  # published when Tuning wrote them
         extra = {} if args.no_html else _report_html(result)
         model_path = result.save(run, protect=protect, extra_files=extra)
-    except BaseException as exc:  # nothing is published; the run's log says why and stays
+    except BaseException as exc:  # nothing is published; the run's log says why and stays (and what resumes)
         _log_failure(file_handler, exc)
         _detach(file_handler)
-        exc.aaq_log = run.abandon(keep=(LOG_FILE,)) / LOG_FILE  # type: ignore[attr-defined]
+        exc.aaq_log = run.abandon(keep=(LOG_FILE, *KEPT_FILES)) / LOG_FILE  # type: ignore[attr-defined]
         raise
     finally:
         _detach(file_handler)
@@ -55,16 +69,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{record.name}: {record.summary['headline']}")
     for name, m in result.metrics.items():
         print(m.describe(name))
-    if not result.evaluated:
+    if not result.evaluated and interrupted is None:
         print("metrics: not measured (quantize-only run: --no-evaluate / evaluate: false)")
     print(f"model: {model_path}")
     print(f"report: {out_dir / 'report.json'}")
     if HTML_FILE in extra:
         print(f"html: {out_dir / HTML_FILE}")
+    if interrupted is not None:
+        more = "; continue with --resume" if keeps_history(pipeline.spec.resolved) else ""
+        print(f"aaq: interrupted by {interrupted.signal_name}: wrote the best model so far and its report "
+              f"(\"interrupted\": true) as one pair{more}", file=sys.stderr)
+        return 128 + interrupted.signum
     if not result.target_met:
         print("accuracy target NOT met: the best model found was written (see report.json)")
         return EXIT_TARGET_MISSED
     return EXIT_OK
+
+
+def _log_interrupted(exc: Interrupted) -> None:
+    logger.warning("interrupted by %s: writing the best model so far and its report (not measured again)",
+                   exc.signal_name)
 
 
 def _open_run_folder(out_dir: Path, spec, spec_path: str, *, html: bool):
@@ -73,7 +97,7 @@ def _open_run_folder(out_dir: Path, spec, spec_path: str, *, html: bool):
     from aaq.report import input_paths, output_filename
 
     protect = [*input_paths(spec.resolved), spec_path]
-    names = [output_filename(spec.model_name), "report.json", LOG_FILE, HISTORY_FILE] + ([HTML_FILE] if html else [])
+    names = [output_filename(spec.model_name), "report.json", LOG_FILE, *KEPT_FILES] + ([HTML_FILE] if html else [])
     return RunFolder.create(out_dir, names=names, protect=protect), protect
 
 
@@ -179,6 +203,10 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("run", "validate"):
             cmd.add_argument("spec", help="the JSON spec file")
         if name == "run":
+            cmd.add_argument("--resume", action="store_true",
+                             help="continue the Tuning run interrupted (or finished) in the output directory from "
+                                  "its tuning_history.jsonl: finished trials are not evaluated again; the spec "
+                                  "must be the same but for Tuning's exit_policy")
             cmd.add_argument("--output-dir", help="where to write the model, report.json and the log "
                                                   "(default: the spec's output.dir, else aaq-results/NAME)")
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -215,14 +243,6 @@ def _configure_logging(level: str) -> None:
         root.addHandler(handler)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the run is, like Ctrl-C's KeyboardInterrupt."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _signal_name(exc: BaseException) -> str:
     signum = getattr(exc, "signum", signal.SIGINT)
     try:
@@ -233,7 +253,8 @@ def _signal_name(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP behave as SIGINT does (an exception where the run is) while the command runs."""
+    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (a KeyboardInterrupt naming the signal) where the run is,
+    while the command runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -242,7 +263,7 @@ def _signals_interrupt() -> Iterator[None]:
         raise Interrupted(signum)
 
     previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signum = getattr(signal, name)
             previous[signum] = signal.signal(signum, raise_interrupted)
@@ -267,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (``aaq list | head``): nothing left to say
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: 128 + the signal's number
-        print(f"aaq: interrupted by {_signal_name(exc)}; nothing half-written was left", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP with no best model yet: 128 + the signal's number
+        print(f"aaq: interrupted by {_signal_name(exc)}; nothing half-written was left (no best model yet: "
+              f"nothing was published)", file=sys.stderr)
         _print_log_note(exc)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except Exception as exc:  # the promise: one line, traceback only at debug level

@@ -88,3 +88,33 @@ class ReportError(BadInputError):
     def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP reached the run: Ctrl-C's KeyboardInterrupt, carrying which signal.
+
+    An algorithm that can stop with a usable best model so far raises it with ``state``
+    (the pipeline state of that model; its record is added by ``run_algorithm``); the
+    pipeline then raises it again with ``result``, which the CLI publishes as a pair
+    marked ``"interrupted": true``. Both stay None when nothing worth writing exists.
+    """
+
+    def __init__(self, signum: int = 2, *, state: object = None, result: object = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.state = state
+        self.result = result
+
+    @classmethod
+    def of(cls, exc: BaseException, **kwargs: object) -> "Interrupted":
+        """``exc`` (a plain KeyboardInterrupt is SIGINT) as an ``Interrupted`` carrying ``kwargs``."""
+        return cls(int(getattr(exc, "signum", 2)), **kwargs)
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:  # pragma: no cover
+            return f"signal {self.signum}"

@@ -142,7 +142,7 @@ class RunFolder:
         names = [n for n in self._names if (self.path / n).exists()]
         for name in names:
             _refuse_replacing_inputs(self.out_dir, name, self._protect)
-        with _signals_deferred():
+        with signals_deferred():
             runs = self.out_dir / RUNS
             done = runs / self.run_id
             _fsync_dir(self.path)
@@ -165,7 +165,7 @@ class RunFolder:
     def abandon(self, keep: Iterable[str] = ("aaq.log",)) -> Path:
         """Publish nothing: delete this run's files but ``keep`` and mark its folder failed; returns it."""
         keep = set(keep)
-        with _signals_deferred():
+        with signals_deferred():
             if self.committed or not self.path.exists():
                 return self.path
             for entry in self.path.iterdir():
@@ -350,7 +350,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM/SIGHUP until the block is done (main thread, POSIX); they are delivered after."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield

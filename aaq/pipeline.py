@@ -11,7 +11,7 @@ import onnx
 from aaq.algorithms.base import algorithms, run_algorithm
 from aaq.engine.engine import Engine
 from aaq.engine.protocol import EngineLike
-from aaq.errors import ModelError, SpecError
+from aaq.errors import Interrupted, ModelError, SpecError
 from aaq.report import MetricOutcome, Result
 from aaq.spec.validate import Spec, load_spec
 from aaq.state import PipelineState, model_digest
@@ -40,11 +40,15 @@ class Pipeline:
         ]
 
     def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None, *,
-            output_dir: str | Path | None = None) -> Result:
+            output_dir: str | Path | None = None, resume_from: str | Path | None = None) -> Result:
         """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec).
 
         ``output_dir``: where algorithms may write files as they go (``state.output_dir``);
-        ``Result.save`` still writes the model and report.json.
+        ``Result.save`` still writes the model and report.json. ``resume_from``: an earlier run's folder whose
+        tuning history a Tuning step replays (``aaq run --resume``).
+
+        Ctrl-C, SIGTERM or SIGHUP (``KeyboardInterrupt``) end the run with ``aaq.errors.Interrupted``, whose
+        ``result`` is the best model so far (None when no algorithm had one): nothing more is measured.
         """
         started = time.perf_counter()
         float_model = load_model(model if model is not None else self.spec.resolved["model"]["path"])
@@ -60,11 +64,23 @@ class Pipeline:
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
         state = PipelineState(float_model=float_model, model=current,
-                              output_dir=None if output_dir is None else Path(output_dir))
-        for algorithm in self.algorithms:
-            state = run_algorithm(algorithm, state, engine, progress=self.progress)
+                              output_dir=None if output_dir is None else Path(output_dir),
+                              resume_from=None if resume_from is None else Path(resume_from))
+        try:
+            for algorithm in self.algorithms:
+                state = run_algorithm(algorithm, state, engine, progress=self.progress)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the best so far, measured no further
+            best = getattr(exc, "state", None)
+            result = None if best is None else self._result(best, engine, {}, float_model, started,
+                                                            interrupted=Interrupted.of(exc).signal_name)
+            raise Interrupted.of(exc, result=result) from None
         if self.evaluate:
-            outcomes = _metric_outcomes(engine, state)
+            try:
+                outcomes = _metric_outcomes(engine, state)
+            except KeyboardInterrupt as exc:  # the algorithms are done: their model is the one to publish
+                result = self._result(state, engine, {}, float_model, started,
+                                      interrupted=Interrupted.of(exc).signal_name)
+                raise Interrupted.of(exc, result=result) from None
             for name, outcome in outcomes.items():
                 logger.info("%s", outcome.describe(name))
         else:
@@ -75,6 +91,10 @@ class Pipeline:
             logger.warning("accuracy target NOT met (%s); the best model found is returned", missed)
             for name, note in state.notes.items():
                 logger.warning("%s: %s", name, note)
+        return self._result(state, engine, outcomes, float_model, started)
+
+    def _result(self, state: PipelineState, engine: EngineLike, outcomes: dict[str, MetricOutcome],
+                float_model: onnx.ModelProto, started: float, *, interrupted: str | None = None) -> Result:
         return Result(
             model=state.model,
             model_name=self.spec.model_name,
@@ -82,13 +102,14 @@ class Pipeline:
             targets=dict(state.targets),
             notes=dict(state.notes),
             metrics=outcomes,
-            evaluated=self.evaluate,
+            evaluated=self.evaluate and interrupted is None,
             metric_names=[m.name for m in engine.metrics],
             algorithms=state.records,
             evaluations=list(getattr(engine, "history", [])),
             float_samples_inferred=int(getattr(engine, "inferred_by_model", {}).get(model_digest(float_model), 0)),
             seconds=time.perf_counter() - started,
             spec=self.spec.resolved,
+            interrupted=interrupted,
         )
 
 

@@ -88,6 +88,9 @@ class Result:
     metric_names: list[str] = dataclasses.field(default_factory=list)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     """Why a target is not met when its drop alone does not say (the search overfitted)."""
+    interrupted: str | None = None
+    """The signal that stopped the run (``"SIGINT"``...): the model is the best found until then, and the
+    float and final models were not measured again."""
 
 
     def report(self) -> dict[str, Any]:
@@ -113,6 +116,8 @@ class Result:
             "target_met": self.target_met,
             "targets": self.targets,
             "target_notes": self.notes,
+            "interrupted": self.interrupted is not None,
+            "signal": self.interrupted,
             "model": {
                 "file": self.model_filename,
                 "sha256": digest,

@@ -54,6 +54,9 @@ class PipelineState:
     """Where the run's files go, when the caller says (the CLI does; ``Pipeline.run(output_dir=...)``):
     an algorithm may write progress files there as it goes (Tuning's ``tuning_history.jsonl``).
     ``None`` (the Python API without an output directory): no file is written."""
+    resume_from: Path | None = None
+    """The folder of the earlier run a resumed run continues (``aaq run --resume``): Tuning answers the
+    trials that finished there from its ``tuning_history.jsonl`` instead of evaluating them again."""
     notes: dict[str, str] = field(default_factory=dict)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per metric, the drop intervals of ``model`` (by digest): ``{"model", "search", "held_out"}``."""

@@ -105,6 +105,9 @@ class PlanEvaluator:
         self.interval_seconds = 0.0
         """Time spent on bootstrap intervals."""
         self._intervals: dict[str, dict[str, DropInterval]] = {}
+        self.best: tuple[Measurement, Candidates] | None = None
+        """The best complete measurement so far (``better``) and the candidates of the plan it measured: what
+        an interrupted search publishes."""
 
     def build(self, reverted: frozenset) -> onnx.ModelProto:
         return self.candidates.build(reverted)
@@ -122,8 +125,11 @@ class PlanEvaluator:
         point = {name: ev.values[name] for name in self.targets.names}
         intervals = self.intervals(ev.model_digest)
         decision = self.targets.decision(point, intervals)
-        return Measurement(reverted, {n: (v, v) for n, v in decision.items()}, True,
-                           {n: (v, v) for n, v in point.items()}, intervals)
+        m = Measurement(reverted, {n: (v, v) for n, v in decision.items()}, True,
+                        {n: (v, v) for n, v in point.items()}, intervals)
+        if self.best is None or better(self.targets, m, self.best[0]):
+            self.best = (m, self.candidates)
+        return m
 
     def intervals(self, digest: str) -> dict[str, DropInterval]:
         """The drop intervals of an evaluated model on the search samples (computed once per model)."""
@@ -144,3 +150,15 @@ class PlanEvaluator:
     def passed(self, m: Measurement) -> bool:
         """Met for sure: a partial measurement is only returned once its question is decided."""
         return self.targets.objective_interval(m.values)[1] <= 0
+
+
+def better(targets: Targets, a: Measurement, b: Measurement) -> bool:
+    """Whether complete measurement ``a`` beats ``b``: meeting every target beats not; among those that meet
+    them, fewer groups in float (then the lower objective); among those that do not, the lower objective."""
+    met_a, met_b = targets.met(a.point()), targets.met(b.point())
+    if met_a != met_b:
+        return met_a
+    key_a, key_b = targets.objective(a.point()), targets.objective(b.point())
+    if met_a:
+        return (len(a.reverted), key_a) < (len(b.reverted), key_b)
+    return key_a < key_b

@@ -96,10 +96,11 @@ class GroupRanker:
         self.build, self.neighbours = build, neighbours
         self._subsets.clear()
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """End the worker processes, if any (``abandon``: now, not after their running task; a signal came)."""
         if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.close(abandon=abandon)
 
     @property
     def by_distance(self) -> bool:

@@ -24,8 +24,12 @@ from aaq.engine.datasets import ArrayDataset, SampleList, is_batched
 from aaq.engine.feeds import fetch
 from aaq.engine.engine import Engine
 from aaq.engine.protocol import EngineLike
+from aaq.output import signals_deferred
 
 logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 5.0
+"""How long an abandoned worker may take to end on SIGTERM before it is killed."""
 
 
 class WorkerPool:
@@ -64,9 +68,30 @@ class WorkerPool:
     def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool) -> Future:
         return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.scratch.cleanup()
+    def close(self, abandon: bool = False) -> None:
+        """End the workers and delete the scratch folder.
+
+        ``abandon`` (a signal is ending the run): the workers are stopped now, SIGTERM
+        then SIGKILL after ``GRACE_SECONDS``, instead of after their running task, and
+        further signals wait until they are gone and the scratch data is deleted, so
+        that no worker and no copy of the data outlives the run.
+        """
+        if not abandon:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.scratch.cleanup()
+            return
+        with signals_deferred():
+            # ProcessPoolExecutor has no public handle on its processes before Python 3.14 (terminate_workers)
+            processes = list((getattr(self.executor, "_processes", None) or {}).values())
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join(GRACE_SECONDS)
+                if process.is_alive():  # pragma: no cover - a worker stuck in native code
+                    process.kill()
+                    process.join()
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.scratch.cleanup()
 
 
 _WORKER: dict[str, Any] = {}

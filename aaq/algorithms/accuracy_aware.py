@@ -36,7 +36,7 @@ from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_a
 from aaq.engine.evaluation import Evaluation
 from aaq.engine.latency import latency_on_engine
 from aaq.engine.protocol import EngineLike
-from aaq.errors import SpecError
+from aaq.errors import Interrupted, SpecError
 from aaq.quantization.candidates import CandidateModels
 from aaq.quantization.graph import FLOAT, group_neighbours
 from aaq.quantization.plan import Plan
@@ -185,6 +185,10 @@ class AccuracyAwareQuantization(Algorithm):
             evaluator.full.add(float_eval)
         try:
             result, alternatives, base_params = self._search(evaluator, state, engine, base_params)
+        except KeyboardInterrupt as exc:  # the running evaluation is abandoned; the best plan measured stands
+            evaluator.ranker.close(abandon=True)
+            raise self._interrupted(Interrupted.of(exc), evaluator, state, targets, references,
+                                    float_values) from None
         finally:
             evaluator.ranker.close()
         plan = evaluator.candidates.plan.with_reverted(result.reverted)
@@ -231,6 +235,39 @@ class AccuracyAwareQuantization(Algorithm):
             logger.warning("target NOT met (%s): returning the best model found, %d groups in float, drops %s",
                            result.stop_reason, len(result.reverted), drops_text(targets, shown))
         return state
+
+    def _interrupted(self, exc: Interrupted, evaluator: PlanEvaluator, state: PipelineState, targets: Targets,
+                     references: dict[str, str], float_values: dict[str, float | None]) -> Interrupted:
+        """What a signal leaves: the best plan measured to the end so far (``evaluator.better``), else nothing."""
+        if evaluator.best is None:
+            logger.warning("interrupted by %s before any model was measured to the end: no model to write",
+                           exc.signal_name)
+            return exc
+        best, candidates = evaluator.best
+        plan = candidates.plan.with_reverted(best.reverted)
+        state = dataclasses.replace(state, plan=plan, model=candidates.build(frozenset(best.reverted)))
+        final, shown = best.point(), best.reported()
+        for t in targets.targets:
+            state.targets[t.name] = t.met(final[t.name])
+            state.references[t.name] = {"value": t.reference, "kind": references[t.name]}
+        state.metrics["float"] = {k: v for k, v in float_values.items() if v is not None}
+        state.metrics[NAME] = dict(shown)
+        groups = {g.id: g.layers for g in plan.groups}
+        self.summary = {
+            "headline": f"interrupted by {exc.signal_name}: the best plan so far, {len(best.reverted)} of "
+                        f"{len(groups)} groups in float, drops {drops_text(targets, shown)}",
+            "interrupted": True, "signal": exc.signal_name, "target_met": targets.met(final),
+            "reverted": [{"group": str(g), "layers": list(groups.get(g, ()))} for g in sorted(best.reverted, key=str)],
+            "metrics": {t.name: {"reference": t.reference, "reference_kind": references[t.name],
+                                 "float": float_values.get(t.name), "final": shown[t.name],
+                                 "drop": t.drop(shown[t.name]), "allowed_drop": t.allowed,
+                                 "met": t.met(final[t.name])} for t in targets.targets},
+            "rankings": evaluator.ranker.history,
+            "evaluations": {"full": evaluator.full.evaluations, "full_stopped_early": evaluator.full.stopped_early,
+                            "ranking": evaluator.ranker.counts.evaluations},
+        }
+        logger.warning("%s", self.summary["headline"])
+        return Interrupted(exc.signum, state=state)
 
     def _base_params(self, state: PipelineState) -> dict[str, Any]:
         """The base algorithm's params: those of its earlier run in this pipeline, else ``base_params``."""

@@ -19,7 +19,7 @@ import time
 from typing import Any, ClassVar, Sequence
 
 from aaq.engine.protocol import EngineLike
-from aaq.errors import AaqError, PluginError
+from aaq.errors import AaqError, Interrupted, PluginError
 from aaq.params import build_params, check_params_class
 from aaq.registry import Registry
 from aaq.state import AlgorithmRecord, PipelineState, model_digest
@@ -117,6 +117,11 @@ def run_algorithm(algorithm: Algorithm, state: PipelineState, engine: EngineLike
     origin = algorithms.source(algorithm.name) if algorithm.name in algorithms else None
     try:
         new_state = algorithm.run(state, engine)
+    except Interrupted as exc:  # the best so far, when the algorithm left one, carries its record
+        if isinstance(exc.state, PipelineState):
+            exc.state.records.append(AlgorithmRecord(algorithm.name, _params_dict(algorithm.params),
+                                                     time.perf_counter() - started, dict(algorithm.summary)))
+        raise
     except (AaqError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -12,15 +12,19 @@ objectives are measured when it passes, the monitor records it, the strategy is
 told, a line is appended to ``tuning_history.jsonl`` -> the exit case -> the best
 trial's model (objectives among the passing trials; else the failing trial closest
 to the criterion).
+
+Interrupted (SIGINT, SIGTERM, SIGHUP): the running trial is abandoned and the best
+trial meeting the criterion, if one finished, leaves with ``aaq.errors.Interrupted``.
+Resumed (``state.resume_from``): everything before the loop is recomputed, and each
+proposed config whose trial finished in the earlier run is answered from its history
+(``aaq.tuning.history``), as are the strategies' rankings.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -32,20 +36,20 @@ from aaq.accuracy.weighted import WeightedTargets
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm
 from aaq.algorithms.tuning_trials import TrialRunner
 from aaq.engine.protocol import EngineLike
-from aaq.errors import SpecError
+from aaq.errors import Interrupted, SpecError
 from aaq.schemas import load_schema
 from aaq.schemas.tools import fill_defaults, schema_errors
 from aaq.state import PipelineState
+from aaq.tuning.history import HISTORY_FILE, History  # noqa: F401  (HISTORY_FILE: its name, kept here)
 from aaq.tuning.loader import expand_config_set
 from aaq.tuning.monitor import SPACE_DONE, TIMEOUT, ExitPolicy, Monitor, Trial
 from aaq.tuning.objectives import ObjectiveSet, objective_problems
-from aaq.tuning.space import TuningSpace, space_problems
+from aaq.tuning.space import TrialConfig, TuningSpace, space_problems
 from aaq.tuning.strategies import StrategyContext, strategies
 
 logger = logging.getLogger(__name__)
 
 NAME = "Tuning"
-HISTORY_FILE = "tuning_history.jsonl"
 APPROACH = "post_training_static_quant"
 UNBOUNDED_LIMIT = 256
 """With timeout 0 and max_trials 0, exhaustive / random refuse a space of more configs than this."""
@@ -178,31 +182,46 @@ class Tuning(Algorithm):
         space = dataclasses.replace(space, forced=runner.resolve(space, configs[0]))
         strategy_cls = strategies.get(p.strategy["name"], "strategy.name")
         options = {k: v for k, v in p.strategy.items() if k != "name"}
-        strategy = strategy_cls(StrategyContext(space, p.random_seed, runner.units, runner.rank), **options)
+        history = History(state.output_dir, state.resume_from)
+        strategy = strategy_cls(StrategyContext(space, p.random_seed, runner.units, _ranker(runner, history)),
+                                **options)
         policy = ExitPolicy(float(p.exit_policy.get("timeout", 0)), int(p.exit_policy.get("max_trials", 100)))
         monitor = Monitor(policy, objective_set)
-        history = _History(state.output_dir)
-        exit_case = self._loop(strategy, monitor, runner, history, engine)
+        try:
+            exit_case = self._loop(strategy, monitor, runner, history, engine)
+        except KeyboardInterrupt as exc:  # the running trial is abandoned; the finished ones stand
+            raise self._interrupted(Interrupted.of(exc), state, monitor, runner, targets, float_values,
+                                    strategy_cls.name, history, started) from None
         monitor.finish(exit_case)
         best = monitor.best
         if best is None:  # the only trial was stopped by the timeout: measure it to say what it is
             best = runner.complete(monitor.trials[0])
         elif not best.complete:
             best = runner.complete(best)
-        plan = runner.entry(best.config).plan.with_reverted(runner.groups(best.config))
-        state = dataclasses.replace(state, plan=plan, model=runner.model(best.config))
-        final = {k: lo for k, (lo, _) in best.values.items()}
-        met = targets.met(final)
-        for t in targets.targets:
-            state.targets[t.name] = met
-            state.references[t.name] = {"value": t.reference, "kind": "measured"}
-        state.metrics["float"] = dict(float_values)
-        state.metrics[NAME] = final
+        state = _final_state(state, runner, best, targets, float_values)
         self.summary = self._summary(monitor, runner, best, targets, float_values, strategy_cls.name, history,
                                      time.perf_counter() - started)
         return state
 
-    def _loop(self, strategy, monitor: Monitor, runner: TrialRunner, history: "_History", engine: EngineLike) -> str:
+    def _interrupted(self, exc: Interrupted, state: PipelineState, monitor: Monitor, runner: TrialRunner,
+                     targets: Targets, float_values: dict[str, float], strategy: str, history: History,
+                     started: float) -> Interrupted:
+        """What a signal leaves: the best trial meeting the criterion, with its summary; else nothing to write."""
+        monitor.finish(f"interrupted by {exc.signal_name}")
+        best = monitor.best if monitor.passing else None
+        if best is None or not best.complete:
+            logger.warning("interrupted by %s after %d finished trials: none met the criterion, no model to write",
+                           exc.signal_name, len(monitor.trials))
+            return exc
+        state = _final_state(state, runner, best, targets, float_values)
+        self.summary = self._summary(monitor, runner, best, targets, float_values, strategy, history,
+                                     time.perf_counter() - started)
+        self.summary.update(interrupted=True, signal=exc.signal_name,
+                            headline=f"interrupted by {exc.signal_name}: best so far trial {best.number} of "
+                                     f"{len(monitor.trials)} finished ({len(best.config.fallback)} layers in float)")
+        return Interrupted(exc.signum, state=state)
+
+    def _loop(self, strategy, monitor: Monitor, runner: TrialRunner, history: History, engine: EngineLike) -> str:
         total = monitor.policy.max_trials or None
         with tqdm(total=total, desc="tuning", unit="trial", leave=False, dynamic_ncols=True,
                   disable=not engine.progress) as bar:
@@ -214,13 +233,15 @@ class Tuning(Algorithm):
                 if config is None:
                     return SPACE_DONE
                 number = monitor.next_number()
-                monitor.start(number, config)
-                failing = monitor.best_failing
-                trial = runner.run(number, config, monitor.deadline, None if failing is None else failing.score[0],
-                                   strategy.phase)
+                trial = history.cached(number, config)
+                monitor.start(number, config, replayed=trial is not None)
+                if trial is None:
+                    failing = monitor.best_failing
+                    trial = runner.run(number, config, monitor.deadline,
+                                       None if failing is None else failing.score[0], strategy.phase)
+                    history.append(trial)
                 monitor.record(trial)
                 strategy.tell(trial)
-                history.append(trial)
                 bar.update(1)
                 if trial.stopped == "timeout":
                     return TIMEOUT
@@ -259,7 +280,7 @@ class Tuning(Algorithm):
         return targets, values
 
     def _summary(self, monitor: Monitor, runner: TrialRunner, best: Trial, targets: Targets,
-                 float_values: dict[str, float], strategy: str, history: "_History", seconds: float) -> dict[str, Any]:
+                 float_values: dict[str, float], strategy: str, history: History, seconds: float) -> dict[str, Any]:
         final = {k: lo for k, (lo, _) in best.values.items()}
         met = targets.met(final)
         passing = monitor.passing
@@ -286,20 +307,41 @@ class Tuning(Algorithm):
                             "full_stopped_early": runner.full.stopped_early, "full_samples_inferred": runner.full.samples,
                             "ranking": dict(runner.ranking_counts)},
             "history_file": None if history.path is None else str(history.path),
+            "replayed_trials": history.replayed,
             "seconds": seconds,
         }
 
 
-class _History:
-    """``tuning_history.jsonl`` in the run's output directory: one JSON line per trial, as it ends."""
+def _final_state(state: PipelineState, runner: TrialRunner, best: Trial, targets: Targets,
+                 float_values: dict[str, float]) -> PipelineState:
+    """The pipeline state of ``best``'s model (built from its plan, nothing inferred)."""
+    plan = runner.entry(best.config).plan.with_reverted(runner.groups(best.config))
+    state = dataclasses.replace(state, plan=plan, model=runner.model(best.config))
+    final = {k: lo for k, (lo, _) in best.values.items()}
+    met = targets.met(final)
+    for t in targets.targets:
+        state.targets[t.name] = met
+        state.references[t.name] = {"value": t.reference, "kind": "measured"}
+    state.metrics["float"] = dict(float_values)
+    state.metrics[NAME] = final
+    return state
 
-    def __init__(self, output_dir: Path | None) -> None:
-        self.path = None if output_dir is None else Path(output_dir) / HISTORY_FILE
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
 
-    def append(self, trial: Trial) -> None:
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(trial.as_dict(), sort_keys=True) + "\n")
+def _ranker(runner: TrialRunner, history: History):
+    """The strategies' ``rank``: the earlier run's ranking of a config when resuming, else the runner's."""
+
+    def rank(config: TrialConfig, method: str) -> list[tuple[str, ...]]:
+        def compute():
+            before = len(runner.rankings)
+            runner.rank(config, method)
+            return runner.rankings[-1] if len(runner.rankings) > before else None
+
+        known = len(runner.rankings)
+        record = history.ranking(config, method, compute)
+        if record is None:
+            return []
+        if len(runner.rankings) == known:  # from the earlier run: the report shows it all the same
+            runner.rankings.append(record)
+        return [tuple(entry["layers"]) for entry in record["order"]]
+
+    return rank

@@ -6,6 +6,7 @@ Log lines (logger ``aaq.tuning.monitor``, INFO), one fixed format each so that t
 can be grepped (INC's ``TuningLogger``)::
 
     [tuning] trial 3 start: {"sampling_size": 100, "weight": {...}, "activation": {...}, "fallback": []}
+    [tuning] trial 3 from the history: {...}      (a resumed run: the earlier run's result, not evaluated)
     [tuning] trial 3 end: pass accuracy 0.9844 (top1 0.9844) objectives performance=0.412 in 0.51 s
     [tuning] end: criterion met; best trial 3 of 3 (best performance among 1 passing); 2.1 s
 """
@@ -29,6 +30,7 @@ SPACE_DONE = "tuning space exhausted"
 EXIT_CASES = (CRITERION_MET, MAX_TRIALS, TIMEOUT, SPACE_DONE)
 
 TRIAL_START = "[tuning] trial {number} start: {config}"
+TRIAL_REPLAYED = "[tuning] trial {number} from the history: {config}"
 TRIAL_END = "[tuning] trial {number} end: {verdict} accuracy {accuracy} ({metrics}) objectives {objectives} in " \
             "{seconds:.2f} s"
 TUNING_END = "[tuning] end: {exit}; best trial {best} of {trials} ({why}); {seconds:.1f} s"
@@ -61,6 +63,7 @@ class Trial:
         return {"trial": self.number, "config": self.config.as_dict(), "phase": self.phase,
                 "objectives": dict(self.objectives), "accuracy": self.accuracy, "metrics": values,
                 "passed": self.passed, "complete": self.complete, "stopped": self.stopped,
+                "score": [self.score[0], self.score[1]],
                 "seconds": round(self.seconds, 4), "measurements": dict(self.measurements)}
 
 
@@ -134,8 +137,9 @@ class Monitor:
             return TIMEOUT
         return ""
 
-    def start(self, number: int, config: TrialConfig) -> None:
-        logger.info(TRIAL_START.format(number=number, config=json.dumps(config.as_dict(), sort_keys=True)))
+    def start(self, number: int, config: TrialConfig, *, replayed: bool = False) -> None:
+        line = TRIAL_REPLAYED if replayed else TRIAL_START
+        logger.info(line.format(number=number, config=json.dumps(config.as_dict(), sort_keys=True)))
 
     def record(self, trial: Trial) -> None:
         self.trials.append(trial)
