@@ -22,8 +22,9 @@ they quantized:
 
 Cases: ``ppocr_cls`` and ``ppocr_rec`` (``realcases.py``), the samples whose data
 their prepare scripts make (``text_direction``, ``text_recognition``; prepared here
-when missing), the bundled ``tiny`` sample, and ``outlier_cnn``
-(``synthetic_cases.py``: a planted outlier activation channel).
+when missing), the bundled ``tiny`` sample, ``outlier_cnn`` (``synthetic_cases.py``:
+a planted outlier activation channel) and ``gaussian_mlp`` (its opposite: few values
+per sample, no outliers).
 
 Extending: a case is a function ``name -> Case`` in ``CASES``; a row is a ``Row``
 in ``ROWS`` whose ``quantize(case, work_dir) -> path of the quantized model`` may
@@ -61,6 +62,8 @@ import onnxruntime as ort  # noqa: E402
 OUT = HERE / "out"
 WORK = OUT / "bench_default_start"
 QUICK_EVAL, QUICK_CALIB = 300, 100
+LIMITS: tuple[int, int] | None = None
+"""(evaluation, calibration) samples at most (``--quick``); None: all."""
 
 
 # --------------------------------------------------------------------------- cases
@@ -105,6 +108,8 @@ def _realcase(name: str) -> Case:
     info = realcases.prepare(name)
     with np.load(info["data"], allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    if LIMITS:  # the metric's mean length is over the evaluation set actually used
+        arrays["x__x"], arrays[info["labels"]] = arrays["x__x"][:LIMITS[0]], arrays[info["labels"]][:LIMITS[0]]
     scorer = nncf_side.Scorer(name, arrays)
     return Case(name, Path(info["model"]), "x", arrays["calib__x"], arrays["x__x"], arrays[info["labels"]],
                 scorer.scores, {"ppocr_cls": 64, "ppocr_rec": 16}[name], info["metric"])
@@ -156,9 +161,21 @@ def _outlier_cnn(name: str) -> Case:
                 {"planted": built.planted})
 
 
+
+def _gaussian_mlp(name: str) -> Case:
+    import synthetic_cases
+
+    built = synthetic_cases.gaussian_mlp()
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "gaussian_mlp.onnx"
+    onnx.save(built.model, str(path))
+    return Case(name, path, built.input_name, built.calib, built.x, built.y, _top1, 64, built.metric, built.planted)
+
+
 CASES: dict[str, Callable[[str], Case]] = {
     "ppocr_cls": _realcase, "ppocr_rec": _realcase, "text_direction": _text_direction,
     "text_recognition": _text_recognition, "tiny": _tiny, "outlier_cnn": _outlier_cnn,
+    "gaussian_mlp": _gaussian_mlp,
 }
 
 
@@ -175,17 +192,19 @@ class Row:
     quantize: Callable[[Case, Path], Path]
 
 
+_MIN = {"type": "min", "aggregator": "min"}
 ESTIMATORS: dict[str, tuple[str, dict]] = {
-    # name: (what it is, DefaultQuantization's activations param)
+    # name: (what it is, DefaultQuantization's activations param; explicit, whatever the defaults are)
+    "default": ("DefaultQuantization's defaults as they are in this tree", {}),
     "minmax": ("min of per-sample min, max of per-sample abs max (ORT's MinMax; aaq's old default)",
-               {"range_estimator": {"preset": "default"}}),
+               {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "max"}}}),
     "mean_max": ("min of per-sample min, mean of per-sample abs max (POT's default)",
-                 {"range_estimator": {"preset": "default", "max": {"aggregator": "mean"}}}),
+                 {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "mean"}}}),
     "mean_minmax": ("mean of per-sample min and of per-sample abs max (NNCF's activations)",
-                    {"range_estimator": {"preset": "default", "min": {"aggregator": "mean"},
-                                         "max": {"aggregator": "mean"}}}),
+                    {"range_estimator": {"min": {"type": "min", "aggregator": "mean"},
+                                         "max": {"type": "abs_max", "aggregator": "mean"}}}),
     "median_max": ("min of per-sample min, median of per-sample abs max",
-                   {"range_estimator": {"preset": "default", "max": {"aggregator": "median"}}}),
+                   {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "median"}}}),
     "quantile": ("per-sample quantiles at 1e-4, min / mean over samples (POT's quantile preset)",
                  {"range_estimator": {"preset": "quantile"}}),
     "quantile_1e-3": ("per-sample quantiles at 1e-3, min / mean over samples",
@@ -194,6 +213,14 @@ ESTIMATORS: dict[str, tuple[str, dict]] = {
     "percentile": ("99.999th percentile of |x| over every calibration value (ORT's Percentile)",
                    {"range_estimator": {"preset": "percentile"}}),
     "kl": ("least KL divergence threshold (TensorRT / ORT Entropy)", {"range_estimator": {"preset": "kl"}}),
+}
+MIXED: dict[str, tuple[str, dict]] = {
+    # the same at preset mixed (asymmetric activations): min / max of per-sample extremes, or their means
+    "mixed minmax": ("preset mixed: min of per-sample min, max of per-sample max",
+                     {"range_estimator": {"min": _MIN, "max": {"type": "max", "aggregator": "max"}}}),
+    "mixed mean_minmax": ("preset mixed: mean of per-sample min and of per-sample max (POT's and NNCF's)",
+                          {"range_estimator": {"min": {"type": "min", "aggregator": "mean"},
+                                               "max": {"type": "max", "aggregator": "mean"}}}),
 }
 
 _SHARED_STATS: dict[str, Any] = {}
@@ -213,12 +240,14 @@ def aaq_row(name: str, activations: dict, describe: str, **params: Any) -> Row:
         engine = Engine(ArrayDataset({case.input_name: case.calib}), [Agreement()], batch_size=case.batch,
                         progress=False)
         engine.set_float_model(model)
-        base = {"stat_subset_size": len(case.calib), "latency_aware": "off", "activations": activations}
+        base = {"stat_subset_size": len(case.calib), "latency_aware": "off"}
+        if activations:
+            base["activations"] = activations
         algorithm = DefaultQuantization(DefaultQuantization.Params(**{**base, **params}))
         stats = _SHARED_STATS.setdefault(case.name, StatisticsCache())
         state = run_algorithm(algorithm, PipelineState(float_model=model, model=model, statistics=stats),
                               engine, progress=False)
-        path = work / f"{case.name}.aaq_{name}.onnx"
+        path = work / f"{case.name}.aaq_{name.replace(' ', '_')}.onnx"
         onnx.save(state.model, str(path))
         return path
 
@@ -259,6 +288,7 @@ def ort_quantize(case: Case, work: Path) -> Path:
 
 
 ROWS: list[Row] = [aaq_row(name, act, what) for name, (what, act) in ESTIMATORS.items()] + [
+    aaq_row(name, act, what, preset="mixed") for name, (what, act) in MIXED.items()] + [
     Row("nncf", "nncf", "nncf.quantize defaults (NNCF 3.4.0, ONNX backend, opset 13)", nncf_quantize),
     Row("ort", "ort", "quantize_static QDQ MinMax per-channel, U8 activations, S8 weights", ort_quantize),
 ]
@@ -342,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                  text=True).stdout.strip()}
     started = time.perf_counter()
+    global LIMITS
+    LIMITS = (QUICK_EVAL, QUICK_CALIB) if args.quick else None
     for name in args.cases:
         case = CASES[name](name)
         if args.quick:
