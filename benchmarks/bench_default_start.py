@@ -197,14 +197,17 @@ ESTIMATORS: dict[str, tuple[str, dict]] = {
     # name: (what it is, DefaultQuantization's activations param; explicit, whatever the defaults are)
     "default": ("DefaultQuantization's defaults as they are in this tree", {}),
     "minmax": ("min of per-sample min, max of per-sample abs max (ORT's MinMax; aaq's old default)",
-               {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "max"}}}),
+               {"range_estimator": {"preset": "minmax", "min": _MIN,
+                                    "max": {"type": "abs_max", "aggregator": "max"}}}),
     "mean_max": ("min of per-sample min, mean of per-sample abs max (POT's default)",
-                 {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "mean"}}}),
+                 {"range_estimator": {"preset": "minmax", "min": _MIN,
+                                      "max": {"type": "abs_max", "aggregator": "mean"}}}),
     "mean_minmax": ("mean of per-sample min and of per-sample abs max (NNCF's activations)",
-                    {"range_estimator": {"min": {"type": "min", "aggregator": "mean"},
+                    {"range_estimator": {"preset": "minmax", "min": {"type": "min", "aggregator": "mean"},
                                          "max": {"type": "abs_max", "aggregator": "mean"}}}),
     "median_max": ("min of per-sample min, median of per-sample abs max",
-                   {"range_estimator": {"min": _MIN, "max": {"type": "abs_max", "aggregator": "median"}}}),
+                   {"range_estimator": {"preset": "minmax", "min": _MIN,
+                                        "max": {"type": "abs_max", "aggregator": "median"}}}),
     "quantile": ("per-sample quantiles at 1e-4, min / mean over samples (POT's quantile preset)",
                  {"range_estimator": {"preset": "quantile"}}),
     "quantile_1e-3": ("per-sample quantiles at 1e-3, min / mean over samples",
@@ -217,9 +220,10 @@ ESTIMATORS: dict[str, tuple[str, dict]] = {
 MIXED: dict[str, tuple[str, dict]] = {
     # the same at preset mixed (asymmetric activations): min / max of per-sample extremes, or their means
     "mixed minmax": ("preset mixed: min of per-sample min, max of per-sample max",
-                     {"range_estimator": {"min": _MIN, "max": {"type": "max", "aggregator": "max"}}}),
+                     {"range_estimator": {"preset": "minmax", "min": _MIN,
+                                          "max": {"type": "max", "aggregator": "max"}}}),
     "mixed mean_minmax": ("preset mixed: mean of per-sample min and of per-sample max (POT's and NNCF's)",
-                          {"range_estimator": {"min": {"type": "min", "aggregator": "mean"},
+                          {"range_estimator": {"preset": "minmax", "min": {"type": "min", "aggregator": "mean"},
                                                "max": {"type": "max", "aggregator": "mean"}}}),
 }
 

@@ -40,7 +40,8 @@ from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
-from aaq.quantization.presets import HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics, resolve_config
+from aaq.quantization.presets import (DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics,
+                                      resolve_config)
 from aaq.quantization.qdq import apply_plan
 from aaq.schemas import load_schema
 from aaq.state import PipelineState, model_digest
@@ -64,14 +65,14 @@ class DefaultQuantizationParams:
         "bits": 8, "reduce_range": "auto", "granularity": "perchannel",
         "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
     activations: dict[str, Any] = field(default_factory=lambda: {
-        "range_estimator": {"preset": "default",
+        "range_estimator": {"preset": "percentile",
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "percentile": 99.999, "histogram_bins": 2048}})
     bias_correction: bool = True
     use_fast_bias: bool = True
     latency_aware: str = "measure"
-    latency_budget: float = 10.0
+    latency_budget: float = 5.0
 
 
 @dataclass
@@ -107,7 +108,8 @@ class DefaultQuantization(Algorithm):
         if estimator.get("preset") in HISTOGRAM_ESTIMATORS:
             problems = [(f"activations.range_estimator.{entry}",
                          f"must be null with preset {estimator['preset']!r}: it reads the observed range, "
-                         f"then a histogram") for entry in fixed_statistics(estimator)]
+                         f"then a histogram (set \"preset\": \"minmax\" or \"quantile\" to give min / max "
+                         f"statistics)") for entry in fixed_statistics(estimator)]
             if problems:
                 return problems
         ignored = params.get("ignored") or {}
@@ -271,7 +273,7 @@ class DefaultQuantization(Algorithm):
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]
         return {
             "preset": self.params.preset,
-            "range_estimator": self.params.activations.get("range_estimator", {}).get("preset", "default"),
+            "range_estimator": self.params.activations.get("range_estimator", {}).get("preset", DEFAULT_ESTIMATOR),
             "layers_quantized": len(plan.layers),
             "layers": [layer.name for layer in plan.layers],
             "groups": len(plan.groups),
