@@ -175,7 +175,8 @@ def test_a_histogram_estimator_refuses_min_max_statistics() -> None:
         Pipeline(spec)
 
 
-@pytest.mark.parametrize("activations", [{"range_estimator": {"preset": "kl"}}, {}], ids=["kl", "the-default"])
+@pytest.mark.parametrize("activations", [{"range_estimator": {"preset": "kl"}},
+                                         {"range_estimator": {"preset": "percentile"}}], ids=["kl", "percentile"])
 def test_pot_tuning_grid_from_a_histogram_base_goes_back_to_the_minmax_estimator(activations) -> None:
     from aaq.accuracy.alternatives import merge_params, tuning_stages
 
@@ -187,9 +188,9 @@ def test_pot_tuning_grid_from_a_histogram_base_goes_back_to_the_minmax_estimator
         resolve_config(merged["preset"], {}, merged["activations"])
 
 
-def test_the_default_estimator_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> None:
-    """The default (percentile 99.999 of every value): one planted value in 200 x 1024 sets min/max's range
-    alone; the default ignores it, and unlike a mean of per-sample extremes it clips no ordinary value."""
+def test_percentile_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> None:
+    """percentile (99.999 of every value): one planted value in 200 x 1024 sets min/max's range (the default)
+    alone; percentile ignores it, and unlike a mean of per-sample extremes it clips no ordinary value."""
     mb = ModelBuilder(0)
     x = mb.add_input("x", ["N", 1024])
     mb.add_output(mb.add_gemm(x, 1024, 8, name="fc"), ["N", 8])
@@ -197,17 +198,18 @@ def test_the_default_estimator_drops_a_rare_outlier_and_keeps_every_ordinary_val
     data = np.random.default_rng(3).normal(0, 1, (200, 1024)).astype(np.float32)
     ordinary = np.abs(data).max()
     data[17, 5] = 50.0
-    default, algorithm = quantize(model, data)
-    minmax, _ = quantize(model, data, activations=MINMAX)
+    percentile, algorithm = quantize(model, data, activations={"range_estimator": {"preset": "percentile"}})
+    minmax, minmax_algorithm = quantize(model, data)
     pot_mean, _ = quantize(model, data, activations={"range_estimator": {"preset": "minmax",
                                                                           "max": {"aggregator": "mean"}}})
     assert algorithm.summary["range_estimator"] == "percentile"
-    high = {k: s.plan.quantizers["x"].high for k, s in (("default", default), ("minmax", minmax), ("mean", pot_mean))}
+    assert minmax_algorithm.summary["range_estimator"] == "minmax"  # the default
+    high = {k: s.plan.quantizers["x"].high for k, s in (("percentile", percentile), ("minmax", minmax), ("mean", pot_mean))}
     assert high["minmax"] == pytest.approx(50.0)
-    assert 0.9 * ordinary < high["default"] < 0.2 * high["minmax"]
+    assert 0.9 * ordinary < high["percentile"] < 0.2 * high["minmax"]
     assert high["mean"] < 0.85 * ordinary  # each sample's max is below the set's: ordinary values clipped
     held_out = np.random.default_rng(4).normal(0, 1, (200, 1024)).astype(np.float32)
     reference = run(model, held_out)
     errors = {k: np.abs(run(s.model, held_out) - reference).mean()
-              for k, s in (("default", default), ("minmax", minmax))}
-    assert errors["default"] < 0.5 * errors["minmax"], errors
+              for k, s in (("percentile", percentile), ("minmax", minmax))}
+    assert errors["percentile"] < 0.5 * errors["minmax"], errors

@@ -65,7 +65,7 @@ class DefaultQuantizationParams:
         "bits": 8, "reduce_range": "auto", "granularity": "perchannel",
         "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
     activations: dict[str, Any] = field(default_factory=lambda: {
-        "range_estimator": {"preset": "percentile",
+        "range_estimator": {"preset": "minmax",
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "percentile": 99.999, "histogram_bins": 2048}})

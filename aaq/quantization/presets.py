@@ -28,18 +28,18 @@ threshold of least KL divergence (TensorRT's entropy calibration), ``percentile`
 Output quantizers (there only so that ONNX Runtime fuses the layer) keep the full
 observed range with every estimator: nothing after them absorbs a clipped value.
 
-DefaultQuantization's default estimator is ``percentile`` (99.999), chosen by
-measurement (``benchmarks/bench_default_start.py``; the table is in the README's
-"Benchmarks"): it was the one estimator at least as good as ``nncf.quantize``'s start
-on every case measured. The observed range (``minmax``, ONNX Runtime's MinMax and
-aaq's default before) lost 0.24 of top-1 agreement on a CNN with one outlier
-activation channel where NNCF lost 0.10, and lost more than NNCF on PP-OCR cls; the
-mean of per-sample extremes (POT's and NNCF's aggregator) fell below NNCF's start on
-PP-OCR cls and the tiny sample, and clips ordinary values wherever a sample holds few
-values (a tabular MLP: 0.93 agreement against 0.98), since each sample's extreme is
-then far below the calibration set's. The percentile of every calibration value
-drops only the rarest ones (0.001 %), whatever the tensor's size. It costs a second
-pass over the calibration samples (the histograms). Weights are symmetric in
+DefaultQuantization's default estimator is ``minmax``, the observed range, after a
+measurement of every candidate (``benchmarks/bench_default_start.py``; the table is in
+the README's "Benchmarks") found none at least as good as ``nncf.quantize``'s start on
+every case: ``minmax`` lost to NNCF on PP-OCR cls (0.976 against 0.980) and on a CNN
+with one outlier activation channel (0.763 against 0.904); ``percentile`` matched or
+beat NNCF on cls, the tiny sample and both synthetic cases but clipped what PP-OCR rec
+needs (character accuracy 0.968 where ``minmax`` kept 0.997); the mean of per-sample
+extremes (POT's and NNCF's aggregator) fell below NNCF on cls and the tiny sample and
+clips ordinary values wherever a sample holds few values (a tabular MLP: 0.931
+against 0.980), since each sample's extreme is then far below the calibration set's.
+Of the failures, ``minmax``'s cost AccuracyAwareQuantization the least to repair on
+the real cases. Weights are symmetric in
 both presets. A user's ``min`` / ``max`` entries override the preset's field by
 field; ``null`` keeps the preset's value.
 """
@@ -55,7 +55,7 @@ PRESETS = ("performance", "mixed")
 DEFAULT_OUTLIER_PROB = 1e-4
 HISTOGRAM_ESTIMATORS = ("kl", "percentile")
 ESTIMATORS = ("minmax", "default", "quantile") + HISTOGRAM_ESTIMATORS
-DEFAULT_ESTIMATOR = "percentile"
+DEFAULT_ESTIMATOR = "minmax"
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_HISTOGRAM_BINS = 2048
 
