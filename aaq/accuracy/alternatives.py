@@ -40,7 +40,7 @@ def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
 
     With symmetric activations (preset performance) the lower bound only decides
     the sign, so only the upper bound's estimator is searched there. From a ``kl`` or
-    ``percentile`` base (the default) the candidates go back to the ``minmax`` estimator the grid's
+    ``percentile`` base the candidates go back to the ``minmax`` estimator the grid's
     entries modify (a histogram estimator takes no min / max statistics).
     """
     mixed = base_params.get("preset") == "mixed"
