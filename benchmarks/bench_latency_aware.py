@@ -17,7 +17,9 @@ For each real case (``ppocr_cls``, ``ppocr_rec``; ``realcases.py`` prepares them
   machine weighs on both alike).
 
 Targets: measure <= 1.0x ORT's model, and measure <= off (the per-round ratio's
-median), on both cases.
+median), on both cases. ``measure``'s own contest (each layout's ratio to all-int8
+on this machine, which it kept, the seconds it spent) is printed beside it, from the
+DefaultQuantization summary (report.json's ``latency_aware``).
 
 Usage:  python benchmarks/bench_latency_aware.py [--cases ppocr_cls ppocr_rec] [--rounds N]
 Writes benchmarks/out/bench_latency_aware.json and the models under benchmarks/out/bench_latency_aware/.
@@ -62,7 +64,8 @@ def quantize_aaq(case: str, info: dict, calib: np.ndarray, mode: str) -> tuple[o
     seconds = time.perf_counter() - started
     summary = algorithm.summary
     return state.model, {"seconds": seconds, "layers_quantized": summary["layers_quantized"],
-                         "latency_aware": summary["latency_aware"]}
+                         "latency_aware": summary["latency_aware"], "measure_seconds":
+                         summary["latency_aware"].get("seconds")}
 
 
 def quantize_ort(case: str, info: dict, target: Path) -> None:
@@ -115,18 +118,18 @@ def print_table(report: dict) -> None:
                   f"{lat['median_ms'][k] / lat['median_ms']['float']:.2f} | {lat['over_ort'][k]:.3f} "
                   f"({q[0]:.2f}-{q[1]:.2f}) | {lat['over_off'][k]:.3f} |")
     print()
-    print("| case | latency_aware | DQ seconds | layers int8 | float for speed | measured decisions |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| case | latency_aware | DQ seconds | measure's timing s | layers int8 | float for speed | "
+          "measure's contest (x all-int8, kept) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for case, r in report["cases"].items():
         for mode in MODES:
             a = r["aaq"][mode]
             la = a["latency_aware"]
-            decided = "; ".join(f"{d['kind']} ({len(d['layers'])}): {'float' if d['kept_float'] else 'int8'}, "
-                                f"x{d['ratio']:.2f}" if d["ratio"] is not None else
-                                f"{d['kind']} ({len(d['layers'])}): int8, not measured"
-                                for d in la.get("decisions", []))
-            print(f"| {case} | {mode} | {a['seconds']:.1f} | {a['layers_quantized']} | "
-                  f"{len(la.get('float_layers', {}))} | {decided or '-'} |")
+            contest = "; ".join(f"{name}{' [kept]' if name == la.get('kept') else ''}: x{t['over_off']:.2f}"
+                                for name, t in la.get("layouts", {}).items())
+            timing = f"{la['seconds']:.1f}" if "seconds" in la else "-"
+            print(f"| {case} | {mode} | {a['seconds']:.1f} | {timing} | {a['layers_quantized']} | "
+                  f"{len(la.get('float_layers', {}))} | {contest or '-'} |")
     print()
     for case, r in report["cases"].items():
         print(f"{case}: measure <= 1.0x ORT: {r['targets']['measure_le_ort']}; measure <= off: "

@@ -68,6 +68,11 @@ def all_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict
     return next(FakeEngine(x, batch_size=len(x)).run(model, np.arange(len(x)), outputs=names))[1]
 
 
+MINMAX = {"range_estimator": {"preset": "minmax"}}
+"""DefaultQuantization's ``activations`` for the observed range (min / max over samples), which tests of
+exact ranges and scales compute by hand (the default estimator averages per-sample extremes)."""
+
+
 def quantize(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 16, **params):
     """Run DefaultQuantization through ``run_algorithm`` as the pipeline does; returns (state, algorithm).
 

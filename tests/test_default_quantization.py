@@ -16,7 +16,7 @@ from aaq.algorithms.default import DefaultQuantization
 from aaq.errors import ModelError, SpecError
 from aaq.params import check_params_class
 from aaq.state import PipelineState
-from helpers import FakeEngine, all_outputs, images, quantize, run
+from helpers import MINMAX, FakeEngine, all_outputs, images, quantize, run
 from models import ModelBuilder, conv_net, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_reverting_a_bias_corrected_group_restores_the_float_bias() -> None:
 
 def test_statistics_are_declared_on_the_prepared_model_and_collected_in_one_pass() -> None:
     model = conv_net()
-    algorithm = DefaultQuantization(DefaultQuantization.Params())
+    algorithm = DefaultQuantization(DefaultQuantization.Params(activations=MINMAX))  # no histogram pass
     state = PipelineState(float_model=model, model=model)
     (needs,) = algorithm.statistics_needs(state)
     assert needs.model is not model and needs.num_samples == 300
@@ -121,7 +121,7 @@ def test_statistics_are_declared_on_the_prepared_model_and_collected_in_one_pass
     new_state = run_algorithm(algorithm, state, engine, progress=False)
     assert len(engine.calls) == 1  # one pass for every request
     assert not new_state.statistics.missing(needs)
-    again = DefaultQuantization(DefaultQuantization.Params(preset="mixed"))
+    again = DefaultQuantization(DefaultQuantization.Params(preset="mixed", activations=MINMAX))
     run_algorithm(again, new_state, engine, progress=False)
     assert len(engine.calls) == 2  # only what the mixed preset adds is collected
     assert set(engine.calls[1]) < set(engine.calls[0])
@@ -129,7 +129,7 @@ def test_statistics_are_declared_on_the_prepared_model_and_collected_in_one_pass
 
 def test_measured_bias_correction_goes_through_the_one_collector() -> None:
     engine = FakeEngine(images(16))
-    algorithm = DefaultQuantization(DefaultQuantization.Params(use_fast_bias=False))
+    algorithm = DefaultQuantization(DefaultQuantization.Params(use_fast_bias=False, activations=MINMAX))
     state = run_algorithm(algorithm, PipelineState(float_model=conv_net(), model=conv_net()), engine,
                           progress=False)
     assert len(engine.calls) == 2  # ranges, then the twin model's output means

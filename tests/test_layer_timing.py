@@ -7,51 +7,76 @@ import onnxruntime as ort
 import pytest
 
 from aaq.engine import layer_timing
-from aaq.engine.latency import LatencyComparison
-from aaq.quantization.latency_kinds import DEPTHWISE_LARGE, DEPTHWISE_SMALL, ONE_BY_ONE, latency_kinds
+from aaq.quantization.latency_kinds import DEPTHWISE_LARGE, DEPTHWISE_SMALL, ONE_BY_ONE, RULES_FLOAT, latency_kinds
 from aaq.quantization.prepare import prepare_model
 from helpers import FakeEngine, quantize
 from test_quantization_latency import block, inputs
 
 
 class Timed:
-    """A stand-in for ``compare_latency`` that answers a fixed ratio (and its quartiles) per kind in turn."""
+    """A stand-in for ``time_interleaved``: fixed per-round seconds per layout name (missing: all-int8's)."""
 
-    def __init__(self, answers: list[tuple[float, float, float]]) -> None:
-        self.answers = list(answers)
+    def __init__(self, ms: dict[str, list[float]]) -> None:
+        self.ms = ms
+        self.calls: list[dict] = []
 
-    def __call__(self, reference, candidate, inputs, **kwargs) -> LatencyComparison:
-        ratio, low, high = self.answers.pop(0)
-        return LatencyComparison(10.0, 10.0 * ratio, 7, kwargs.get("samples") or 4, (low, high))
+    def __call__(self, sessions, inputs, **kwargs) -> dict[str, list[float]]:
+        self.calls.append(kwargs)
+        return {name: [t / 1e3 for t in self.ms.get(name, self.ms["off"])] for name in sessions}
 
 
-def decide(monkeypatch, answers, budget: float = 5.0):
-    monkeypatch.setattr(layer_timing, "compare_latency", Timed(answers))
+KINDS = {DEPTHWISE_SMALL: ["dw"], ONE_BY_ONE: ["se"], DEPTHWISE_LARGE: ["dw2"]}
+SMALL_ONLY, EVERY = f"float: {DEPTHWISE_SMALL}", f"float: {DEPTHWISE_SMALL} + {ONE_BY_ONE} + {DEPTHWISE_LARGE}"
+
+
+def decide(monkeypatch, ms, budget: float = 5.0):
+    timed = Timed(ms)
+    monkeypatch.setattr(layer_timing, "time_interleaved", timed)
     model = block(24)
-    kinds = {DEPTHWISE_SMALL: ["dw"], ONE_BY_ONE: ["se"], DEPTHWISE_LARGE: ["dw2"]}
-    return layer_timing.measure_float_kinds(FakeEngine(inputs(8)), lambda chosen: model, kinds, budget)
+    built = []
+    decisions, info = layer_timing.measure_float_kinds(
+        FakeEngine(inputs(8)), lambda chosen: built.append(chosen) or model, KINDS, budget, RULES_FLOAT)
+    return decisions, info, built, timed
 
 
-def test_only_a_kind_measured_faster_beyond_the_noise_stays_float(monkeypatch) -> None:
-    decisions, info = decide(monkeypatch, [(0.70, 0.65, 0.80),    # faster in float: kept float
-                                           (0.99, 0.93, 1.05),    # a tie: int8
-                                           (1.30, 1.20, 1.40)])   # faster in int8
-    assert [d.kept_float for d in decisions] == [True, False, False]
-    assert "faster in float: x0.70" in decisions[0].why
-    assert "within the noise" in decisions[1].why and "faster in int8" in decisions[2].why
-    assert decisions[0].int8_ms == 10.0 and decisions[0].float_ms == pytest.approx(7.0)
-    assert info["batch_samples"] == 4 and info["budget_seconds"] == 5.0
+def test_the_layouts_are_all_int8_then_one_more_kind_in_float_the_rules_among_them() -> None:
+    assert layer_timing.layouts(list(KINDS), RULES_FLOAT) == {
+        "off": frozenset(), SMALL_ONLY: {DEPTHWISE_SMALL}, "rules": {DEPTHWISE_SMALL, ONE_BY_ONE},
+        EVERY: set(KINDS)}
+    assert layer_timing.layouts([ONE_BY_ONE, DEPTHWISE_LARGE], RULES_FLOAT) == {
+        "off": frozenset(), "rules": {ONE_BY_ONE}, f"float: {ONE_BY_ONE} + {DEPTHWISE_LARGE}": set(KINDS) - {
+            DEPTHWISE_SMALL}}
+
+
+def test_the_fastest_layout_that_beats_all_int8_beyond_the_noise_is_kept(monkeypatch) -> None:
+    decisions, info, built, _ = decide(monkeypatch, {"off": [10, 10, 11, 10], SMALL_ONLY: [8, 8, 9, 8],
+                                                     "rules": [7, 7, 7.5, 7], EVERY: [9, 9, 9, 9]})
+    assert info["kept"] == "rules" and info["rounds"] == 4
+    assert [d.kept_float for d in decisions] == [True, True, False]
+    assert info["layouts"]["rules"]["over_off"] == pytest.approx(0.7)
+    # each kind's step: the layout before it, then with it (small dw: 10 -> 8; 1x1: 8 -> 7; large dw: 7 -> 9)
+    assert [d.int8_ms for d in decisions] == pytest.approx([10.0, 8.0, 7.0])
+    assert [d.float_ms for d in decisions] == pytest.approx([8.0, 7.0, 9.0])
+    assert decisions[2].ratio > 1.0 and "int8 (kept layout: rules)" in decisions[2].why
+    assert len(built) == 4  # every layout built once, timed together
+
+
+def test_a_layout_within_the_noise_of_all_int8_leaves_every_layer_int8(monkeypatch) -> None:
+    decisions, info, _, _ = decide(monkeypatch, {"off": [10, 10, 10, 10], SMALL_ONLY: [9.8, 9.9, 9.8, 9.9],
+                                                 "rules": [10.1, 10, 10, 10], EVERY: [10.5, 10, 10, 11]})
+    assert info["kept"] == "off" and not any(d.kept_float for d in decisions)
+    assert "every layer int8" in info["why"]
 
 
 def test_a_median_gain_with_rounds_that_disagree_is_a_tie(monkeypatch) -> None:
-    decisions, _ = decide(monkeypatch, [(0.90, 0.80, 1.02), (0.98, 0.90, 0.99), (1.0, 1.0, 1.0)])
-    assert [d.kept_float for d in decisions] == [False, False, False]
+    _, info, _, _ = decide(monkeypatch, {"off": [10, 10, 10, 10], SMALL_ONLY: [8, 8, 10.5, 10.6]})
+    assert info["layouts"][SMALL_ONLY]["over_off"] < 0.97 and info["kept"] == "off"
 
 
-def test_kinds_the_budget_leaves_unmeasured_stay_int8(monkeypatch) -> None:
-    decisions, _ = decide(monkeypatch, [], budget=1e-9)
-    assert [d.kept_float for d in decisions] == [False, False, False]
-    assert all("not measured" in d.why for d in decisions)
+def test_a_spent_budget_still_times_the_minimum_rounds(monkeypatch) -> None:
+    _, _, _, timed = decide(monkeypatch, {"off": [10, 10, 10]}, budget=1e-9)
+    (call,) = timed.calls
+    assert call["budget_seconds"] == 0.0 and call["min_rounds"] == layer_timing.MIN_ROUNDS
 
 
 def test_kinds_group_the_candidate_layers() -> None:
@@ -67,8 +92,10 @@ def test_measure_times_the_model_here_and_reports_each_decision(channels: int) -
     state, algorithm = quantize(model, x, latency_aware="measure", latency_budget=2.0)
     record = algorithm.summary["latency_aware"]
     (decision,) = record["decisions"]
-    assert decision["layers"] == ["dw"] and decision["runs"] >= 5
+    assert decision["layers"] == ["dw"] and decision["runs"] >= layer_timing.MIN_ROUNDS
     assert decision["int8_ms"] > 0 and decision["float_ms"] > 0 and record["seconds"] < 10
+    assert set(record["layouts"]) == {"off", "rules" if channels == 24 else f"float: {DEPTHWISE_LARGE}"}
+    assert record["kept"] == ("off" if not decision["kept_float"] else next(n for n in record["layouts"] if n != "off"))
     quantized = [layer.name for layer in state.plan.layers]
     assert ("dw" in quantized) == (not decision["kept_float"])
     assert ("dw" in record["float_layers"]) == decision["kept_float"]

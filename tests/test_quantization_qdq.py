@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from aaq.quantization.qdq import apply_plan
 from models import ModelBuilder, conv_net, mlp
-from helpers import optimized_op_types, images, quantize, run
+from helpers import MINMAX, optimized_op_types, images, quantize, run
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -40,7 +40,7 @@ def test_one_layer_error_is_within_the_bound_its_scales_give() -> None:
     """|dy_c| <= sum|x| s_w[c]/2 + sum|w_c| s_x/2 + K s_x s_w[c]/4 + s_y/2, per sample and channel."""
     model = single_gemm()
     x = np.random.default_rng(0).normal(0, 1, (64, 32)).astype(np.float32)
-    state, _ = quantize(model, x, bias_correction=False)
+    state, _ = quantize(model, x, bias_correction=False, activations=MINMAX)  # no clipping
     plan = state.plan
     s_x, s_y = plan.quantizers["x"].scale, plan.quantizers["fc_out"].scale
     s_w = plan.layer("fc").weight.scale
@@ -55,7 +55,7 @@ def test_one_layer_error_is_within_the_bound_its_scales_give() -> None:
 @pytest.mark.parametrize("preset", ["performance", "mixed"])
 def test_conv_net_outputs_are_within_a_few_output_steps(preset: str) -> None:
     model, x = conv_net(), images(128)
-    state, _ = quantize(model, x, preset=preset)
+    state, _ = quantize(model, x, preset=preset, activations=MINMAX)
     f, q = run(model, x), run(state.model, x)
     step = state.plan.quantizers["fc_out"].scale
     assert np.abs(f - q).max() < 12 * step
@@ -102,7 +102,7 @@ def test_pertensor_weights_have_one_scale() -> None:
 @pytest.mark.parametrize("preset, signed_zero_point", [("performance", 128), ("mixed", None)])
 def test_activation_zero_points_per_preset(preset: str, signed_zero_point: int | None) -> None:
     model, x = conv_net(), images(64)
-    state, _ = quantize(model, x, preset=preset)
+    state, _ = quantize(model, x, preset=preset, activations=MINMAX)
     signed, relu = state.plan.quantizers["x"], state.plan.quantizers["relu3_out"]
     qdq = initializers(state.model)
     q_node = next(n for n in state.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
@@ -171,7 +171,7 @@ def test_a_graph_output_keeps_its_name_behind_an_output_quantizer() -> None:
     y = mb.add_conv(x, 3, 4, name="conv")
     mb.add_output(y, ["N", 4, 8, 8])
     model = mb.build()
-    state, _ = quantize(model, images(16))
+    state, _ = quantize(model, images(16), activations=MINMAX)
     assert state.plan.quantizers["conv_out"].site.graph_output
     assert [o.name for o in state.model.graph.output] == ["conv_out"]
     assert producers(state.model)["conv_out"].op_type == "DequantizeLinear"
@@ -187,11 +187,11 @@ def _per_sample(x: np.ndarray, fn) -> np.ndarray:
     ("performance", {"preset": "quantile"},
      lambda x: _per_sample(x, lambda s: np.quantile(s, 1e-4)).min(),
      lambda x: _per_sample(x, lambda s: np.quantile(np.abs(s), 1 - 1e-4)).mean()),
-    ("performance", {"max": {"aggregator": "mean"}},
+    ("performance", {"preset": "minmax", "max": {"aggregator": "mean"}},
      lambda x: x.min(), lambda x: _per_sample(x, lambda s: np.abs(s).max()).mean()),
-    ("performance", {"max": {"type": "abs_quantile", "outlier_prob": 0.01, "aggregator": "median"}},
+    ("performance", {"preset": "minmax", "max": {"type": "abs_quantile", "outlier_prob": 0.01, "aggregator": "median"}},
      lambda x: x.min(), lambda x: np.median(_per_sample(x, lambda s: np.quantile(np.abs(s), 0.99)))),
-    ("mixed", {"min": {"type": "quantile", "aggregator": "median", "outlier_prob": 0.05}},
+    ("mixed", {"preset": "minmax", "min": {"type": "quantile", "aggregator": "median", "outlier_prob": 0.05}},
      lambda x: np.median(_per_sample(x, lambda s: np.quantile(s, 0.05))), lambda x: x.max()),
     ("mixed", {"preset": "quantile", "max": {"aggregator": "max"}},
      lambda x: _per_sample(x, lambda s: np.quantile(s, 1e-4)).mean(),
@@ -223,7 +223,7 @@ def test_weight_abs_quantile_clips_each_channel() -> None:
 def test_stat_subset_size_limits_the_calibration_samples() -> None:
     x = images(64, seed=5)
     x[40:] *= 10  # samples past the subset would widen every range
-    state, _ = quantize(conv_net(), x, stat_subset_size=40)
+    state, _ = quantize(conv_net(), x, stat_subset_size=40, activations=MINMAX)
     assert state.plan.quantizers["x"].scale == pytest.approx(np.abs(x[:40]).max() / 127, rel=1e-6)
 
 

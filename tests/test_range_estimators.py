@@ -13,7 +13,7 @@ from aaq.pipeline import Pipeline
 from aaq.quantization.presets import resolve_config
 from aaq.quantization.thresholds import histogram_range, kl_bounds, kl_threshold, percentile_bounds
 from aaq.state import PipelineState
-from helpers import TINY, FakeEngine, quantize, run
+from helpers import MINMAX, TINY, FakeEngine, quantize, run
 from models import ModelBuilder
 
 ort.set_default_logger_severity(3)
@@ -120,7 +120,7 @@ def outlier_data(n: int, seed: int) -> np.ndarray:
 def test_histogram_estimators_bring_outputs_closer_to_float_than_minmax(preset, estimator) -> None:
     model, calibration, held_out = outlier_model(), outlier_data(300, 0), outlier_data(1000, 1)
     reference = run(model, held_out)
-    minmax, _ = quantize(model, calibration, preset=preset)
+    minmax, _ = quantize(model, calibration, preset=preset, activations=MINMAX)
     engine = FakeEngine(calibration, 16)
     algorithm = DefaultQuantization(DefaultQuantization.Params(preset=preset,
                                                                activations={"range_estimator": estimator}))
@@ -138,11 +138,12 @@ def test_histogram_estimators_bring_outputs_closer_to_float_than_minmax(preset, 
 
 
 def test_the_first_pass_comes_from_the_cache() -> None:
-    """After a default-estimator run on the same samples only the histograms are collected."""
+    """After a minmax-estimator run on the same samples only the histograms are collected."""
     model, x = outlier_model(), outlier_data(100, 2)
     engine = FakeEngine(x, 32)
     state = PipelineState(float_model=model, model=model)
-    state = run_algorithm(DefaultQuantization(DefaultQuantization.Params()), state, engine, progress=False)
+    minmax = DefaultQuantization(DefaultQuantization.Params(activations=MINMAX))
+    state = run_algorithm(minmax, state, engine, progress=False)
     kl = DefaultQuantization(DefaultQuantization.Params(activations={"range_estimator": {"preset": "kl"}}))
     run_algorithm(kl, state, engine, progress=False)
     assert len(engine.calls) == 2
@@ -174,13 +175,41 @@ def test_a_histogram_estimator_refuses_min_max_statistics() -> None:
         Pipeline(spec)
 
 
-def test_pot_tuning_grid_from_a_kl_base_goes_back_to_the_default_estimator() -> None:
+@pytest.mark.parametrize("activations", [{"range_estimator": {"preset": "kl"}},
+                                         {"range_estimator": {"preset": "percentile"}}], ids=["kl", "percentile"])
+def test_pot_tuning_grid_from_a_histogram_base_goes_back_to_the_minmax_estimator(activations) -> None:
     from aaq.accuracy.alternatives import merge_params, tuning_stages
 
-    base = {"preset": "performance", "bias_correction": True, "use_fast_bias": True,
-            "activations": {"range_estimator": {"preset": "kl"}}}
+    base = {"preset": "performance", "bias_correction": True, "use_fast_bias": True, "activations": activations}
     ranges = tuning_stages(base)[0]
-    assert ranges and all(o["activations"]["range_estimator"]["preset"] == "default" for o in ranges)
+    assert ranges and all(o["activations"]["range_estimator"]["preset"] == "minmax" for o in ranges)
     for overrides in ranges:  # every candidate resolves
         merged = merge_params(base, overrides)
         resolve_config(merged["preset"], {}, merged["activations"])
+
+
+def test_percentile_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> None:
+    """percentile (99.999 of every value): one planted value in 200 x 1024 sets min/max's range (the default)
+    alone; percentile ignores it, and unlike a mean of per-sample extremes it clips no ordinary value."""
+    mb = ModelBuilder(0)
+    x = mb.add_input("x", ["N", 1024])
+    mb.add_output(mb.add_gemm(x, 1024, 8, name="fc"), ["N", 8])
+    model = mb.build()
+    data = np.random.default_rng(3).normal(0, 1, (200, 1024)).astype(np.float32)
+    ordinary = np.abs(data).max()
+    data[17, 5] = 50.0
+    percentile, algorithm = quantize(model, data, activations={"range_estimator": {"preset": "percentile"}})
+    minmax, minmax_algorithm = quantize(model, data)
+    pot_mean, _ = quantize(model, data, activations={"range_estimator": {"preset": "minmax",
+                                                                          "max": {"aggregator": "mean"}}})
+    assert algorithm.summary["range_estimator"] == "percentile"
+    assert minmax_algorithm.summary["range_estimator"] == "minmax"  # the default
+    high = {k: s.plan.quantizers["x"].high for k, s in (("percentile", percentile), ("minmax", minmax), ("mean", pot_mean))}
+    assert high["minmax"] == pytest.approx(50.0)
+    assert 0.9 * ordinary < high["percentile"] < 0.2 * high["minmax"]
+    assert high["mean"] < 0.85 * ordinary  # each sample's max is below the set's: ordinary values clipped
+    held_out = np.random.default_rng(4).normal(0, 1, (200, 1024)).astype(np.float32)
+    reference = run(model, held_out)
+    errors = {k: np.abs(run(s.model, held_out) - reference).mean()
+              for k, s in (("percentile", percentile), ("minmax", minmax))}
+    assert errors["percentile"] < 0.5 * errors["minmax"], errors

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from aaq.accuracy.drops import StopRule
 from aaq.accuracy.search import Measurement
-from aaq.quantization.presets import HISTOGRAM_ESTIMATORS
+from aaq.quantization.presets import DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS
 
 if TYPE_CHECKING:
     from aaq.accuracy.evaluator import Candidates, PlanEvaluator
@@ -40,12 +40,12 @@ def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
 
     With symmetric activations (preset performance) the lower bound only decides
     the sign, so only the upper bound's estimator is searched there. From a ``kl`` or
-    ``percentile`` base the candidates go back to the ``default`` estimator the grid's
+    ``percentile`` base the candidates go back to the ``minmax`` estimator the grid's
     entries modify (a histogram estimator takes no min / max statistics).
     """
     mixed = base_params.get("preset") == "mixed"
     estimator = ((base_params.get("activations") or {}).get("range_estimator") or {}).get("preset")
-    reset = {"preset": "default"} if estimator in HISTOGRAM_ESTIMATORS else {}
+    reset = {"preset": "minmax"} if (estimator or DEFAULT_ESTIMATOR) in HISTOGRAM_ESTIMATORS else {}
 
     def options(kind: str) -> list[dict | None]:
         return [None] + [{"type": kind, "aggregator": "mean", "outlier_prob": q} for q in (1e-3, 1e-4)]

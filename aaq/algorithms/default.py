@@ -11,8 +11,9 @@ the same collector) and applies the plan. The histogram range estimators (``kl``
 histogram of every quantizer's tensor over its range, all tensors at once.
 
 Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
-times, on this machine, the whole model with each kind of candidate layer in float
-against int8 (``engine.layer_timing``) and keeps float only what is measured faster;
+times, on this machine, whole models side by side: all-int8, the rules' layout and the
+others with kinds of candidate layers in float (``engine.layer_timing``), and keeps
+the fastest only if it beats all-int8 beyond the noise;
 ``"rules"`` applies ``latency_kinds.slower_in_int8``, measured on one CPU
 (ORT 1.32, 2 cores: PP-OCR cls fully quantized 1.38/1.26/1.25x float at batch
 1/16/32, with the rules 0.90/0.80/0.83x: int8 depthwise convs of 8-200 channels were
@@ -30,7 +31,7 @@ import onnx
 
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.engine.kernels import u8s8_saturates
-from aaq.engine.layer_timing import measure_float_kinds
+from aaq.engine.layer_timing import layouts, measure_float_kinds
 from aaq.engine.protocol import EngineLike
 from aaq.errors import ModelError, SpecError
 from aaq.quantization.bias import bias_twin, fast_corrections, fast_requests, measured_corrections
@@ -39,7 +40,8 @@ from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
-from aaq.quantization.presets import HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics, resolve_config
+from aaq.quantization.presets import (DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics,
+                                      resolve_config)
 from aaq.quantization.qdq import apply_plan
 from aaq.schemas import load_schema
 from aaq.state import PipelineState, model_digest
@@ -63,14 +65,14 @@ class DefaultQuantizationParams:
         "bits": 8, "reduce_range": "auto", "granularity": "perchannel",
         "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
     activations: dict[str, Any] = field(default_factory=lambda: {
-        "range_estimator": {"preset": "default",
+        "range_estimator": {"preset": "minmax",
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "percentile": 99.999, "histogram_bins": 2048}})
     bias_correction: bool = True
     use_fast_bias: bool = True
     latency_aware: str = "measure"
-    latency_budget: float = 10.0
+    latency_budget: float = 5.0
 
 
 @dataclass
@@ -106,7 +108,8 @@ class DefaultQuantization(Algorithm):
         if estimator.get("preset") in HISTOGRAM_ESTIMATORS:
             problems = [(f"activations.range_estimator.{entry}",
                          f"must be null with preset {estimator['preset']!r}: it reads the observed range, "
-                         f"then a histogram") for entry in fixed_statistics(estimator)]
+                         f"then a histogram (set \"preset\": \"minmax\" or \"quantile\" to give min / max "
+                         f"statistics)") for entry in fixed_statistics(estimator)]
             if problems:
                 return problems
         ignored = params.get("ignored") or {}
@@ -185,9 +188,11 @@ class DefaultQuantization(Algorithm):
         kinds: dict[str, list[str]] = {}
         if p.latency_aware == "measure":
             kinds = latency_kinds(prepared.model, [layer.name for layer in layout.layers], prepared.shapes)
-            if kinds:  # the sites of the layouts with every kind in float, or the rules' ones: one pass for all
-                every = {name: f"latency: {kind}" for kind, names in kinds.items() for name in names}
-                for extra in (every, self._rules_float(kinds)):
+            # the sites of every layout the measurement times (all collected in the same one pass): the kept
+            # model and the timed ones are built from real ranges, so they run the same kernels
+            for chosen in layouts(list(kinds), RULES_FLOAT).values():
+                if chosen:
+                    extra = {name: f"latency: {kind}" for kind in chosen for name in kinds[kind]}
                     requests += activation_requests(self._layout(prepared, ignored, extra), config)
         needs = StatisticsNeeds(prepared.model, model_digest(prepared.model), tuple(dict.fromkeys(requests)),
                                 p.stat_subset_size)
@@ -201,10 +206,6 @@ class DefaultQuantization(Algorithm):
         return find_layout(prepared.model, p.quantize_ops, activation_matmul=p.quantize_activation_matmul,
                            ignored=ignored, elem_types=prepared.elem_types, shapes=prepared.shapes,
                            latency_aware=p.latency_aware == "rules" and chosen is None, float_for_speed=chosen)
-
-    @staticmethod
-    def _rules_float(kinds: dict[str, list[str]]) -> dict[str, str]:
-        return {name: f"latency (rules): {kind}" for kind in RULES_FLOAT for name in kinds.get(kind, ())}
 
     def _latency_rules(self, setup: _Setup) -> dict[str, Any]:
         mode = self.params.latency_aware
@@ -230,7 +231,7 @@ class DefaultQuantization(Algorithm):
             layout = self._layout(setup.prepared, setup.ignored, chosen) if chosen else setup.layout
             return apply_plan(state.float_model, build_plan(setup.prepared.model, digests, layout, timed, ranges))
 
-        decisions, info = measure_float_kinds(engine, build, setup.kinds, self.params.latency_budget)
+        decisions, info = measure_float_kinds(engine, build, setup.kinds, self.params.latency_budget, RULES_FLOAT)
         chosen = {name: f"latency (measured here): {d.kind}, {d.why}"
                   for d in decisions if d.kept_float for name in d.layers}
         record = {"mode": "measure", **info, "decisions": [d.as_dict() for d in decisions],
@@ -272,7 +273,7 @@ class DefaultQuantization(Algorithm):
         corrected = [layer.name for layer in plan.layers if layer.bias is not None]
         return {
             "preset": self.params.preset,
-            "range_estimator": self.params.activations.get("range_estimator", {}).get("preset", "default"),
+            "range_estimator": self.params.activations.get("range_estimator", {}).get("preset", DEFAULT_ESTIMATOR),
             "layers_quantized": len(plan.layers),
             "layers": [layer.name for layer in plan.layers],
             "groups": len(plan.groups),

@@ -105,6 +105,33 @@ def compare_latency(reference: onnx.ModelProto | bytes | ort.InferenceSession,
     return result
 
 
+def time_interleaved(sessions: Mapping[str, ort.InferenceSession], inputs: Mapping[str, np.ndarray], *,
+                     rounds: int, min_rounds: int = MIN_RUNS, warmup: int = 1,
+                     budget_seconds: float | None = None) -> dict[str, list[float]]:
+    """Seconds per run of each session on ``inputs``: every round runs each once, the order rotating.
+
+    Timed together, all models share the machine's drift and other processes' load;
+    rotating the order spreads any advantage of running first or after a given model.
+    ``budget_seconds`` ends the rounds once spent (``min_rounds`` are always timed).
+    """
+    names = list(sessions)
+    feeds = {n: {i.name: inputs[i.name] for i in s.get_inputs()} for n, s in sessions.items()}
+    for _ in range(warmup):
+        for n in names:
+            sessions[n].run(None, feeds[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    started = time.perf_counter()
+    for r in range(rounds):
+        if budget_seconds is not None and r >= min_rounds and time.perf_counter() - started > budget_seconds:
+            break
+        shift = r % len(names)
+        for n in names[shift:] + names[:shift]:
+            t = time.perf_counter()
+            sessions[n].run(None, feeds[n])
+            times[n].append(time.perf_counter() - t)
+    return times
+
+
 def latency_on_engine(engine: EngineLike, reference: onnx.ModelProto, candidate: onnx.ModelProto,
                       budget_seconds: float) -> LatencyComparison:
     """Both models on one batch of the engine's data (the model's fixed batch, else ``batch_size``;

@@ -3,17 +3,21 @@
 Activation range defaults (``type / aggregator``; quantiles at ``outlier_prob`` and
 ``1 - outlier_prob``), per-tensor:
 
-============  ===========  ==================================  ====================================
-preset        activations  range_estimator ``default``         range_estimator ``quantile`` (POT's)
-============  ===========  ==================================  ====================================
-performance   symmetric    min: min / min, max: abs_max / max  min: quantile / min,
-                                                               max: abs_quantile / mean
-mixed         asymmetric   min: min / min, max: max / max      min: quantile / mean,
-                                                               max: quantile / mean
-============  ===========  ==================================  ====================================
+============  ===========  ===================================  ====================================
+preset        activations  range_estimator ``minmax``           range_estimator ``quantile`` (POT's)
+============  ===========  ===================================  ====================================
+performance   symmetric    min: min / min, max: abs_max / max   min: quantile / min,
+                                                                max: abs_quantile / mean
+mixed         asymmetric   min: min / min, max: max / max       min: quantile / mean,
+                                                                max: quantile / mean
+============  ===========  ===================================  ====================================
+
+``default`` is the old name of ``minmax`` (the observed range), kept for the specs
+that use it; the tables of POT_REFERENCE.md call the same slot ``default`` with a
+mean aggregator, which aaq writes ``"max": {"aggregator": "mean"}``.
 
 ``kl`` and ``percentile`` (the names Intel Neural Compressor and ONNX Runtime give
-them) start from the ``default`` statistics (the observed range, usually cached
+them) start from the ``minmax`` statistics (the observed range, usually cached
 already) and then read a histogram of every calibration value over that range,
 ``histogram_bins`` fixed bins summed over samples (a second pass): ``kl`` keeps the
 threshold of least KL divergence (TensorRT's entropy calibration), ``percentile`` the
@@ -24,12 +28,18 @@ threshold of least KL divergence (TensorRT's entropy calibration), ``percentile`
 Output quantizers (there only so that ONNX Runtime fuses the layer) keep the full
 observed range with every estimator: nothing after them absorbs a clipped value.
 
-The ``default`` estimator is the full observed range, not POT's mean of per-sample
-maxima (POT_REFERENCE.md section 1.4): measured on the test models (an MLP, two
-small CNNs; 300 calibration samples, 300 held-out), POT's mean aggregator clipped
-every sample's peaks and gave 2 to 11 times the output RMSE of the full range,
-and up to 4 % more top-1 changes. POT's choice remains one setting away
-(``"aggregator": "mean"``, or the ``quantile`` estimator). Weights are symmetric in
+DefaultQuantization's default estimator is ``minmax``, the observed range, after a
+measurement of every candidate (``benchmarks/bench_default_start.py``; the table is in
+the README's "Benchmarks") found none at least as good as ``nncf.quantize``'s start on
+every case: ``minmax`` lost to NNCF on PP-OCR cls (0.976 against 0.980) and on a CNN
+with one outlier activation channel (0.763 against 0.904); ``percentile`` matched or
+beat NNCF on cls, the tiny sample and both synthetic cases but clipped what PP-OCR rec
+needs (character accuracy 0.968 where ``minmax`` kept 0.997); the mean of per-sample
+extremes (POT's and NNCF's aggregator) fell below NNCF on cls and the tiny sample and
+clips ordinary values wherever a sample holds few values (a tabular MLP: 0.931
+against 0.980), since each sample's extreme is then far below the calibration set's.
+Of the failures, ``minmax``'s cost AccuracyAwareQuantization the least to repair on
+the real cases. Weights are symmetric in
 both presets. A user's ``min`` / ``max`` entries override the preset's field by
 field; ``null`` keeps the preset's value.
 """
@@ -44,15 +54,16 @@ from aaq.statistics.requests import StatisticRequest
 PRESETS = ("performance", "mixed")
 DEFAULT_OUTLIER_PROB = 1e-4
 HISTOGRAM_ESTIMATORS = ("kl", "percentile")
-ESTIMATORS = ("default", "quantile") + HISTOGRAM_ESTIMATORS
+ESTIMATORS = ("minmax", "default", "quantile") + HISTOGRAM_ESTIMATORS
+DEFAULT_ESTIMATOR = "minmax"
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_HISTOGRAM_BINS = 2048
 
 _ACTIVATION_DEFAULTS = {
-    (True, "default"): ({"type": "min", "aggregator": "min"}, {"type": "abs_max", "aggregator": "max"}),
+    (True, "minmax"): ({"type": "min", "aggregator": "min"}, {"type": "abs_max", "aggregator": "max"}),
     (True, "quantile"): ({"type": "quantile", "aggregator": "min"},
                          {"type": "abs_quantile", "aggregator": "mean"}),
-    (False, "default"): ({"type": "min", "aggregator": "min"}, {"type": "max", "aggregator": "max"}),
+    (False, "minmax"): ({"type": "min", "aggregator": "min"}, {"type": "max", "aggregator": "max"}),
     (False, "quantile"): ({"type": "quantile", "aggregator": "mean"}, {"type": "quantile", "aggregator": "mean"}),
 }
 
@@ -175,7 +186,7 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
         outlier_prob=float(w_max.get("outlier_prob", DEFAULT_OUTLIER_PROB)),
         reduce_range=_reduce_range(weights.get("reduce_range", "auto"), saturating_kernels))
     estimator = activations.get("range_estimator", {})
-    name = estimator.get("preset", "default")
+    name = estimator.get("preset", DEFAULT_ESTIMATOR)
     if name not in ESTIMATORS:
         raise ValueError(f"unknown range estimator {name!r}; known: {', '.join(ESTIMATORS)}")
     histogram = None
@@ -185,8 +196,8 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
             raise ValueError(f"range estimator {name!r} takes no {', '.join(fixed)}: its statistics are its own")
         histogram = HistogramEstimator(name, int(estimator.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)),
                                        float(estimator.get("percentile", DEFAULT_PERCENTILE)))
-        name = "default"  # the first pass: the observed range the histogram is laid over
-    lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, name)]
+        name = "minmax"  # the first pass: the observed range the histogram is laid over
+    lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, "minmax" if name == "default" else name)]
     lo = _merge(lo_default, estimator.get("min", {}))
     hi = _merge(hi_default, estimator.get("max", {}))
     return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi, histogram))

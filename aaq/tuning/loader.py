@@ -23,7 +23,8 @@ TUNABLE = {
     ("stat_subset_size",): ("sampling_size", None),
     ("weights", "granularity"): ("weight_granularity", {v: k for k, v in GRANULARITY.items()}),
     ("preset",): ("activation_scheme", {v: k for k, v in SCHEMES.items()}),
-    ("activations", "range_estimator", "preset"): ("activation_algorithm", {v: k for k, v in RANGE_ALGORITHMS.items()}),
+    ("activations", "range_estimator", "preset"): ("activation_algorithm",
+                                                   {"default": "minmax", **{v: k for k, v in RANGE_ALGORITHMS.items()}}),
 }
 """DefaultQuantization param path -> (trial config field, DQ value -> space value)."""
 
