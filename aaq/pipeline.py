@@ -10,6 +10,8 @@ import onnx
 
 from aaq.algorithms.base import algorithms, run_algorithm
 from aaq.engine.engine import Engine
+from aaq.engine.executor_choice import as_executor
+from aaq.engine.executors import ExecutorStats, executor_of
 from aaq.engine.protocol import EngineLike
 from aaq.errors import ModelError, SpecError
 from aaq.report import MetricOutcome, Result
@@ -40,11 +42,14 @@ class Pipeline:
         ]
 
     def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None, *,
-            output_dir: str | Path | None = None) -> Result:
+            output_dir: str | Path | None = None, executor: Any = None) -> Result:
         """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec).
 
         ``output_dir``: where algorithms may write files as they go (``state.output_dir``);
-        ``Result.save`` still writes the model and report.json.
+        ``Result.save`` still writes the model and report.json. ``executor``: where
+        candidate evaluations run for this run (an ``engine.executors.Executor``, an
+        ``executor`` spec entry, a ``distributed.Client``, which stays open), in place of
+        the engine's (``engine.executor``, from the spec's ``engine.executor``).
         """
         started = time.perf_counter()
         float_model = load_model(model if model is not None else self.spec.resolved["model"]["path"])
@@ -56,13 +61,22 @@ class Pipeline:
                     for problem in algorithm.check_engine(engine, f"compression.algorithms[{i}].params")]
         if problems:
             raise SpecError(problems, self.spec.source)
+        if executor is not None:
+            engine.executor = as_executor(executor)  # type: ignore[attr-defined]
         engine.set_float_model(float_model)
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
         state = PipelineState(float_model=float_model, model=current,
                               output_dir=None if output_dir is None else Path(output_dir))
-        for algorithm in self.algorithms:
-            state = run_algorithm(algorithm, state, engine, progress=self.progress)
+        executor = executor_of(engine)
+        executor.stats = ExecutorStats()
+        try:  # the executor's workers (processes, a LocalCluster) end with the run, interrupted or not
+            executor.open()  # an unreachable cluster stops the run here, before any inference
+            for algorithm in self.algorithms:
+                state = run_algorithm(algorithm, state, engine, progress=self.progress)
+        finally:
+            executor.close()
+        state.executors.append(executor.describe())
         if self.evaluate:
             outcomes = _metric_outcomes(engine, state)
             for name, outcome in outcomes.items():
@@ -89,6 +103,7 @@ class Pipeline:
             float_samples_inferred=int(getattr(engine, "inferred_by_model", {}).get(model_digest(float_model), 0)),
             seconds=time.perf_counter() - started,
             spec=self.spec.resolved,
+            executors=list(state.executors),
         )
 
 

@@ -199,7 +199,7 @@ class TrialRunner:
             values = {n: lo for n, (lo, _) in self._values(self.engine.evaluate(self.model(config), self.order)).items()}
             ranker = GroupRanker(self.engine, entry.candidates.build, self.state.float_model, method="metric",
                                  subset_size=self.ranking_subset_size, comparison=np.arange(self.engine.num_samples),
-                                 seed=self.seed, workers=1, neighbours=_neighbours(entry.plan))
+                                 seed=self.seed, neighbours=_neighbours(entry.plan))
             scores = dict(ranker.rank(reverted, list(by_group), self.targets.driving(values)))
             self.ranking_counts["evaluations"] += ranker.counts.evaluations
             samples = ranker.counts.samples
