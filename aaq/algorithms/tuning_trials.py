@@ -201,6 +201,7 @@ class TrialRunner:
                                  subset_size=self.ranking_subset_size, comparison=np.arange(self.engine.num_samples),
                                  seed=self.seed, neighbours=_neighbours(entry.plan))
             scores = dict(ranker.rank(reverted, list(by_group), self.targets.driving(values)))
+            ranker.close()  # what it shipped to the engine's executor is not asked for again
             self.ranking_counts["evaluations"] += ranker.counts.evaluations
             samples = ranker.counts.samples
         ordered = sorted(by_group, key=lambda g: -scores[g])
