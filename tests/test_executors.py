@@ -213,3 +213,33 @@ def test_a_task_that_raises_names_the_worker_the_group_and_the_error(files: Path
     assert "worker tcp://127.0.0.1:" in warnings[0] and "group " in warnings[0]
     assert "RuntimeError: no GPU on this worker" in warnings[0]
     assert outcome(result)[0] == [["g2"]]  # this process ranked instead: the same answer
+
+
+class SlowOnWorkers(Accuracy):
+    """Top-1 that takes seconds anywhere but in the process that made it: a worker that stops answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.home = os.getpid()
+
+    def score(self, outputs, labels):
+        if os.getpid() != self.home:
+            import time
+            time.sleep(3)
+        return super().score(outputs, labels)
+
+
+def test_a_cluster_that_stops_answering_is_given_up_after_task_timeout(files: Path, client, caplog) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.engine import Engine
+
+    data = np.load(files / "data.npz")
+    executor = DaskExecutor(client=client, task_timeout=0.5)
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [SlowOnWorkers()], batch_size=32,
+                    progress=False, executor=executor)
+    spec = spec_for(files, tune_hyperparams=False, convert_to_mixed_preset=False)
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        result = Pipeline(spec, progress=False).run(engine=engine)
+    warnings = [r.getMessage() for r in caplog.records if "parallel ranking failed" in r.getMessage()]
+    assert len(warnings) == 1 and "no task finished in 0.5 s" in warnings[0]
+    assert outcome(result)[0] == [["g2"]]
