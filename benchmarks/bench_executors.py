@@ -12,13 +12,19 @@ bytes shipped: the contexts once per worker, and per task), the per-task overhea
 (worker time not spent inside a task, ``(wall x workers - task seconds) / tasks``)
 and whether the ranking (every group's score, in order) is identical to ``local``'s.
 
+``processes`` and ``dask`` run ``--repeats`` times each, interleaved (processes, dask,
+processes, dask...), and the table keeps each one's fastest run: on a shared machine the
+load of other processes changes from minute to minute, and the best of a few runs is the
+least disturbed (every run's time is printed too).
+
 Target (issue 15): dask's ranking wall time <= 1.15 x processes'.
 
 The metric is the one ``bench_accuracy_aware.py`` uses (a per-line character score
 whose mean is the corpus character accuracy), imported from there so that worker
 processes and Dask workers find it by module name.
 
-Usage:  python benchmarks/bench_executors.py [--eval N] [--ranking-subset-size N] [--groups N] [--json PATH]
+Usage:  python benchmarks/bench_executors.py [--eval N] [--ranking-subset-size N] [--groups N] [--repeats N]
+                [--json PATH]
 Writes benchmarks/out/bench_executors.json (or --json).
 """
 from __future__ import annotations
@@ -130,7 +136,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['executor']} | {r['start_seconds']:.1f} | {r['ranking_seconds']:.1f} | "
                      f"{r['ranking_seconds'] / procs['ranking_seconds']:.2f} | {f['tasks']} | {f['task_seconds']:.1f} | "
                      f"{f['wait_seconds']:.1f} | {f['bytes_per_task']:.0f} | {f['context_bytes']} | "
-                     f"{r['overhead_ms_per_task']:.0f} | {'yes' if r['order'] == local['order'] else 'NO'} |")
+                     f"{r['overhead_ms_per_task']:.0f} | {'yes' if r['order'] == local['order'] and r.get('identical_every_time', True) else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=120, help="evaluation samples (the comparison set)")
     parser.add_argument("--ranking-subset-size", type=int, default=100)
     parser.add_argument("--groups", type=int, default=None, help="rank only the first N groups (default: all 47)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of processes and dask, interleaved; best kept")
     parser.add_argument("--json", type=Path, default=OUT / "bench_executors.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -150,14 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     state = run_algorithm(DefaultQuantization.from_spec({"preset": "performance", "stat_subset_size": 100,
                                                             "latency_aware": "off"}),
                           PipelineState(float_model, float_model), engine, progress=False)
-    executors = [("local", Executor()), ("processes (2)", ProcessExecutor(2)),
-                 ("dask LocalCluster (2 x 1 thread)", DaskExecutor(local_workers=2))]
-    rows = [rank_with(name, ex, data, float_model, state.plan, args.ranking_subset_size, args.groups)
-            for name, ex in executors]
+    makers = {"local": Executor, "processes (2)": lambda: ProcessExecutor(2),
+              "dask LocalCluster (2 x 1 thread)": lambda: DaskExecutor(local_workers=2)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in makers}
+    order = ["local"] + [name for _ in range(args.repeats) for name in list(makers)[1:]]  # interleaved
+    for name in order:
+        runs[name].append(rank_with(name, makers[name](), data, float_model, state.plan, args.ranking_subset_size,
+                                    args.groups))
+    rows = [min(found, key=lambda r: r["ranking_seconds"]) for found in runs.values()]  # best of the repeats
+    for row, found in zip(rows, runs.values()):
+        row["all_ranking_seconds"] = [round(r["ranking_seconds"], 1) for r in found]
+        row["identical_every_time"] = all(r["order"] == rows[0]["order"] for r in found)
     dask, procs = rows[2], rows[1]
     ratio = dask["ranking_seconds"] / procs["ranking_seconds"]
     text = table(rows)
     print(text)
+    for row in rows:
+        print(f"{row['executor']}: ranking s per repeat {row['all_ranking_seconds']}")
     print(f"\ndask / processes ranking wall time: {ratio:.2f} (target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
     args.json.write_text(json.dumps({"case": CASE, "eval": args.eval, "groups": args.groups,
                                      "ranking_subset_size": args.ranking_subset_size, "machine": platform.platform(),
