@@ -243,3 +243,18 @@ def test_a_cluster_that_stops_answering_is_given_up_after_task_timeout(files: Pa
     warnings = [r.getMessage() for r in caplog.records if "parallel ranking failed" in r.getMessage()]
     assert len(warnings) == 1 and "no task finished in 0.5 s" in warnings[0]
     assert outcome(result)[0] == [["g2"]]
+
+
+def test_tuning_ranks_its_fallback_units_on_the_executor(files: Path, client) -> None:
+    """Tuning's basic strategy: no model-wise config passes, the units are ranked on the cluster, same answer."""
+    space = {"model_wise": {"weight": {"granularity": ["per_channel"]}, "activation": {"scheme": ["sym"]}}}
+    spec = spec_for(files)
+    spec["compression"]["algorithms"] = [{"name": "Tuning", "params": {
+        "strategy": {"name": "basic"}, "accuracy_criterion": {"absolute": 0.05}, "ranking_subset_size": 32,
+        "exit_policy": {"timeout": 0, "max_trials": 6}, "tuning_space": space}}]
+    local = Pipeline(spec, progress=False).run()
+    dask = Pipeline(spec, progress=False).run(executor=client)
+    rankings = [r.algorithms[-1].summary["rankings"] for r in (local, dask)]
+    assert rankings[0] and rankings[0] == rankings[1]
+    assert local.model.SerializeToString(deterministic=True) == dask.model.SerializeToString(deterministic=True)
+    assert dask.report()["executors"][0]["tasks"] == len(rankings[0][0]["order"])

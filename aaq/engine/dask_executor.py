@@ -22,6 +22,11 @@ from aaq.errors import BadInputError
 logger = logging.getLogger(__name__)
 
 EXTRA = "pip install 'aaq[dask]'"
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "500ms",
+                 "distributed.worker.memory.monitor-interval": "1s"}
+"""A LocalCluster's workers without the statistical profiler (a thread that takes the GIL every 10 ms
+to sample the task's stack, for a dashboard the run does not show) and with slower housekeeping ticks:
+on few cores they compete with the tasks. A cluster of the user's keeps its own config."""
 
 
 def import_distributed() -> Any:
@@ -70,8 +75,10 @@ class DaskExecutor(Executor):
             return
         distributed = import_distributed()
         if self.local_workers:
-            self._cluster = distributed.LocalCluster(n_workers=self.local_workers, threads_per_worker=1,
-                                                     processes=True, dashboard_address=None)
+            import dask
+            with dask.config.set(QUIET_WORKERS):  # the nannies hand this config to the workers they start
+                self._cluster = distributed.LocalCluster(n_workers=self.local_workers, threads_per_worker=1,
+                                                         processes=True, dashboard_address=None)
             self.client = distributed.Client(self._cluster, timeout=self.connect_timeout)
             where = f"a LocalCluster of {self.local_workers} workers"
         else:
