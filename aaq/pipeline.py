@@ -10,6 +10,8 @@ import onnx
 
 from aaq.algorithms.base import algorithms, run_algorithm
 from aaq.engine.engine import Engine
+from aaq.engine.executor_choice import as_executor
+from aaq.engine.executors import ExecutorStats, executor_of
 from aaq.engine.protocol import EngineLike
 from aaq.errors import Interrupted, ModelError, SpecError
 from aaq.report import MetricOutcome, Result
@@ -40,12 +42,16 @@ class Pipeline:
         ]
 
     def run(self, model: str | Path | onnx.ModelProto | None = None, engine: EngineLike | None = None, *,
-            output_dir: str | Path | None = None, resume_from: str | Path | None = None) -> Result:
+            output_dir: str | Path | None = None, resume_from: str | Path | None = None,
+            executor: Any = None) -> Result:
         """Quantize ``model`` (default: the spec's) measured by ``engine`` (default: built from the spec).
 
         ``output_dir``: where algorithms may write files as they go (``state.output_dir``);
         ``Result.save`` still writes the model and report.json. ``resume_from``: an earlier run's folder whose
-        tuning history a Tuning step replays (``aaq run --resume``).
+        tuning history a Tuning step replays (``aaq run --resume``). ``executor``: where
+        candidate evaluations run for this run (an ``engine.executors.Executor``, an
+        ``executor`` spec entry, a ``distributed.Client``, which stays open), in place of
+        the engine's (``engine.executor``, from the spec's ``engine.executor``).
 
         Ctrl-C, SIGTERM or SIGHUP (``KeyboardInterrupt``) end the run with ``aaq.errors.Interrupted``, whose
         ``result`` is the best model so far (None when no algorithm had one): nothing more is measured.
@@ -60,20 +66,29 @@ class Pipeline:
                     for problem in algorithm.check_engine(engine, f"compression.algorithms[{i}].params")]
         if problems:
             raise SpecError(problems, self.spec.source)
+        if executor is not None:
+            engine.executor = as_executor(executor)  # type: ignore[attr-defined]
         engine.set_float_model(float_model)
         current = onnx.ModelProto()
         current.CopyFrom(float_model)
         state = PipelineState(float_model=float_model, model=current,
                               output_dir=None if output_dir is None else Path(output_dir),
                               resume_from=None if resume_from is None else Path(resume_from))
-        try:
+        executor = executor_of(engine)
+        executor.stats = ExecutorStats()
+        try:  # the executor's workers (processes, a LocalCluster) end with the run, interrupted or not
+            executor.open()  # an unreachable cluster stops the run here, before any inference
             for algorithm in self.algorithms:
                 state = run_algorithm(algorithm, state, engine, progress=self.progress)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the best so far, measured no further
+            executor.close(abandon=True)
             best = getattr(exc, "state", None)
             result = None if best is None else self._result(best, engine, {}, float_model, started,
                                                             interrupted=Interrupted.of(exc).signal_name)
             raise Interrupted.of(exc, result=result) from None
+        finally:
+            executor.close()
+        state.executors.append(executor.describe())
         if self.evaluate:
             try:
                 outcomes = _metric_outcomes(engine, state)
@@ -110,6 +125,7 @@ class Pipeline:
             seconds=time.perf_counter() - started,
             spec=self.spec.resolved,
             interrupted=interrupted,
+            executors=list(state.executors),
         )
 
 

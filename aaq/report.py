@@ -91,6 +91,8 @@ class Result:
     interrupted: str | None = None
     """The signal that stopped the run (``"SIGINT"``...): the model is the best found until then, and the
     float and final models were not measured again."""
+    executors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Each executor of the run (``Executor.describe``): tasks sent, bytes shipped, seconds in tasks and waiting."""
 
 
     def report(self) -> dict[str, Any]:
@@ -101,6 +103,7 @@ class Result:
         """
         evaluations = [_jsonable(e) for e in self.evaluations]
         algorithms = [_jsonable(r) for r in self.algorithms]
+        executors = [dict(e) for e in self.executors]
         nodes = [n.op_type for n in self.model.graph.node]
         digest = hashlib.sha256(self.model.SerializeToString(deterministic=True)).hexdigest()
         timings = {
@@ -110,6 +113,7 @@ class Result:
             "evaluations": [e.pop("seconds", None) if isinstance(e, dict) else None for e in evaluations],
             "latency": {a.get("name"): a["summary"].pop("latency") for a in algorithms
                         if isinstance(a.get("summary"), dict) and "latency" in a["summary"]},
+            "executors": [{k: e.pop(k, None) for k in ("task_seconds", "wait_seconds")} for e in executors],
         }
         return {
             "aaq_version": __version__,
@@ -132,6 +136,7 @@ class Result:
             "evaluated": self.evaluated,
             "algorithms": algorithms,
             "evaluations": evaluations,
+            "executors": executors,
             "totals": {
                 "evaluations": len(evaluations),
                 "samples_inferred": sum(int(e.get("inferred", 0)) for e in evaluations),

@@ -60,6 +60,8 @@ class PipelineState:
     notes: dict[str, str] = field(default_factory=dict)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per metric, the drop intervals of ``model`` (by digest): ``{"model", "search", "held_out"}``."""
+    executors: list[dict[str, Any]] = field(default_factory=list)
+    """What each executor an algorithm started for itself cost (``Executor.describe``); the engine's is added last."""
 
     @property
     def targets_met(self) -> bool:

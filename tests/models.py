@@ -170,3 +170,29 @@ def unbatched_mlp(seed: int = 0, features: int = 12, classes: int = 3) -> onnx.M
     mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
     mb.add_output("y", [classes])
     return mb.build()
+
+
+def sensitive_mlp(seed: int = 0, batch: str | int = "N") -> onnx.ModelProto:
+    """x[N,16] -> Gemm g1 -> Relu -> Gemm g2 -> Relu -> Gemm fc -> y[N,4], one layer INT8 destroys.
+
+    g1's bias puts 1000 on channel 0, which g2 reads with zero weights: the float model
+    does not care, but g2's per-tensor input quantizer must stretch to 1000 and rounds
+    every other value to zero. Only reverting g2's group (which owns that quantizer)
+    brings the accuracy back.
+    """
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [batch, 16])
+    h = mb.add_relu(mb.add_gemm(x, 16, 32, name="g1"))
+    h = mb.add_relu(mb.add_gemm(h, 32, 32, name="g2"))
+    y = mb.add_gemm(h, 32, 4, name="fc")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [batch, 4])
+    inits = {i.name: i for i in mb.initializers}
+    g1, g2 = (next(n for n in mb.nodes if n.name == name) for name in ("g1", "g2"))
+    bias = numpy_helper.to_array(inits[g1.input[2]]).copy()
+    bias[0] = 1000.0
+    inits[g1.input[2]].CopyFrom(numpy_helper.from_array(bias, g1.input[2]))
+    weight = numpy_helper.to_array(inits[g2.input[1]]).copy()
+    weight[:, 0] = 0.0
+    inits[g2.input[1]].CopyFrom(numpy_helper.from_array(weight, g2.input[1]))
+    return mb.build()

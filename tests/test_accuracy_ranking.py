@@ -143,7 +143,7 @@ def test_wide_metric_bounds_do_not_let_the_boundary_tiebreak_override_scores() -
                                seconds=0.0)
 
     ranker = GroupRanker(SimpleNamespace(metrics=[metric], evaluate=evaluate), lambda r: frozenset(r), None,
-                         method="metric", subset_size=n, comparison=np.arange(n), seed=0, workers=1,
+                         method="metric", subset_size=n, comparison=np.arange(n), seed=0,
                          neighbours={"g_good": ["x", "y"], "g_bad": [FLOAT, FLOAT]})
     ranker.subset = lambda reverted, m: np.arange(n)
     assert [g for g, _ in ranker.rank(frozenset(), ["g_good", "g_bad"], "m")] == ["g_good", "g_bad"]
@@ -160,7 +160,7 @@ def test_subset_by_output_distance_streams_and_matches_a_direct_computation() ->
     engine = Engine(ArrayDataset({"x": x}), [Agreement("cosine")], batch_size=8, progress=False)
     engine.set_float_model(reference)
     ranker = GroupRanker(engine, lambda reverted: candidate, reference, method="output_distance", subset_size=6,
-                         comparison=np.arange(40), seed=0, workers=1, neighbours={})
+                         comparison=np.arange(40), seed=0, neighbours={})
     picked = ranker.subset(frozenset(), "agreement_cosine")
 
     def run(model):
@@ -175,13 +175,12 @@ def test_subset_by_output_distance_streams_and_matches_a_direct_computation() ->
 
 
 def test_ranking_workers_leave_ctrl_c_to_the_run(monkeypatch) -> None:
-    """A worker ignores SIGINT and SIGHUP: the run handles them and closes the pool, with no worker traceback."""
+    """A worker process ignores SIGINT and SIGHUP: the run handles them and closes the pool, with no worker traceback."""
     import signal
 
-    from aaq.accuracy import workers
+    from aaq.engine import executors
 
     handlers = {}
     monkeypatch.setattr(signal, "signal", lambda number, handler: handlers.__setitem__(number, handler))
-    monkeypatch.setattr(workers, "_WORKER", {})
-    workers._worker_init(__import__("pickle").dumps([]), b"", 1, 1, False)
+    executors.ignore_interrupts()
     assert handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGHUP: signal.SIG_IGN}

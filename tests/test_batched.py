@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import pickle
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from aaq import Pipeline
 from aaq.accuracy import workers
-from aaq.accuracy.workers import WorkerPool
+from aaq.engine.executors import Shared
 from aaq.cli import main
 from aaq.engine import Agreement, Engine, Metric, Sample
 from aaq.engine.datasets import BatchedDataset, SampleList, dataset_from_spec
@@ -211,21 +209,20 @@ def test_dq_then_aaq_on_a_streaming_model_from_a_spec(tmp_path: Path) -> None:
                               "c": np.zeros((1, 1, 8), np.float32)})[0].shape == (40, 2)
 
 
-def test_ranking_workers_get_the_whole_feeds(vad, tmp_path: Path, monkeypatch) -> None:
-    """What a worker process is sent of a batched subset, and what it scores there (in this process)."""
-    monkeypatch.setattr(workers.signal, "signal", lambda number, handler: None)  # a worker's, not pytest's
+def test_ranking_workers_get_the_whole_feeds(vad) -> None:
+    """What a worker is sent of a batched subset (its whole feeds), and what it scores there (in this process)."""
     model, data = vad
     engine = Engine(data, [FrameAccuracy()], progress=False)
     engine.set_float_model(model)
-    pool = WorkerPool(None, tempfile.TemporaryDirectory(dir=tmp_path))
-    context = pool.context(engine, np.array([1, 4, 9]))
-    workers._worker_init(pickle.dumps([FrameAccuracy()]), model.SerializeToString(), 8, 1, False)
-    value, inferred = workers._worker_score(context, model.SerializeToString(), "frames", False)
+    samples = workers.subset_samples(engine, np.array([1, 4, 9]))
+    assert isinstance(samples, list) and len(samples) == 3
+    shared = [Shared(str(i), v) for i, v in enumerate([workers.recipe(engine, model, 1), samples, ()])]
+    value, inferred = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", False,
+                                                                    model.SerializeToString()))
     assert (value, inferred) == (1.0, 3)
-    distance, _ = workers._worker_score(context, model.SerializeToString(), "frames", True)
+    distance, _ = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", True,
+                                                                model.SerializeToString()))
     assert distance == 0.0
-    pool.scratch.cleanup()
-
 
 def test_a_transform_that_raises_names_the_item_and_nothing_is_written(tmp_path: Path, capsys) -> None:
     spec = vad_spec(tmp_path, "aaq_test_vad_broken", broken=True)

@@ -22,7 +22,8 @@ def test_two_runs_of_one_spec_give_the_same_model_and_report_but_timings(tmp_pat
     reports = [json.loads((out / "report.json").read_text()) for out in outs]
     timings = [r.pop("timings") for r in reports]
     assert reports[0] == reports[1]
-    assert set(timings[0]) == {"created", "seconds", "algorithms", "evaluations", "latency"}
+    assert set(timings[0]) == {"created", "seconds", "algorithms", "evaluations", "latency", "executors"}
+    assert all("task_seconds" not in e for e in reports[0]["executors"])
     assert [a["name"] for a in timings[0]["algorithms"]] == ["DefaultQuantization"]
     assert all("seconds" not in a for a in reports[0]["algorithms"])
     assert all("seconds" not in e for e in reports[0]["evaluations"])

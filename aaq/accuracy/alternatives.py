@@ -3,8 +3,9 @@
 ``mixed_preset_stages`` and ``tuning_stages`` return *stages*: lists of param
 overrides. ``try_alternatives`` runs them: a stage's candidates are scored on the
 hardest samples of the current model, the best one must beat the current plan
-there, and is then kept only if it lowers the drop on the full set (measured with
-early stop); later stages start from what the earlier ones kept (POT searched
+there (the stage's candidates and the current plan scored in one batch, on the
+engine's executor when it is parallel), and is then kept only if it lowers the drop
+on the full set (measured with early stop); later stages start from what the earlier ones kept (POT searched
 coordinate-wise too). Making a candidate's plan is the caller's ``propose(stage,
 kept)``: it runs the base algorithm with the overrides kept so far and the stage's,
 every statistic the stage needs collected in one pass.
@@ -89,10 +90,15 @@ def try_alternatives(what: str, evaluator: "PlanEvaluator", current: Measurement
         metric = targets.driving(current.point())
         subset = ranker.subset(frozenset(), metric)
         distance = ranker.by_distance
-        now = ranker.score(evaluator.build(frozenset()), metric, subset, distance)
+        proposed = propose(stage, record["kept"] or {})
+        # The current plan and every candidate of the stage in one batch: on a parallel executor they
+        # are scored side by side, each plan shipped once.
+        values = ranker.scores([(evaluator.candidates.build, frozenset())]
+                               + [(a.candidates.build, frozenset()) for a in proposed], metric, subset, distance,
+                               [f"{what}: current plan"] + [f"{what}: {a.overrides}" for a in proposed])
+        now = values[0]
         scored = []
-        for alternative in propose(stage, record["kept"] or {}):
-            score = ranker.score(alternative.candidates.build(frozenset()), metric, subset, distance)
+        for score, alternative in zip(values[1:], proposed):
             record["tried"].append({"params": alternative.overrides, "subset_score": score, "to_beat": now,
                                     "subset_size": int(len(subset))})
             scored.append((score, alternative))

@@ -6,8 +6,9 @@ per-sample metric difference, or by the output distance when the metric gives no
 per-sample values (or ``ranking_method`` is ``output_distance``). Each candidate group
 is then scored on that subset with the group reverted, higher = reverting it helps
 more: the metric itself (its sign flipped when lower is better), or minus the
-normalised MSE between its outputs and the float model's; in this process, or in
-worker processes (``workers``).
+normalised MSE between its outputs and the float model's; in this process, or on
+the engine's executor (``engine.executors``: worker processes, a Dask cluster), which
+is sent the plan and the subset once and then only the groups of each candidate.
 
 Candidates whose scores differ by less than the noise (one sample's worth of a
 bounded metric, 1% of the best output distance) are ordered by how their revert changes
@@ -28,7 +29,8 @@ import onnx
 
 from aaq.accuracy.drops import score_bounds
 from aaq.accuracy.subsets import hardest, output_distance
-from aaq.accuracy.workers import WorkerPool
+from aaq.accuracy.workers import recipe, score_task, subset_samples, tasks_for
+from aaq.engine.executors import Executor, executor_of
 from aaq.engine.protocol import EngineLike
 from aaq.quantization.graph import FLOAT
 
@@ -79,17 +81,22 @@ class GroupRanker:
     """
 
     def __init__(self, engine: EngineLike, build: Callable[[frozenset], onnx.ModelProto], float_model: onnx.ModelProto,
-                 *, method: str, subset_size: int, comparison: np.ndarray, seed: int, workers: int,
-                 neighbours: Mapping[str, Sequence[str]]) -> None:
+                 *, method: str, subset_size: int, comparison: np.ndarray, seed: int,
+                 neighbours: Mapping[str, Sequence[str]], executor: Executor | None = None,
+                 owns_executor: bool = False) -> None:
         self.engine, self.build, self.float_model = engine, build, float_model
         self.method, self.subset_size, self.comparison = method, subset_size, np.asarray(comparison, np.int64)
-        self.seed, self.workers, self.neighbours = seed, workers, neighbours
+        self.seed, self.neighbours = seed, neighbours
+        self.executor = executor if executor is not None else executor_of(engine)
+        self.owns_executor = owns_executor
+        """Whether ``close`` ends the executor (one made for this ranker); the engine's is the run's to end."""
         self.metrics = {m.name: m for m in engine.metrics}
         self.counts = RankingCounts()
         self.history: list[dict[str, Any]] = []
         """Every ranking made, in order: the metric, the groups already in float, the subset size, the scores."""
         self._subsets: dict[tuple, np.ndarray] = {}
-        self._pool: WorkerPool | None = None
+        self._shared: dict[Any, Any] = {}
+        """What was shipped to the executor, by what it is: the recipe, subsets, plans (kept so their ids stay)."""
 
     def reset(self, build: Callable[[frozenset], onnx.ModelProto], neighbours: Mapping[str, Sequence[str]]) -> None:
         """Rank the models of another plan: its ``build``, its group neighbours; the old subsets are forgotten."""
@@ -97,10 +104,11 @@ class GroupRanker:
         self._subsets.clear()
 
     def close(self, abandon: bool = False) -> None:
-        """End the worker processes, if any (``abandon``: now, not after their running task; a signal came)."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.close(abandon=abandon)
+        """Drop the shared contexts; end the executor if this ranker started it (``abandon``: a signal came,
+        its workers are stopped now, not after their running task)."""
+        self._shared.clear()
+        if self.owns_executor:
+            self.executor.close(abandon=abandon)
 
     @property
     def by_distance(self) -> bool:
@@ -133,17 +141,9 @@ class GroupRanker:
             return []
         subset = self.subset(reverted, metric)
         distance = self.by_distance
-        scores = None
-        if self.workers > 1 and len(candidates) > 1:
-            try:
-                scores = self._parallel_scores(reverted, candidates, metric, subset, distance)
-            except Exception as exc:  # a broken pool or a plugin that fails in a worker: this process decides
-                logger.warning("parallel ranking failed (%s: %s); ranking in this process from now on",
-                               type(exc).__name__, exc)
-                self.close()
-                self.workers = 1
-        if scores is None:
-            scores = {g: self.score(self.build(reverted | {g}), metric, subset, distance) for g in candidates}
+        values = self.scores([(self.build, reverted | {g}) for g in candidates], metric, subset, distance,
+                             [f"group {g}" for g in candidates])
+        scores = dict(zip(candidates, values))
         if distance:
             tie = _DISTANCE_TIE * abs(max(scores.values()))  # 1% of the best (smallest) distance
         else:
@@ -197,20 +197,48 @@ class GroupRanker:
         self.counts.samples += int(samples)
         self.counts.seconds += seconds
 
-    def _parallel_scores(self, reverted: frozenset, candidates: Sequence[str], metric: str, subset: np.ndarray,
-                         distance: bool) -> dict[str, float]:
-        if self._pool is None:
-            self._pool = WorkerPool.start(self.engine, self.float_model, self.workers)
+    def scores(self, models: Sequence[tuple[Callable[[frozenset], onnx.ModelProto], frozenset]], metric: str,
+               subset: np.ndarray, distance: bool, labels: Sequence[str]) -> list[float]:
+        """``score`` of each ``(build, reverted)`` model, in order: on the executor when it is parallel and
+        there are several, else here; an executor that fails is reported and this process takes over."""
+        if self.executor.parallel and len(models) > 1:
+            try:
+                return self._parallel_scores(models, metric, subset, distance, labels)
+            except Exception as exc:  # a lost cluster, or a plugin that fails in a worker: this process decides
+                logger.warning("parallel ranking failed (%s: %s); ranking in this process from now on",
+                               type(exc).__name__, exc)
+                self.close()
+                self.executor, self.owns_executor = Executor(), False
         started = time.perf_counter()
-        context = self._pool.context(self.engine, subset)
-        futures = {g: self._pool.submit(context, self.build(reverted | {g}), metric, distance) for g in candidates}
-        scores = {}
-        for g, future in futures.items():
-            value, inferred = future.result()
-            scores[g] = value if distance or self.metrics[metric].higher_is_better else -value
-            self.counts.evaluations += 1
-            self.counts.samples += inferred
+        out = [self.score(build(reverted), metric, subset, distance) for build, reverted in models]
+        self.executor.count(len(models), time.perf_counter() - started)
+        return out
+
+    def _parallel_scores(self, models: Sequence[tuple[Callable[[frozenset], onnx.ModelProto], frozenset]],
+                         metric: str, subset: np.ndarray, distance: bool, labels: Sequence[str]) -> list[float]:
+        started = time.perf_counter()
+        plans, tasks = tasks_for(models, metric, distance)
+        if "recipe" not in self._shared:
+            self._shared["recipe"] = self.executor.share(recipe(self.engine, self.float_model,
+                                                                self.executor.threads_per_task))
+        subset_key = ("subset", np.asarray(subset, np.int64).tobytes())
+        if subset_key not in self._shared:
+            self._forget("subset")  # the workers drop what no task will name again
+            self._shared[subset_key] = self.executor.share(subset_samples(self.engine, subset))
+        plans_key = ("plans",) + tuple(id(p) for p in plans)
+        if plans_key not in self._shared:
+            self._forget("plans")
+            self._shared[plans_key] = (plans, self.executor.share(tuple(plans)))
+        contexts = (self._shared["recipe"], self._shared[subset_key], self._shared[plans_key][1])
+        results = self.executor.map(score_task, contexts, tasks, labels)
+        higher = distance or self.metrics[metric].higher_is_better
+        self.counts.evaluations += len(results)
+        self.counts.samples += sum(inferred for _, inferred in results)
         self.counts.seconds += time.perf_counter() - started
-        return scores
+        return [value if higher else -value for value, _ in results]
+
+    def _forget(self, kind: str) -> None:
+        for key in [k for k in self._shared if isinstance(k, tuple) and k[0] == kind]:
+            del self._shared[key]
 
 

@@ -1,100 +1,68 @@
-"""Worker processes that score candidate models on a ranking subset, each with its own engine.
+"""What a worker runs to score candidate models on a ranking subset, and what it is sent to do it.
 
-A subset's inputs and labels are written once to a scratch file that the workers
-read and keep; each task then carries only the candidate model's bytes. Processes
-are spawned, not forked: a forked ONNX Runtime thread pool can hang.
+A worker is sent, once each: the ``Recipe`` of its engine (metrics, the float model,
+batch size, threads), the samples of a ranking subset (``subset_samples``), and the
+plans whose candidates it scores. A ``ScoreTask`` then names only a plan by position
+and the groups reverted, so a task is a few hundred bytes whatever the model; a worker
+builds the candidate itself (``CandidateModels``, the same bytes the driver would
+build) and keeps its engine and models while the run sends tasks of the same context.
+A candidate that comes from no plan (a custom ``build``) travels as model bytes.
 """
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import signal
-import tempfile
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 
 from aaq.accuracy.subsets import output_distance
 from aaq.engine.datasets import ArrayDataset, SampleList, is_batched
-from aaq.engine.feeds import fetch
 from aaq.engine.engine import Engine
+from aaq.engine.executors import Shared
+from aaq.engine.feeds import fetch
+from aaq.engine.metrics import Metric
 from aaq.engine.protocol import EngineLike
-from aaq.output import signals_deferred
+from aaq.quantization.candidates import CandidateModels
+from aaq.quantization.plan import Plan
 
 logger = logging.getLogger(__name__)
 
-GRACE_SECONDS = 5.0
-"""How long an abandoned worker may take to end on SIGTERM before it is killed."""
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a worker builds its engine: the same metrics and float model as the run's, its own threads."""
+
+    metrics: list[Metric]
+    float_bytes: bytes
+    batch_size: int
+    threads: int
+    spinning: bool
 
 
-class WorkerPool:
-    """A process pool and the scratch folder of the subsets it was sent."""
+@dataclass(frozen=True)
+class ScoreTask:
+    """One candidate: plan ``plan``'s model with ``reverted`` in float (or ``model``'s bytes), scored for ``metric``."""
 
-    def __init__(self, executor: ProcessPoolExecutor, scratch: tempfile.TemporaryDirectory) -> None:
-        self.executor, self.scratch = executor, scratch
-        self._contexts: dict[bytes, str] = {}
-
-    @classmethod
-    def start(cls, engine: EngineLike, float_model: onnx.ModelProto, workers: int) -> "WorkerPool":
-        metrics_blob = pickle.dumps(list(engine.metrics))  # a metric that cannot be pickled: the caller falls back
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                       initializer=_worker_init,
-                                       initargs=(metrics_blob, float_model.SerializeToString(), engine.batch_size,
-                                                 threads, _spinning(engine)))
-        logger.info("ranking with %d worker processes (%d threads each)", workers, threads)
-        return cls(executor, tempfile.TemporaryDirectory(prefix="aaq-ranking-"))
-
-    def context(self, engine: EngineLike, subset: np.ndarray) -> str:
-        """The scratch file of ``subset``: its stacked inputs and labels, or, for a batched dataset,
-        its samples (whole feeds, transformed already)."""
-        key = np.asarray(subset, np.int64).tobytes()
-        if key not in self._contexts:
-            if is_batched(engine.dataset):
-                data: Any = [engine.dataset[int(i)] for i in subset]
-            else:
-                inputs, labels = fetch(engine.dataset, subset)
-                data = (dict(inputs), labels)
-            path = Path(self.scratch.name) / f"subset{len(self._contexts)}.pkl"
-            path.write_bytes(pickle.dumps(data))
-            self._contexts[key] = str(path)
-        return self._contexts[key]
-
-    def submit(self, context: str, model: onnx.ModelProto, metric: str, distance: bool) -> Future:
-        return self.executor.submit(_worker_score, context, model.SerializeToString(), metric, distance)
-
-    def close(self, abandon: bool = False) -> None:
-        """End the workers and delete the scratch folder.
-
-        ``abandon`` (a signal is ending the run): the workers are stopped now, SIGTERM
-        then SIGKILL after ``GRACE_SECONDS``, instead of after their running task, and
-        further signals wait until they are gone and the scratch data is deleted, so
-        that no worker and no copy of the data outlives the run.
-        """
-        if not abandon:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.scratch.cleanup()
-            return
-        with signals_deferred():
-            # ProcessPoolExecutor has no public handle on its processes before Python 3.14 (terminate_workers)
-            processes = list((getattr(self.executor, "_processes", None) or {}).values())
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.join(GRACE_SECONDS)
-                if process.is_alive():  # pragma: no cover - a worker stuck in native code
-                    process.kill()
-                    process.join()
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.scratch.cleanup()
+    plan: int
+    reverted: frozenset
+    metric: str
+    distance: bool
+    model: bytes | None = None
 
 
-_WORKER: dict[str, Any] = {}
+def recipe(engine: EngineLike, float_model: onnx.ModelProto, threads: int) -> Recipe:
+    return Recipe(list(engine.metrics), float_model.SerializeToString(), engine.batch_size, threads,
+                  _spinning(engine))
+
+
+def subset_samples(engine: EngineLike, subset: np.ndarray) -> Any:
+    """The samples of ``subset`` as a worker needs them: stacked inputs and labels, or whole feeds."""
+    if is_batched(engine.dataset):
+        return [engine.dataset[int(i)] for i in subset]
+    inputs, labels = fetch(engine.dataset, subset)
+    return dict(inputs), labels
 
 
 def _spinning(engine: Any) -> bool:
@@ -103,28 +71,63 @@ def _spinning(engine: Any) -> bool:
     return options is not None and options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
-def _worker_init(metrics_blob: bytes, float_bytes: bytes, batch_size: int, threads: int, spinning: bool) -> None:
-    # Ctrl-C and a hang-up reach the whole process group: the run decides, and ends the pool with it
-    # (WorkerPool.close); a worker printing its own KeyboardInterrupt traceback would only be noise.
-    for number in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, signal.SIG_IGN)
-    _WORKER.update(metrics=pickle.loads(metrics_blob), float=float_bytes, batch_size=batch_size,
-                   threads=threads, spinning=spinning, context=None, engine=None)
+_ENGINE: dict[str, Any] = {"key": None, "engine": None}
+_PLANS: dict[str, list[CandidateModels]] = {}
 
 
-def _worker_score(context: str, model_bytes: bytes, metric: str, distance: bool) -> tuple[float, int]:
-    """In a worker: the candidate's metric on the subset (or its output distance), and samples inferred."""
-    if _WORKER["context"] != context:
-        data = pickle.loads(Path(context).read_bytes())
+def worker_engine(recipe_ctx: Shared, data_ctx: Shared) -> Engine:
+    """The worker's engine for this recipe and subset: built the first time, kept while tasks name them."""
+    key = f"{recipe_ctx.key}/{data_ctx.key}"
+    if _ENGINE["key"] != key:
+        r: Recipe = recipe_ctx.value
+        data = data_ctx.value
         dataset = SampleList(data, batched=True) if isinstance(data, list) else ArrayDataset(*data)
-        engine = Engine(dataset, _WORKER["metrics"], batch_size=_WORKER["batch_size"],
-                        intra_op_threads=_WORKER["threads"], allow_spinning=_WORKER["spinning"], progress=False)
-        engine.set_float_model(_WORKER["float"])
-        _WORKER.update(context=context, engine=engine)
-    engine = _WORKER["engine"]
+        engine = Engine(dataset, r.metrics, batch_size=r.batch_size, intra_op_threads=r.threads,
+                        allow_spinning=r.spinning, progress=False)
+        engine.set_float_model(r.float_bytes)
+        _ENGINE.update(key=key, engine=engine)
+    return _ENGINE["engine"]
+
+
+def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: ScoreTask) -> tuple[float, int]:
+    """In a worker: the candidate's metric on the subset (or minus its output distance), and samples inferred."""
+    engine = worker_engine(recipe_ctx, data_ctx)
+    if task.model is not None:
+        model: onnx.ModelProto | bytes = task.model
+    else:
+        if plans_ctx.key not in _PLANS:
+            if len(_PLANS) >= 4:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[plans_ctx.key] = [CandidateModels(p) for p in plans_ctx.value]
+        model = _PLANS[plans_ctx.key][task.plan].build(task.reverted)
     every = np.arange(engine.num_samples)
-    if distance:
-        ref = engine.outputs(_WORKER["float"], every)
-        return -float(np.mean(output_distance(ref, engine.outputs(model_bytes, every)))), len(every)
-    ev = engine.evaluate(model_bytes, every)
-    return float(ev.values[metric]), int(ev.samples_inferred)
+    if task.distance:
+        ref = engine.outputs(recipe_ctx.value.float_bytes, every)
+        return -float(np.mean(output_distance(ref, engine.outputs(model, every)))), len(every)
+    ev = engine.evaluate(model, every)
+    return float(ev.values[task.metric]), int(ev.samples_inferred)
+
+
+def plan_of(build: Any) -> Plan | None:
+    """The plan behind a ``CandidateModels.build``, which a worker can rebuild from; None for another callable."""
+    owner = getattr(build, "__self__", None)
+    return owner.plan if isinstance(owner, CandidateModels) else None
+
+
+def tasks_for(models: Sequence[tuple[Any, frozenset]], metric: str, distance: bool
+              ) -> tuple[list[Plan], list[ScoreTask]]:
+    """The distinct plans of ``(build, reverted)`` pairs and one task per pair."""
+    plans: list[Plan] = []
+    tasks = []
+    for build, reverted in models:
+        plan = plan_of(build)
+        if plan is None:
+            tasks.append(ScoreTask(-1, frozenset(reverted), metric, distance,
+                                   build(reverted).SerializeToString()))
+            continue
+        position = next((i for i, p in enumerate(plans) if p is plan), None)
+        if position is None:
+            plans.append(plan)
+            position = len(plans) - 1
+        tasks.append(ScoreTask(position, frozenset(reverted), metric, distance))
+    return plans, tasks

@@ -34,6 +34,7 @@ from aaq.accuracy.search import SEARCHES, SearchResult
 from aaq.accuracy.summary import confidence_summary, drops_text, headline, search_summary
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
 from aaq.engine.evaluation import Evaluation
+from aaq.engine.executors import ProcessExecutor, executor_of
 from aaq.engine.latency import latency_on_engine
 from aaq.engine.protocol import EngineLike
 from aaq.errors import Interrupted, SpecError
@@ -138,6 +139,10 @@ class AccuracyAwareQuantization(Algorithm):
         problems = [(f"metrics[{i}].name", f"no metric {m['name']!r} in engine.metrics (known: {', '.join(known)})")
                     for i, m in enumerate(params.get("metrics") or []) if m["name"] not in known]
         problems += _param_problems(params)
+        executor = spec.resolved["engine"].get("executor") or {}
+        if params.get("workers", 1) > 1 and executor.get("type", "local") != "local":
+            problems.append(("workers", "is the deprecated synonym of engine.executor, which is set: "
+                                        "drop 'workers'"))
         if params.get("confidence", DEFAULT_CONFIDENCE) is None and "holdout" in spec.resolved["engine"]["dataset"]:
             problems.append(("confidence", "is null, but engine.dataset.holdout needs intervals to check the "
                                            "held-out drop against"))
@@ -191,6 +196,8 @@ class AccuracyAwareQuantization(Algorithm):
                                     float_values) from None
         finally:
             evaluator.ranker.close()
+        if evaluator.ranker.owns_executor:
+            state.executors.append(evaluator.ranker.executor.describe())
         plan = evaluator.candidates.plan.with_reverted(result.reverted)
         final, shown = result.measurement.point(), result.measurement.reported()
         state = dataclasses.replace(state, plan=plan, model=evaluator.build(frozenset(result.reverted)))
@@ -305,9 +312,14 @@ class AccuracyAwareQuantization(Algorithm):
         comparison = engine.subset(max(1, int(len(searched) * p.metric_subset_ratio)), p.seed, among=searched) \
             if p.all_baselines_given else searched
         candidates = CandidateModels(state.plan)
+        executor, owned = executor_of(engine), False
+        if p.workers > 1 and not executor.parallel:
+            logger.warning("%s: 'workers' is deprecated; set engine.executor to {\"type\": \"processes\", "
+                           "\"workers\": %d} (it then serves every algorithm of the run)", NAME, p.workers)
+            executor, owned = ProcessExecutor(p.workers), True
         ranker = GroupRanker(engine, candidates.build, state.float_model, method=p.ranking_method,
                              subset_size=p.ranking_subset_size, comparison=comparison, seed=p.seed,
-                             workers=p.workers, neighbours=_neighbours(state.plan))
+                             neighbours=_neighbours(state.plan), executor=executor, owns_executor=owned)
         return PlanEvaluator(engine, targets, candidates, ranker, p.seed, reference)
 
     def _search(self, evaluator: PlanEvaluator, state: PipelineState, engine: EngineLike,

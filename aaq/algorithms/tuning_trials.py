@@ -199,8 +199,9 @@ class TrialRunner:
             values = {n: lo for n, (lo, _) in self._values(self.engine.evaluate(self.model(config), self.order)).items()}
             ranker = GroupRanker(self.engine, entry.candidates.build, self.state.float_model, method="metric",
                                  subset_size=self.ranking_subset_size, comparison=np.arange(self.engine.num_samples),
-                                 seed=self.seed, workers=1, neighbours=_neighbours(entry.plan))
+                                 seed=self.seed, neighbours=_neighbours(entry.plan))
             scores = dict(ranker.rank(reverted, list(by_group), self.targets.driving(values)))
+            ranker.close()  # what it shipped to the engine's executor is not asked for again
             self.ranking_counts["evaluations"] += ranker.counts.evaluations
             samples = ranker.counts.samples
         ordered = sorted(by_group, key=lambda g: -scores[g])

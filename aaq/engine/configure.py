@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aaq.engine.datasets import dataset_from_spec
+from aaq.engine.executor_choice import executor_from_spec
 from aaq.engine.holdout import checked_holdout
 from aaq.engine.metrics import metric_from_spec
 from aaq.errors import SpecError
@@ -32,4 +33,5 @@ def engine_arguments(engine_spec: dict, base_dir: Path) -> dict[str, Any]:
                 intra_op_threads=engine_spec.get("intra_op_threads", 0),
                 graph_optimization_level=engine_spec.get("graph_optimization_level", "all"),
                 allow_spinning=engine_spec.get("allow_spinning", False),
-                holdout=checked_holdout(len(dataset), engine_spec["dataset"].get("holdout"), "engine.dataset"))
+                holdout=checked_holdout(len(dataset), engine_spec["dataset"].get("holdout"), "engine.dataset"),
+                executor=executor_from_spec(engine_spec.get("executor"), "engine.executor"))

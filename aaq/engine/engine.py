@@ -30,6 +30,8 @@ from tqdm import tqdm
 from aaq.engine.augment import AugmentedModels
 from aaq.engine.configure import engine_arguments
 from aaq.engine.datasets import Dataset, is_batched
+from aaq.engine.executor_choice import as_executor
+from aaq.engine.executors import Executor
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     metric_error)
 from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
@@ -48,13 +50,16 @@ class Engine:
 
     ``dataset`` is what models are evaluated on; ``calibration_dataset`` (default: the
     dataset) is what statistics are collected on. Sessions are cached by model
-    digest in an LRU of ``session_cache_size``.
+    digest in an LRU of ``session_cache_size``. ``executor`` is where independent
+    candidate evaluations go (``engine.executors``: an Executor, an ``executor`` spec
+    entry, a ``distributed.Client``; default: this process).
     """
 
     def __init__(self, dataset: Dataset, metrics: Sequence[Metric], *, calibration_dataset: Dataset | None = None,
                  batch_size: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0, graph_optimization_level: str = "all", allow_spinning: bool = False,
-                 progress: bool = True, session_cache_size: int = 8, holdout: float | int | None = None) -> None:
+                 progress: bool = True, session_cache_size: int = 8, holdout: float | int | None = None,
+                 executor: Any = None) -> None:
         if batch_size < 1:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
         names = [m.name for m in metrics]
@@ -69,6 +74,7 @@ class Engine:
         self.metrics = list(metrics)
         self.batch_size = batch_size
         self.progress = progress
+        self.executor: Executor = as_executor(executor)
         self.history: list[EvaluationRecord] = []
         self.session_runs = 0
         self.inferred_by_model: Counter[str] = Counter()

@@ -104,6 +104,11 @@ class Plan:
         object.__setattr__(self, "quantizers", MappingProxyType(dict(self.quantizers)))
         object.__setattr__(self, "skipped", MappingProxyType(dict(self.skipped)))
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its fields (an executor's worker rebuilds candidates from it); the read-only maps anew."""
+        return Plan, (self.model, self.source_digests, self.layers, dict(self.quantizers), self.groups,
+                      self.reverted, dict(self.skipped))
+
     @cached_property
     def _layers_by_name(self) -> dict[str, LayerPlan]:
         return {layer.name: layer for layer in self.layers}

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from aaq.algorithms.base import algorithms
 from aaq.engine.datasets import DATASET_KEYS, datasets
+from aaq.engine.executor_choice import executor_problems
 from aaq.engine.metrics import metrics
 from aaq.errors import SpecError
 from aaq.spec.coerce import check_values, coerce_integers
@@ -92,6 +93,7 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append((f"engine.metrics[{i}].name", f"metric name {name!r} is used twice"))
+    problems += executor_problems(spec.resolved["engine"].get("executor") or {})
     entries = spec.resolved["compression"]["algorithms"]
     if "holdout" in spec.resolved["engine"]["dataset"] and not any(
             algorithms.get(e["name"]).uses_holdout for e in entries):

@@ -1,0 +1,260 @@
+"""Executors: the same reverted groups and model bytes on local, processes and dask; faults; what travels.
+
+One module-scoped Dask ``LocalCluster`` of 2 single-thread worker processes serves
+every Dask test here (starting one costs seconds). The model is
+``models.sensitive_mlp``: ranking has several candidates, and the alternatives loop
+(mixed preset, hyperparameters) scores several plans at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from aaq import Pipeline
+from aaq.cli import main
+from aaq.engine import Accuracy
+from aaq.engine.dask_executor import DaskExecutor
+from aaq.engine.executor_choice import as_executor, executor_from_spec
+from aaq.engine.executors import Executor, ProcessExecutor
+from aaq.errors import BadInputError, SpecError
+from aaq.spec.validate import load_spec
+from models import labeled_data, sensitive_mlp
+
+distributed = pytest.importorskip("distributed")
+
+AAQ = "AccuracyAwareQuantization"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("executors")
+    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
+    x, y = labeled_data(sensitive_mlp, n=256)
+    np.savez(root / "data.npz", x=x, y=y)
+    return root
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def spec_for(root: Path, executor: dict | None = None, **params) -> dict:
+    engine = {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"}, "labels": "y"},
+              "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32}
+    if executor is not None:
+        engine["executor"] = executor
+    return {"model": {"path": str(root / "model.onnx")}, "engine": engine,
+            "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {}},
+                                           {"name": AAQ, "params": {"maximal_drop": 0.05, "ranking_subset_size": 32,
+                                                                    "convert_to_mixed_preset": True,
+                                                                    "tune_hyperparams": True, **params}}]}}
+
+
+def outcome(result) -> tuple:
+    summary = result.algorithms[-1].summary
+    scores = [[(s["group"], s["score"]) for s in r["scores"]] for r in summary["rankings"]]
+    tried = {k: [t["subset_score"] for t in v["tried"]] for k, v in summary["alternatives"].items()}
+    return ([r["layers"] for r in summary["reverted"]], result.model.SerializeToString(deterministic=True),
+            scores, tried)
+
+
+def test_local_processes_and_dask_give_the_same_reverts_and_the_same_model_bytes(files: Path, client,
+                                                                                   caplog) -> None:
+    local = Pipeline(spec_for(files), progress=False).run()
+    pool = ProcessExecutor(2)
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        processes = Pipeline(spec_for(files), progress=False).run(executor=pool)
+        dask = Pipeline(spec_for(files), progress=False).run(executor=client)
+    assert pool._pool is None and pool._scratch is None  # the workers ended with the run, the scratch is gone
+    assert not [r for r in caplog.records if "parallel ranking failed" in r.getMessage()]
+    assert outcome(local)[0]  # something was reverted: ranking ran
+    assert outcome(processes) == outcome(local)
+    assert outcome(dask) == outcome(local)
+    assert local.algorithms[-1].summary["alternatives"]["tune_hyperparams"]["tried"]  # several plans were scored
+    report = dask.report()
+    (figures,) = report["executors"]
+    assert figures["type"] == "dask" and figures["workers"] == 2
+    assert figures["tasks"] >= 5  # every group of a ranking, every alternative with the current plan
+    # What travels per task is group ids, not the candidate model; the plan and the subset went once.
+    assert 0 < figures["bytes_per_task"] < 0.5 * len(outcome(dask)[1])
+    assert figures["context_bytes"] > 0
+    assert report["timings"]["executors"][0]["task_seconds"] > 0
+    assert report["timings"]["executors"][0]["wait_seconds"] > 0
+    assert processes.report()["executors"][0]["type"] == "processes"
+    assert local.report()["executors"][0] == {**local.report()["executors"][0], "type": "local", "bytes_shipped": 0}
+    assert client.status == "running"  # the user's client is used, never closed
+
+
+def test_workers_is_the_deprecated_synonym_of_a_processes_executor(files: Path, caplog) -> None:
+    spec = spec_for(files, workers=2, tune_hyperparams=False, convert_to_mixed_preset=False)
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        result = Pipeline(spec, progress=False).run()
+    assert any("'workers' is deprecated" in r.getMessage() for r in caplog.records)
+    assert outcome(result)[0] == [["g2"]]  # as in this process (tests/test_accuracy_aware.py)
+    kinds = [e["type"] for e in result.report()["executors"]]
+    assert kinds == ["processes", "local"]  # AAQ's own pool, then the engine's
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_for(files, {"type": "processes", "workers": 2}, workers=2))
+    assert "compression.algorithms[1].params.workers" in str(info.value)
+
+
+@pytest.mark.parametrize("entry, path, phrase", [
+    pytest.param({"type": "dask"}, "engine.executor", "needs one of 'address'", id="dask-without-where"),
+    pytest.param({"type": "dask", "address": "tcp://h:1", "local_workers": 2}, "engine.executor", "needs one of",
+                 id="dask-with-both"),
+    pytest.param({"type": "processes"}, "engine.executor", "needs 'workers'", id="processes-without-workers"),
+    pytest.param({"type": "local", "workers": 2}, "engine.executor.workers", "does not apply", id="local-workers"),
+    pytest.param({"type": "processes", "workers": 2, "address": "tcp://h:1"}, "engine.executor.address",
+                 "does not apply to executor type 'processes'", id="processes-address"),
+    pytest.param({"type": "ray"}, "engine.executor.type", "", id="unknown-type"),
+    pytest.param({"type": "processes", "workers": 0}, "engine.executor.workers", "", id="zero-workers"),
+])
+def test_bad_executor_entries_are_spec_errors_with_their_path(files: Path, entry, path, phrase) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_for(files, entry))
+    assert any(p == path and phrase in m for p, m in info.value.problems), info.value.problems
+
+
+def test_the_default_executor_is_local_and_the_api_takes_a_client(client) -> None:
+    assert type(executor_from_spec(None)) is Executor
+    assert type(executor_from_spec({"type": "processes", "workers": 1})) is Executor  # one process: this one
+    wrapped = as_executor(client)
+    assert isinstance(wrapped, DaskExecutor) and not wrapped.owned
+    with pytest.raises(TypeError, match="distributed.Client"):
+        as_executor("tcp://h:1")
+
+
+def test_an_unreachable_scheduler_is_exit_2_naming_the_address(files: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_for(files, {"type": "dask", "address": "tcp://127.0.0.1:9",
+                                                 "connect_timeout": 1})))
+    assert main(["run", str(spec), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "tcp://127.0.0.1:9" in err and "engine.executor.address" in err
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_without_distributed_the_error_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
+    with pytest.raises(BadInputError, match=r"aaq\[dask\]"):
+        DaskExecutor(local_workers=2).open()
+
+
+def test_an_interrupted_run_closes_the_local_cluster_it_started(files: Path, monkeypatch) -> None:
+    closed = []
+
+    class FakeCluster:
+        def __init__(self, **kwargs) -> None:
+            self.kwargs = kwargs
+
+        def close(self) -> None:
+            closed.append("cluster")
+
+    class FakeClient:
+        def __init__(self, cluster, timeout) -> None:
+            self.cluster = cluster
+
+        def scheduler_info(self) -> dict:
+            return {"workers": {"a": {}, "b": {}}}
+
+        def close(self) -> None:
+            closed.append("client")
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("aaq.pipeline.run_algorithm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(spec_for(files, {"type": "dask", "local_workers": 2}), progress=False).run()
+    assert closed == ["client", "cluster"]
+
+
+class WorkerOnlyFailure(Accuracy):
+    """Top-1 that raises anywhere but in the process that made it: a plugin broken on the workers only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.home = os.getpid()
+
+    def score(self, outputs, labels):
+        if os.getpid() != self.home:
+            raise RuntimeError("no GPU on this worker")
+        return super().score(outputs, labels)
+
+
+def test_a_task_that_raises_names_the_worker_the_group_and_the_error(files: Path, client, caplog) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.engine import Engine
+
+    data = np.load(files / "data.npz")
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [WorkerOnlyFailure()], batch_size=32,
+                    progress=False, executor=client)
+    spec = spec_for(files, tune_hyperparams=False, convert_to_mixed_preset=False)
+    spec["engine"]["metrics"] = [{"name": "top1", "type": "accuracy"}]
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        result = Pipeline(spec, progress=False).run(engine=engine)
+    warnings = [r.getMessage() for r in caplog.records if "parallel ranking failed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "worker tcp://127.0.0.1:" in warnings[0] and "group " in warnings[0]
+    assert "RuntimeError: no GPU on this worker" in warnings[0]
+    assert outcome(result)[0] == [["g2"]]  # this process ranked instead: the same answer
+
+
+class SlowOnWorkers(Accuracy):
+    """Top-1 that takes seconds anywhere but in the process that made it: a worker that stops answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.home = os.getpid()
+
+    def score(self, outputs, labels):
+        if os.getpid() != self.home:
+            import time
+            time.sleep(3)
+        return super().score(outputs, labels)
+
+
+def test_a_cluster_that_stops_answering_is_given_up_after_task_timeout(files: Path, client, caplog) -> None:
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.engine import Engine
+
+    data = np.load(files / "data.npz")
+    executor = DaskExecutor(client=client, task_timeout=0.5)
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [SlowOnWorkers()], batch_size=32,
+                    progress=False, executor=executor)
+    spec = spec_for(files, tune_hyperparams=False, convert_to_mixed_preset=False)
+    with caplog.at_level(logging.WARNING, logger="aaq"):
+        result = Pipeline(spec, progress=False).run(engine=engine)
+    warnings = [r.getMessage() for r in caplog.records if "parallel ranking failed" in r.getMessage()]
+    assert len(warnings) == 1 and "no task finished in 0.5 s" in warnings[0]
+    assert outcome(result)[0] == [["g2"]]
+
+
+def test_tuning_ranks_its_fallback_units_on_the_executor(files: Path, client) -> None:
+    """Tuning's basic strategy: no model-wise config passes, the units are ranked on the cluster, same answer."""
+    space = {"model_wise": {"weight": {"granularity": ["per_channel"]}, "activation": {"scheme": ["sym"]}}}
+    spec = spec_for(files)
+    spec["compression"]["algorithms"] = [{"name": "Tuning", "params": {
+        "strategy": {"name": "basic"}, "accuracy_criterion": {"absolute": 0.05}, "ranking_subset_size": 32,
+        "exit_policy": {"timeout": 0, "max_trials": 6}, "tuning_space": space}}]
+    local = Pipeline(spec, progress=False).run()
+    dask = Pipeline(spec, progress=False).run(executor=client)
+    rankings = [r.algorithms[-1].summary["rankings"] for r in (local, dask)]
+    assert rankings[0] and rankings[0] == rankings[1]
+    assert local.model.SerializeToString(deterministic=True) == dask.model.SerializeToString(deterministic=True)
+    assert dask.report()["executors"][0]["tasks"] == len(rankings[0][0]["order"])
