@@ -19,7 +19,11 @@ evaluation, any other (the one-item mode check, ranking subsets) a subset one. I
 builds one ONNX Runtime session per model object (the last one is kept, so the
 mode check and the full run that follows share it) and runs the items in batches.
 
-Usage (the benchmark calls it):
+``quantize`` (``bench_default_start.py``): ``nncf.quantize`` with its defaults on
+calibration inputs from an npz (one key, the model input's name), every sample used.
+
+Usage (the benchmarks call it):
+  python nncf_side.py quantize --model M.onnx --calib C.npz --input x --out-model OUT.onnx --out-json OUT.json
   python nncf_side.py --case ppocr_rec --model M.onnx --data D.npz --out-model OUT.onnx --out-json OUT.json
                       --subset-size 200 --ranking-subset-size 300 --max-drop 0.01 --batch-size 16 [--steps 60]
 """
@@ -223,6 +227,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def quantize_main(argv: list[str]) -> int:
+    """``nncf.quantize`` with NNCF's defaults on every calibration sample, one sample per item."""
+    ap = argparse.ArgumentParser(prog="nncf_side.py quantize")
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--calib", required=True, type=Path)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--out-model", required=True, type=Path)
+    ap.add_argument("--out-json", required=True, type=Path)
+    args = ap.parse_args(argv)
+    import onnx
+
+    import nncf
+
+    with np.load(args.calib, allow_pickle=False) as z:
+        calib = np.ascontiguousarray(z[args.input])
+    model = onnx.load(str(args.model))
+    started = time.perf_counter()
+    quantized = nncf.quantize(model, nncf.Dataset(list(range(len(calib))), lambda i: {args.input: calib[i:i + 1]}),
+                              subset_size=len(calib))
+    seconds = time.perf_counter() - started
+    onnx.save(quantized, str(args.out_model))
+    result = {"tool": "nncf", "nncf_version": nncf.__version__, "seconds": seconds, "subset_size": len(calib)}
+    args.out_json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return 0
+
+
 if __name__ == "__main__":
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry off (it is a MagicMock then); set by the caller too
+    if sys.argv[1:2] == ["quantize"]:
+        raise SystemExit(quantize_main(sys.argv[2:]))
     raise SystemExit(main())
