@@ -306,7 +306,8 @@ class AccuracyAwareQuantization(Algorithm):
 
         def propose(stage: Stage, kept: dict[str, Any]) -> list[Alternative]:
             current = merge_params(base_params, kept)
-            algos = [(o, base_cls.from_spec(merge_params(current, o))) for o in stage]
+            known = set(base_cls.schema.get("properties", {}))
+            algos = [(o, base_cls.from_spec(merge_params(current, o))) for o in stage if set(o) <= known]
             scratch = PipelineState(state.float_model, state.float_model, statistics=state.statistics)
             fill_statistics(state.statistics, engine, [n for _, a in algos for n in a.statistics_needs(scratch)],
                             progress=engine.progress, why=f"{len(algos)} candidates")
