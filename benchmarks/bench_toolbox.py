@@ -183,6 +183,7 @@ def aaq_end_to_end(case: bds.Case, work: Path, tune: bool) -> tuple[Path, dict]:
     result = Pipeline(spec, progress=False).run(output_dir=out)
     wall = time.perf_counter() - started
     summary = result.algorithms[-1].summary
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "quantized.onnx"
     onnx.save(result.model, str(path))
     total = summary["groups_quantized"] + summary["groups_reverted"]
@@ -193,7 +194,7 @@ def aaq_end_to_end(case: bds.Case, work: Path, tune: bool) -> tuple[Path, dict]:
                               + (f" (+{len(dq['latency_aware']['float_layers'])} float for speed)"
                                  if dq["latency_aware"]["float_layers"] else ""),
                   "kept": (summary.get("alternatives", {}).get("tune_hyperparams") or {}).get("kept"),
-                  "slow_fix": summary.get("slow_fix")}
+                  "slow_fix": summary.get("slow_fix"), "headline": summary.get("headline")}
 
 
 def end_to_end(case: bds.Case, work: Path, skip_peers: bool) -> dict[str, Any]:

@@ -107,6 +107,7 @@ def test_alternatives_find_a_whole_model_fix_before_reverting_any_group(gain_cas
     tuned = _aaq(gain_case, True, tmp_path / "tuned")
     reverted = lambda s: len(s.get("reverted_groups") or s.get("reverted") or [])  # noqa: E731
     assert reverted(plain) > 0, plain.get("headline")
+    assert plain["slow_fix"]["before"]["ratio"] > 0  # a mix with float groups is timed against float
     assert reverted(tuned) == 0, tuned.get("headline")
     kept = tuned["alternatives"]["tune_hyperparams"]["kept"]
     assert kept, tuned["alternatives"]
