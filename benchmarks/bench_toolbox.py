@@ -244,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path, default=OUT / "bench_toolbox.json")
+    ap.add_argument("--print-json", type=Path, default=None, help="print the tables of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.print_json is not None:
+        report = json.loads(args.print_json.read_text())
+        bds.print_table(report)
+        print()
+        print_e2e(report)
+        return 0
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
     if not args.skip_peers:
         rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
