@@ -127,11 +127,21 @@ def peer(mode: str, case: bds.Case, work: Path) -> tuple[Path, dict]:
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=str(work))
     (work / f"{case.name}.{mode}.stderr.txt").write_text(done.stderr[-200000:])
-    if done.returncode != 0 or not out_model.exists():
+    if done.returncode != 0 or not out_json.exists():
         raise RuntimeError(f"peers_side.py {mode} failed ({done.returncode}): {done.stderr[-1500:]}")
     record = json.loads(out_json.read_text())
     record["wall"] = time.perf_counter() - started
+    if not out_model.exists():  # AutoSearch found no config within the tolerance: no model, not an error
+        raise NoModel(record)
     return out_model, record
+
+
+class NoModel(Exception):
+    """A peer ended without a model (none met the target); ``record`` is what it reported."""
+
+    def __init__(self, record: dict) -> None:
+        super().__init__(record.get("note", "no model"))
+        self.record = record
 
 
 def _peer_row(mode: str, describe: str) -> bds.Row:
@@ -211,12 +221,15 @@ def end_to_end(case: bds.Case, work: Path, skip_peers: bool) -> dict[str, Any]:
             value = bds.evaluate(path, case)
             record.update({"metric": value, "drop": floated - value, "met": floated - value <= MAX_DROP + 1e-12,
                            **latency_ratio(path, case.model, case)})
+        except NoModel as none:
+            record = {**none.record, "met": False, "no_model": True}
         except Exception as exc:  # noqa: BLE001  one way failing must not lose the others
             record = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         rows[name] = record
         shown = (f"drop {record['drop']:+.4f} met {record['met']} evals {record.get('evaluations')} "
                  f"wall {record.get('wall', 0):.1f}s speed x{record['speedup']:.2f}") if "drop" in record \
-            else record["error"][:300]
+            else record.get("error", f"no model: {record.get('note')} ({record.get('evaluations')} evaluations, "
+                                     f"{record.get('wall', 0):.0f} s)")[:300]
         print(f"  e2e {name:<30} {shown}", flush=True)
     return {"float": floated, "rows": rows}
 
@@ -228,6 +241,9 @@ def print_e2e(report: dict) -> None:
         for name, r in entry["rows"].items():
             if "error" in r:
                 print(f"| {case} | {name} | error | | | | |")
+                continue
+            if r.get("no_model"):
+                print(f"| {case} | {name} | ✗ ({r.get('note')}) | | {r.get('evaluations')} | {r['wall']:.1f} | |")
                 continue
             not_int8 = r.get("not_int8", "")
             print(f"| {case} | {name} | {r['drop']:.4f} {'✓' if r['met'] else '✗'} | {not_int8} | "
