@@ -37,7 +37,8 @@ def mixed_preset_stages(base_params: dict[str, Any]) -> list[Stage]:
 
 
 def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
-    """POT's grid, coordinate-wise: activation range estimators, then bias correction.
+    """POT's grid, coordinate-wise, cheapest first: activation range estimators (and the percentile of a
+    histogram), then the float-graph algorithms toggled (``algorithm_stage``), then bias correction.
 
     With symmetric activations (preset performance) the lower bound only decides
     the sign, so only the upper bound's estimator is searched there. From a ``kl`` or
@@ -54,10 +55,30 @@ def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
     ranges = [{"activations": {"range_estimator": {**reset, **{k: v for k, v in (("min", low), ("max", high)) if v}}}}
               for low in (options("quantile") if mixed else [None])
               for high in options("quantile" if mixed else "abs_quantile") if low or high]
+    if estimator != "percentile":
+        ranges.append({"activations": {"range_estimator": {"preset": "percentile", "min": {"type": None, "aggregator": None},
+                                                           "max": {"type": None, "aggregator": None}}}})
     current = (base_params.get("bias_correction"), base_params.get("use_fast_bias"))
     bias = [{"bias_correction": b, "use_fast_bias": f} for b, f in ((True, True), (True, False), (False, True))
             if (b, f) != current and not (current[0] is False and b is False)]
-    return [ranges, bias]
+    return [ranges, algorithm_stage(base_params), bias]
+
+
+def algorithm_stage(base_params: dict[str, Any]) -> Stage:
+    """Cross-layer equalization and SmoothQuant each toggled, then the weight-range search switched on.
+
+    Each is one candidate on its own (coordinate-wise, as the rest of the grid): CLE
+    and SmoothQuant rewrite the float graph, the weight search costs one more
+    statistics pass. The caller drops the candidates a base algorithm has no param for.
+    """
+    cle = bool(base_params.get("cross_layer_equalization", False))
+    smooth = dict(base_params.get("smooth_quant") or {})
+    search = dict(base_params.get("weight_range_search") or {})
+    stage: Stage = [{"cross_layer_equalization": not cle},
+                    {"smooth_quant": {"enabled": not smooth.get("enabled", False)}}]
+    if not search.get("enabled", False):
+        stage.append({"weight_range_search": {"enabled": True}})
+    return stage
 
 
 def merge_params(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

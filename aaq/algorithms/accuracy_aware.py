@@ -33,6 +33,7 @@ from aaq.accuracy.ranking import GroupRanker
 from aaq.accuracy.search import SEARCHES, SearchResult
 from aaq.accuracy.summary import confidence_summary, drops_text, headline, search_summary
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm, run_algorithm
+from aaq.algorithms.slow_fix import faster_mix
 from aaq.engine.evaluation import Evaluation
 from aaq.engine.executors import ProcessExecutor, executor_of
 from aaq.engine.latency import latency_on_engine
@@ -52,6 +53,8 @@ NAME = "AccuracyAwareQuantization"
 # The final latency check may take this share of the run so far (at least its first few rounds):
 # a 2 s run on a small model gets a few rounds, a long one on a big model gets more.
 LATENCY_SHARE = 0.05
+SLOW_FIX_SECONDS = 10.0
+"""Timing budget of ``faster_than_float``'s candidates (the accuracy checks come on top, with early stop)."""
 DEFAULT_CONFIDENCE = {"level": 0.95, "require": "point", "resamples": 2000}
 
 
@@ -70,6 +73,7 @@ class AccuracyAwareParams:
     metrics: list | None = None
     metric_subset_ratio: float = 0.5
     tune_hyperparams: bool = False
+    faster_than_float: bool = True
     ranking_method: str = "metric"
     search: str = "greedy"
     early_stop: bool = True
@@ -198,6 +202,12 @@ class AccuracyAwareQuantization(Algorithm):
             evaluator.ranker.close()
         if evaluator.ranker.owns_executor:
             state.executors.append(evaluator.ranker.executor.describe())
+        slow_fix = None
+        if p.faster_than_float and result.met and result.reverted:
+            fix, slow_fix = faster_mix(evaluator, targets, engine, state.float_model, result.reverted,
+                                       evaluator.ranker.neighbours, result.scores, SLOW_FIX_SECONDS)
+            if fix is not None:
+                result = dataclasses.replace(result, reverted=sorted(fix[0]), measurement=fix[1])
         plan = evaluator.candidates.plan.with_reverted(result.reverted)
         final, shown = result.measurement.point(), result.measurement.reported()
         state = dataclasses.replace(state, plan=plan, model=evaluator.build(frozenset(result.reverted)))
@@ -228,6 +238,7 @@ class AccuracyAwareQuantization(Algorithm):
             alternatives=alternatives, base_params=base_params,
             plan=plan.describe({g: f"reverted by {NAME} (revert {k} of {len(steps)})" for g, k in steps.items()}),
             full=evaluator.full, ranking=evaluator.ranker.counts, latency=latency, seconds=seconds)
+        self.summary["slow_fix"] = slow_fix
         self.summary["confidence"] = confidence_summary(targets, result.measurement, p.maximal_drop,
                                                         evaluator.interval_seconds, held)
         if held is not None and held["overfitted"]:
@@ -355,7 +366,8 @@ class AccuracyAwareQuantization(Algorithm):
 
         def propose(stage: Stage, kept: dict[str, Any]) -> list[Alternative]:
             current = merge_params(base_params, kept)
-            algos = [(o, base_cls.from_spec(merge_params(current, o))) for o in stage]
+            known = set(base_cls.schema.get("properties", {}))
+            algos = [(o, base_cls.from_spec(merge_params(current, o))) for o in stage if set(o) <= known]
             scratch = PipelineState(state.float_model, state.float_model, statistics=state.statistics)
             fill_statistics(state.statistics, engine, [n for _, a in algos for n in a.statistics_needs(scratch)],
                             progress=engine.progress, why=f"{len(algos)} candidates")

@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from aaq.algorithms.base import Algorithm, register_algorithm
+from aaq.algorithms.preconditioning import equalized, searched_weights, smoothed
 from aaq.engine.kernels import u8s8_saturates
 from aaq.engine.layer_timing import layouts, measure_float_kinds
 from aaq.engine.protocol import EngineLike
@@ -43,6 +44,7 @@ from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, Prepar
 from aaq.quantization.presets import (DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics,
                                       resolve_config)
 from aaq.quantization.qdq import apply_plan
+from aaq.quantization.smooth import smooth_targets
 from aaq.schemas import load_schema
 from aaq.state import PipelineState, model_digest
 from aaq.statistics.collector import fill_statistics
@@ -73,6 +75,10 @@ class DefaultQuantizationParams:
     use_fast_bias: bool = True
     latency_aware: str = "measure"
     latency_budget: float = 5.0
+    cross_layer_equalization: bool = False
+    smooth_quant: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "alpha": 0.5})
+    weight_range_search: dict[str, Any] = field(default_factory=lambda: {
+        "enabled": False, "num_samples": 32, "time_budget": 60.0})
 
 
 @dataclass
@@ -86,6 +92,9 @@ class _Setup:
     needs: StatisticsNeeds
     kinds: dict[str, list[str]] = field(default_factory=dict)
     """Candidate layers of ``latency_aware: "measure"``, by kind (``latency_kinds``)."""
+    rewrites: dict[str, Any] = field(default_factory=dict)
+    """What cross-layer equalization / SmoothQuant did (``algorithms.preconditioning``)."""
+    smooth_targets: list = field(default_factory=list)
 
 
 @register_algorithm("DefaultQuantization")
@@ -100,6 +109,7 @@ class DefaultQuantization(Algorithm):
         super().__init__(params)
         self._setup_cache: tuple[str, _Setup] | None = None
         self._speed_cache: tuple[str, dict[str, str], dict[str, Any]] | None = None
+        self._smooth_cache: tuple[tuple, _Setup] | None = None
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
@@ -137,6 +147,10 @@ class DefaultQuantization(Algorithm):
     def run(self, state: PipelineState, engine: EngineLike) -> PipelineState:
         setup = self._setup(state.float_model)
         statistics = state.statistics.values(setup.needs)
+        if setup.smooth_targets:
+            setup = self._smoothed_setup(setup, statistics)
+            fill_statistics(state.statistics, engine, [setup.needs], progress=engine.progress, why="SmoothQuant")
+            statistics = state.statistics.values(setup.needs)
         prepared = setup.prepared
         digests = frozenset({prepared.source_digest, model_digest(prepared.model)})
         config = self._config_for(engine, setup)
@@ -154,9 +168,14 @@ class DefaultQuantization(Algorithm):
                 statistics = state.statistics.values(needs)
         statistics.update(self._histograms(setup, layout, config, statistics, state, engine))
         plan = build_plan(prepared.model, digests, layout, config, statistics)
+        rewrites = dict(setup.rewrites)
+        if self.params.weight_range_search.get("enabled"):
+            plan, rewrites["weight_range_search"] = searched_weights(plan, state, engine,
+                                                                     self.params.weight_range_search)
         plan = self._correct_biases(plan, statistics, state, engine)
         model = apply_plan(state.float_model, plan)
         self.summary = self._summary(setup, layout, plan, config)
+        self.summary.update(rewrites)
         self.summary["latency_aware"] = speed
         self.summary["calibration_samples"] = int(len(engine.calibration_indices(self.params.stat_subset_size)))
         self.summary["headline"] = (f"{len(plan.layers)} layers quantized in {len(plan.groups)} groups "
@@ -175,6 +194,28 @@ class DefaultQuantization(Algorithm):
             return self._setup_cache[1]
         p = self.params
         prepared = prepare_model(float_model, self._min_opset(p.weights))
+        rewrites: dict[str, Any] = {}
+        if p.cross_layer_equalization:
+            prepared, rewrites["cross_layer_equalization"] = equalized(prepared)
+        setup = self._setup_for(prepared, rewrites)
+        self._setup_cache = (digest, setup)
+        return setup
+
+    def _smoothed_setup(self, setup: _Setup, statistics: dict) -> _Setup:
+        """The setup of the SmoothQuant-rewritten model (per-channel maxima from the first pass); cached."""
+        alpha = float(self.params.smooth_quant.get("alpha", 0.5))
+        key = (setup.needs.model_digest, alpha)
+        if self._smooth_cache is not None and self._smooth_cache[0] == key:
+            return self._smooth_cache[1]
+        prepared, record = smoothed(setup.prepared, setup.smooth_targets, statistics, alpha)
+        rewrites = {**setup.rewrites, "smooth_quant": record}
+        new = dataclasses.replace(setup, rewrites=rewrites, smooth_targets=[]) if prepared is None \
+            else self._setup_for(prepared, rewrites, smooth=False)
+        self._smooth_cache = (key, new)
+        return new
+
+    def _setup_for(self, prepared: PreparedModel, rewrites: dict[str, Any], smooth: bool = True) -> _Setup:
+        p = self.params
         ignored = resolve_ignored(prepared.model, p.ignored, prepared.removed_nodes)
         layout = self._layout(prepared, ignored, None)
         if not layout.layers:
@@ -194,11 +235,13 @@ class DefaultQuantization(Algorithm):
                 if chosen:
                     extra = {name: f"latency: {kind}" for kind in chosen for name in kinds[kind]}
                     requests += activation_requests(self._layout(prepared, ignored, extra), config)
+        targets = []
+        if smooth and p.smooth_quant.get("enabled"):
+            targets = smooth_targets(prepared.model, {layer.name for layer in layout.layers})
+            requests += [target.request for target in targets]
         needs = StatisticsNeeds(prepared.model, model_digest(prepared.model), tuple(dict.fromkeys(requests)),
                                 p.stat_subset_size)
-        setup = _Setup(prepared, ignored, layout, config, needs, kinds)
-        self._setup_cache = (digest, setup)
-        return setup
+        return _Setup(prepared, ignored, layout, config, needs, kinds, rewrites, targets)
 
     def _layout(self, prepared: PreparedModel, ignored: dict[str, str], chosen: dict[str, str] | None) -> Layout:
         """The layout of ``latency_aware`` "rules" or "off", or with the ``chosen`` layers in float."""

@@ -70,7 +70,10 @@ class TuningParams:
     approach: str = APPROACH
     recipes: dict = field(default_factory=lambda: {"scale_propagation_max_pooling": True,
                                                    "scale_propagation_concat": True,
-                                                   "first_conv_or_matmul_quantization": True})
+                                                   "first_conv_or_matmul_quantization": True,
+                                                   "cross_layer_equalization": False, "smooth_quant": False,
+                                                   "smooth_quant_args": {"alpha": 0.5},
+                                                   "weight_range_search": False})
     calibration: dict = field(default_factory=lambda: {"sampling_size": [100]})
     tuning_space: dict = field(default_factory=lambda: load_schema(NAME)["properties"]["tuning_space"]["default"])
     metric_weight: list | None = None
@@ -115,7 +118,7 @@ def param_problems(params: dict[str, Any], node_names: list[str] | None, metrics
             exit_policy.get("max_trials", 100) == 0:
         sizes = (params.get("calibration") or {}).get("sampling_size") or [100]
         count = len(params.get("config_set") and expand_config_set(params["config_set"])[1]
-                    or TuningSpace.from_params(space, sizes).quantize_configs())
+                    or TuningSpace.from_params(space, sizes, params.get("recipes")).quantize_configs())
         if count > UNBOUNDED_LIMIT:
             problems.append(("exit_policy", f"strategy {name!r} would walk {count} configs with no timeout and no "
                                             f"max_trials: the run would not end in practice (set max_trials or "
@@ -174,7 +177,7 @@ class Tuning(Algorithm):
         objective_set = ObjectiveSet.from_params(p.objective, p.multi_objectives)
         runner = TrialRunner(state, engine, self._base_params(state), targets, objective_set, seed=p.random_seed,
                              ranking_subset_size=p.ranking_subset_size, recipes=dict(p.recipes))
-        space = TuningSpace.from_params(p.tuning_space, p.calibration["sampling_size"])
+        space = TuningSpace.from_params(p.tuning_space, p.calibration["sampling_size"], p.recipes)
         if p.config_set:
             space = dataclasses.replace(space, configs=tuple(expand_config_set(p.config_set)[1]))
         configs = space.quantize_configs()

@@ -21,7 +21,7 @@ import onnx
 
 from aaq.errors import DataError
 from aaq.statistics.aggregators import AGGREGATORS, make_aggregator
-from aaq.statistics.reducers import HISTOGRAM_REDUCERS, REDUCERS, check_histogram, reduce_batch
+from aaq.statistics.reducers import HISTOGRAM_REDUCERS, REDUCERS, SUMMED_REDUCERS, check_histogram, reduce_batch
 from aaq.statistics.requests import StatisticRequest, StatisticsCache, StatisticsNeeds
 
 
@@ -105,7 +105,7 @@ def fill_statistics(cache: StatisticsCache, engine: CalibrationRunner, needs: It
 def _reduce(outputs: dict[str, Any], request: StatisticRequest, count: int, batch_indices: Any) -> np.ndarray:
     try:
         return reduce_batch(np.asarray(outputs[request.tensor]), count, request.reducer, q=request.q,
-                            axis=request.axis, bins=request.bins, bounds=request.bounds)
+                            axis=request.axis, bins=request.bins, bounds=request.bounds, patch=request.patch)
     except ValueError as exc:
         first = int(np.asarray(batch_indices).ravel()[0]) if count else None
         raise DataError(f"tensor {request.tensor!r}: cannot compute {request.reducer}: {exc}", first) from None
@@ -120,8 +120,8 @@ def _check_requests(requests: list[StatisticRequest]) -> None:
             raise ValueError(f"{request}: unknown aggregator; known: {', '.join(AGGREGATORS)}")
         if request.reducer in ("quantile", "abs_quantile") and (request.q is None or not 0 <= request.q <= 1):
             raise ValueError(f"{request}: a quantile reducer needs q in [0, 1]")
-        if (request.reducer in HISTOGRAM_REDUCERS) != (request.aggregator == "sum"):
-            raise ValueError(f"{request}: histograms, and only they, are folded with the sum aggregator")
+        if (request.reducer in SUMMED_REDUCERS) != (request.aggregator == "sum"):
+            raise ValueError(f"{request}: histograms and grams, and only they, are folded with the sum aggregator")
         if request.reducer in HISTOGRAM_REDUCERS:
             try:
                 check_histogram(request.bins, request.bounds, request.axis)

@@ -11,12 +11,16 @@ import logging
 
 import numpy as np
 
+from aaq.statistics.gram import gram_batch
+
 logger = logging.getLogger(__name__)
 
-REDUCERS = ("min", "max", "abs_max", "quantile", "abs_quantile", "mean", "histogram", "abs_histogram")
+REDUCERS = ("min", "max", "abs_max", "quantile", "abs_quantile", "mean", "histogram", "abs_histogram", "gram")
 """The reducer names a ``StatisticRequest`` may use."""
 
 HISTOGRAM_REDUCERS = ("histogram", "abs_histogram")
+SUMMED_REDUCERS = HISTOGRAM_REDUCERS + ("gram",)
+"""Reducers whose values are added up over samples (the ``sum`` aggregator), and only they."""
 
 
 def check_histogram(bins: int | None, bounds: tuple[float, float] | None, axis: int | None) -> None:
@@ -31,7 +35,7 @@ def check_histogram(bins: int | None, bounds: tuple[float, float] | None, axis: 
 
 def reduce_batch(batch: np.ndarray, num_samples: int, reducer: str, *, q: float | None = None,
                  axis: int | None = None, bins: int | None = None,
-                 bounds: tuple[float, float] | None = None) -> np.ndarray:
+                 bounds: tuple[float, float] | None = None, patch: tuple[int, ...] | None = None) -> np.ndarray:
     """The reducer applied to each sample of ``batch``: ``(samples,)``, ``(samples, channels)`` or ``(samples, bins)``.
 
     ``batch`` holds ``num_samples`` samples along axis 0. ``axis`` (an axis of
@@ -45,6 +49,8 @@ def reduce_batch(batch: np.ndarray, num_samples: int, reducer: str, *, q: float 
         raise ValueError(f"reducer {reducer!r} needs a quantile q in [0, 1], got {q!r}")
     if reducer in HISTOGRAM_REDUCERS:
         check_histogram(bins, bounds, axis)
+    if reducer == "gram":  # the batch's sum, one row (``statistics.gram``)
+        return gram_batch(np.asarray(batch), num_samples, patch)
     view, channel_axis = per_sample_view(np.asarray(batch), num_samples, axis)
     if view.size == 0:
         raise ValueError("cannot reduce an empty tensor")

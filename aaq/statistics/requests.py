@@ -32,11 +32,13 @@ class StatisticRequest:
     axis: int | None = None
     bins: int | None = None
     bounds: tuple[float, float] | None = None
+    patch: tuple[int, ...] | None = None
+    """A Conv's patch geometry for the ``gram`` reducer (``statistics.gram``)."""
 
     @property
     def reduction(self) -> tuple:
         """What the per-sample reducer computes: requests equal in it share one reduction per batch."""
-        return (self.tensor, self.reducer, self.q, self.axis, self.bins, self.bounds)
+        return (self.tensor, self.reducer, self.q, self.axis, self.bins, self.bounds, self.patch)
 
 
 @dataclass(frozen=True, eq=False)

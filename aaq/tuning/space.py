@@ -16,7 +16,13 @@ weight.scheme sym           weights are always symmetric (asym is refused: ONNX
 activation.scheme           ``preset``: sym -> performance, asym -> mixed
 activation.algorithm        ``activations.range_estimator.preset`` (``RANGE_ALGORITHMS``)
 dtype int8 / uint8          quantized; fp32 -> the op's group reverted to float
+recipes (``ALGORITHM_RECIPES``) ``cross_layer_equalization``, ``smooth_quant`` (with
+                            ``smooth_quant_args.alpha``), ``weight_range_search``
 ==========================  ===========================================================
+
+Each algorithm recipe is a boolean or a list of them, and ``smooth_quant_args.alpha``
+a number or a list: lists are dimensions of the space (first choice first, right
+after the sampling size), as INC's ``smooth_quant_args`` alpha list is.
 
 Op-wise entries narrow the dtype choices of one op (by node name, or a regular
 expression matching whole names): only ``["fp32"]`` forces it to float, a list
@@ -44,6 +50,8 @@ WEIGHT_ALGORITHMS = {"minmax": "abs_max"}
 
 GRANULARITY = {"per_channel": "perchannel", "per_tensor": "pertensor"}
 SCHEMES = {"sym": "performance", "asym": "mixed"}
+ALGORITHM_RECIPES = ("cross_layer_equalization", "smooth_quant", "weight_range_search")
+"""Tuning recipes that are DefaultQuantization algorithms (``recipe_choices``)."""
 
 DEFAULT_MODEL_WISE = {
     "weight": {"granularity": ["per_channel", "per_tensor"], "scheme": ["sym"], "dtype": ["int8", "fp32"],
@@ -65,12 +73,14 @@ class TrialConfig:
     activation_algorithm: str = "minmax"
     weight_algorithm: str = "minmax"
     fallback: tuple[str, ...] = ()
+    recipe: tuple[tuple[str, Any], ...] = ()
+    """Algorithm recipes of this config, ``(name, value)`` sorted (``recipe_choices``)."""
 
     @property
     def plan_key(self) -> tuple:
         """What the plan (and the statistics) depend on: everything but the fallback."""
         return (self.sampling_size, self.weight_granularity, self.activation_scheme, self.activation_algorithm,
-                self.weight_algorithm)
+                self.weight_algorithm, self.recipe)
 
     def with_fallback(self, names: Iterable[str]) -> "TrialConfig":
         return replace(self, fallback=tuple(sorted(set(self.fallback) | set(names))))
@@ -82,7 +92,7 @@ class TrialConfig:
                            "algorithm": self.weight_algorithm},
                 "activation": {"granularity": "per_tensor", "scheme": self.activation_scheme, "dtype": "uint8",
                                "algorithm": self.activation_algorithm},
-                "fallback": list(self.fallback)}
+                "fallback": list(self.fallback), **({"recipes": dict(self.recipe)} if self.recipe else {})}
 
 
 def dq_overrides(config: TrialConfig) -> dict[str, Any]:
@@ -91,7 +101,39 @@ def dq_overrides(config: TrialConfig) -> dict[str, Any]:
             "stat_subset_size": int(config.sampling_size),
             "weights": {"granularity": GRANULARITY[config.weight_granularity],
                         "range_estimator": {"max": {"type": WEIGHT_ALGORITHMS[config.weight_algorithm]}}},
-            "activations": {"range_estimator": {"preset": RANGE_ALGORITHMS[config.activation_algorithm]}}}
+            "activations": {"range_estimator": {"preset": RANGE_ALGORITHMS[config.activation_algorithm]}},
+            **recipe_overrides(dict(config.recipe))}
+
+
+def recipe_overrides(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """DefaultQuantization params of a config's algorithm recipes."""
+    out: dict[str, Any] = {}
+    if "cross_layer_equalization" in recipe:
+        out["cross_layer_equalization"] = bool(recipe["cross_layer_equalization"])
+    if "smooth_quant" in recipe:
+        out["smooth_quant"] = {"enabled": bool(recipe["smooth_quant"]), "alpha": float(recipe.get("alpha", 0.5))}
+    if "weight_range_search" in recipe:
+        out["weight_range_search"] = {"enabled": bool(recipe["weight_range_search"])}
+    return out
+
+
+def recipe_choices(recipes: Mapping[str, Any]) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """Every combination of the algorithm recipes' choices (a value or a list), first choices first.
+
+    ``alpha`` is only a dimension where SmoothQuant is on.
+    """
+    def choices(value: Any) -> list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    axes = [[(name, v) for v in choices(recipes[name])] for name in ALGORITHM_RECIPES if name in recipes]
+    alphas = choices(((recipes.get("smooth_quant_args") or {}).get("alpha", 0.5)))
+    out = []
+    for combo in itertools.product(*axes):
+        smooth_on = dict(combo).get("smooth_quant", False)
+        for alpha in (alphas if smooth_on else [None]):
+            entry = combo + ((("alpha", float(alpha)),) if alpha is not None else ())
+            out.append(tuple(sorted(entry)))
+    return tuple(dict.fromkeys(out)) or ((),)
 
 
 @dataclass(frozen=True)
@@ -113,21 +155,26 @@ class TuningSpace:
     """Layers every config leaves in float (op-wise ``["fp32"]``, recipes), set once the model is known."""
     configs: tuple[TrialConfig, ...] = ()
     """An explicit config set (``loader.expand_config_set``): replaces the model-wise product."""
+    recipes: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
+    """The algorithm-recipe combinations (``recipe_choices``)."""
 
     @classmethod
-    def from_params(cls, tuning_space: Mapping[str, Any], sampling_sizes: Sequence[int]) -> "TuningSpace":
+    def from_params(cls, tuning_space: Mapping[str, Any], sampling_sizes: Sequence[int],
+                    recipes: Mapping[str, Any] | None = None) -> "TuningSpace":
         model_wise = {kind: {**DEFAULT_MODEL_WISE[kind], **dict((tuning_space.get("model_wise") or {}).get(kind) or {})}
                       for kind in ("weight", "activation")}
-        return cls(tuple(int(s) for s in sampling_sizes), model_wise, dict(tuning_space.get("op_wise") or {}))
+        return cls(tuple(int(s) for s in sampling_sizes), model_wise, dict(tuning_space.get("op_wise") or {}),
+                   recipes=recipe_choices(recipes or {}))
 
     def quantize_configs(self) -> list[TrialConfig]:
         """Every quantized model-wise config, in list order (fallback dtypes excluded, as INC does)."""
         if self.configs:
-            return [c.with_fallback(self.forced) for c in self.configs]
+            return [replace(c.with_fallback(self.forced), recipe=c.recipe or self.recipes[0]) for c in self.configs]
         w, a = self.model_wise["weight"], self.model_wise["activation"]
-        return [TrialConfig(size, granularity, scheme, algorithm, w["algorithm"][0], tuple(sorted(self.forced)))
-                for size, granularity, scheme, algorithm in itertools.product(
-                    self.sampling_sizes, w["granularity"], a["scheme"], a["algorithm"])]
+        return [TrialConfig(size, granularity, scheme, algorithm, w["algorithm"][0], tuple(sorted(self.forced)),
+                            recipe)
+                for size, recipe, granularity, scheme, algorithm in itertools.product(
+                    self.sampling_sizes, self.recipes, w["granularity"], a["scheme"], a["algorithm"])]
 
     def rules(self, node_names: Sequence[str]) -> dict[str, OpRule]:
         """The rule of every node an op-wise entry names (exact name first, else a whole-name pattern)."""

@@ -1,0 +1,72 @@
+"""DefaultQuantization's float-graph rewrites and weight-range search, kept out of its main flow.
+
+Cross-layer equalization and SmoothQuant rewrite the *prepared* float model before
+the ranges are read (``quantization.equalize``, ``quantization.smooth``); the plan is
+then built on the rewritten model, so reverting a layer restores its (rescaled,
+equivalent) float weights. SmoothQuant's per-channel maxima are requested in the
+first statistics pass; the smoothed model's own ranges take one more pass through
+the same collector (the smoothed tensors have new values). The weight-range search
+(``quantization.weight_search``) reads its input second moments on the plan's QDQ
+model, one more pass over ``num_samples`` calibration samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import onnx
+
+from aaq.engine.protocol import EngineLike
+from aaq.quantization.equalize import equalize
+from aaq.quantization.plan import Plan
+from aaq.quantization.prepare import PreparedModel
+from aaq.quantization.qdq import apply_plan
+from aaq.quantization.smooth import SmoothTarget, smooth
+from aaq.quantization.weight_search import gram_requests, search_weights
+from aaq.state import PipelineState, model_digest
+from aaq.statistics.collector import fill_statistics
+from aaq.statistics.requests import StatisticsNeeds
+
+logger = logging.getLogger(__name__)
+
+
+def equalized(prepared: PreparedModel) -> tuple[PreparedModel, dict[str, Any]]:
+    """The prepared model with cross-layer equalization applied, and the record (a note when nothing changed)."""
+    result = equalize(prepared.model)
+    record = result.summary()
+    if record["note"]:
+        logger.info("cross_layer_equalization: %s", record["note"])
+    return dataclasses.replace(prepared, model=result.model), record
+
+
+def smoothed(prepared: PreparedModel, targets: list[SmoothTarget], statistics: dict,
+             alpha: float) -> tuple[PreparedModel | None, dict[str, Any]]:
+    """The prepared model with SmoothQuant applied (``None`` when nothing was smoothed), and the record."""
+    result = smooth(prepared.model, targets, statistics, alpha)
+    record = {"alpha": alpha, **result.summary()}
+    if not result.smoothed:
+        record["note"] = "no MatMul/Gemm input was smoothed"
+        return None, record
+    types, shapes = dict(prepared.elem_types), dict(prepared.shapes)
+    sources = {n.output[0]: n.input[0] for n in result.model.graph.node if n.output[0] not in types}
+    for new, source in sources.items():  # the inserted Muls: same type and shape as what they scale
+        if source in types:
+            types[new] = types[source]
+        if source in shapes:
+            shapes[new] = shapes[source]
+    return dataclasses.replace(prepared, model=result.model, elem_types=types, shapes=shapes), record
+
+
+def searched_weights(plan: Plan, state: PipelineState, engine: EngineLike,
+                     options: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
+    """The plan with weight ranges chosen by output error (one statistics pass on its QDQ model)."""
+    quantized: onnx.ModelProto = apply_plan(plan.model, plan)
+    requests = gram_requests(plan, quantized)
+    if not requests:
+        return plan, {"layers": {}, "note": "no Conv/Gemm/MatMul with per-channel weights to search"}
+    needs = StatisticsNeeds(quantized, model_digest(quantized), tuple(dict.fromkeys(requests.values())),
+                            int(options.get("num_samples", 32)))
+    fill_statistics(state.statistics, engine, [needs], progress=engine.progress, why="weight-range search")
+    return search_weights(plan, state.statistics.values(needs), requests,
+                          time_budget=float(options.get("time_budget", 60.0)))

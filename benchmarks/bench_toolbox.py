@@ -1,0 +1,299 @@
+"""The peers' starting algorithms in aaq, side by side with AMD Quark 0.13 and AIMET-ONNX 2.42, in one run (issue 19).
+
+Extends ``bench_default_start.py`` (its cases, its rows machinery, its one evaluation
+loop) with one more case, ``outlier_transformer`` (``synthetic_transformer.py``: a
+transformer block whose first LayerNorm has one outlier channel), and two tables:
+
+1. **Full-INT8 start**, per case: aaq DefaultQuantization (``latency_aware: "off"``, the
+   other params at their defaults) with each algorithm off and on
+   (``cross_layer_equalization``, ``smooth_quant``, ``weight_range_search``, all three),
+   Quark's ``INT8_CNN_DEFAULT`` one-shot (MinMax + CLE) and AIMET's CLE + SeqMSE.
+2. **DQ -> AAQ end result** (top-1 cases), ``maximal_drop`` 0.01 absolute: aaq with
+   ``tune_hyperparams`` false and true (the whole-model alternatives before any
+   revert), Quark's ``AutoSearch`` and AIMET's automatic mixed precision. Columns:
+   drop, met?, groups/layers not in int8, full evaluations, wall seconds, and
+   latency vs float (batch ``case.batch``, interleaved rounds, median, same run).
+
+Peers run in their own virtual environments (``benchmarks/out/venv-quark``,
+``venv-aimet``), created here from ``/work/shared/peers/requirements-*.txt`` when
+missing, through ``peers_side.py``. A peer that fails is an ``error`` cell with its
+message in the JSON, not a lost run.
+
+Usage:  python benchmarks/bench_toolbox.py [--cases ...] [--skip-peers] [--quick] [--json PATH]
+Writes benchmarks/out/bench_toolbox.json and prints both tables (markdown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_default_start as bds  # noqa: E402
+import synthetic_transformer  # noqa: E402
+
+OUT = HERE / "out"
+PEERS = Path("/work/shared/peers")
+MAX_DROP = 0.01
+TOP1_CASES = ("outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
+
+
+def _outlier_transformer(name: str) -> bds.Case:
+    built = synthetic_transformer.transformer_block()
+    bds.WORK.mkdir(parents=True, exist_ok=True)
+    path = bds.WORK / "outlier_transformer.onnx"
+    onnx.save(built.model, str(path))
+    return bds.Case(name, path, built.input_name, built.calib, built.x, built.y, bds._top1, 64, built.metric,
+                    {"planted": built.planted})
+
+
+CASES = {**bds.CASES, "outlier_transformer": _outlier_transformer}
+
+ALGORITHMS = {
+    "aaq DQ defaults": {},
+    "aaq +CLE": {"cross_layer_equalization": True},
+    "aaq +SmoothQuant": {"smooth_quant": {"enabled": True, "alpha": 0.5}},
+    "aaq +weight search": {"weight_range_search": {"enabled": True}},
+    "aaq +all three": {"cross_layer_equalization": True, "smooth_quant": {"enabled": True, "alpha": 0.5},
+                       "weight_range_search": {"enabled": True}},
+}
+
+
+def _aaq_start_row(name: str, params: dict) -> bds.Row:
+    """DefaultQuantization at its defaults (the current default estimator) plus ``params``."""
+
+    def quantize(case: bds.Case, work: Path) -> Path:
+        from aaq.algorithms.base import run_algorithm
+        from aaq.algorithms.default import DefaultQuantization
+        from aaq.engine import Agreement, ArrayDataset, Engine
+        from aaq.state import PipelineState
+
+        model = onnx.load(str(case.model))
+        engine = Engine(ArrayDataset({case.input_name: case.calib}), [Agreement()], batch_size=case.batch,
+                        progress=False)
+        engine.set_float_model(model)
+        algorithm = DefaultQuantization(DefaultQuantization.Params(
+            stat_subset_size=len(case.calib), latency_aware="off", **params))
+        state = run_algorithm(algorithm, PipelineState(float_model=model, model=model), engine, progress=False)
+        path = work / f"{case.name}.{name.replace(' ', '_').replace('+', '')}.onnx"
+        onnx.save(state.model, str(path))
+        return path
+
+    return bds.Row(name, "aaq", json.dumps(params) if params else "defaults", quantize)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def ensure_venv(tool: str) -> Path:
+    """``benchmarks/out/venv-<tool>`` with the pinned requirements (made once; large: torch CPU)."""
+    venv = OUT / f"venv-{tool}"
+    python = venv / "bin" / "python"
+    marker = venv / ".aaq-bench-ready"
+    if marker.exists():
+        return python
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(PEERS / f"requirements-{tool}.txt")],
+                   check=True)
+    marker.write_text("ok\n")
+    return python
+
+
+def _eval_npz(case: bds.Case, work: Path) -> Path:
+    path = work / f"{case.name}.eval.npz"
+    if not path.exists():
+        np.savez(path, x=case.x, y=np.asarray(case.labels).reshape(-1))
+    return path
+
+
+def peer(mode: str, case: bds.Case, work: Path) -> tuple[Path, dict]:
+    tool = mode.split("_")[0]
+    python = ensure_venv(tool)
+    out_model, out_json = work / f"{case.name}.{mode}.onnx", work / f"{case.name}.{mode}.json"
+    cmd = [str(python), str(HERE / "peers_side.py"), mode, "--model", str(case.model), "--calib",
+           str(case.calib_npz(work)), "--eval", str(_eval_npz(case, work)), "--input", case.input_name,
+           "--out-model", str(out_model), "--out-json", str(out_json), "--max-drop", str(MAX_DROP)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=str(work))
+    (work / f"{case.name}.{mode}.stderr.txt").write_text(done.stderr[-200000:])
+    if done.returncode != 0 or not out_json.exists():
+        raise RuntimeError(f"peers_side.py {mode} failed ({done.returncode}): {done.stderr[-1500:]}")
+    record = json.loads(out_json.read_text())
+    record["wall"] = time.perf_counter() - started
+    if not out_model.exists():  # AutoSearch found no config within the tolerance: no model, not an error
+        raise NoModel(record)
+    return out_model, record
+
+
+class NoModel(Exception):
+    """A peer ended without a model (none met the target); ``record`` is what it reported."""
+
+    def __init__(self, record: dict) -> None:
+        super().__init__(record.get("note", "no model"))
+        self.record = record
+
+
+def _peer_row(mode: str, describe: str) -> bds.Row:
+    return bds.Row(mode.replace("_", " "), mode.split("_")[0], describe,
+                   lambda case, work: peer(mode, case, work)[0])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def latency_ratio(model: Path, float_model: Path, case: bds.Case, rounds: int = 7) -> dict[str, float]:
+    """Median seconds per batch of ``case.batch``, interleaved with the float model in the same rounds."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                for k, p in (("float", float_model), ("quantized", model))}
+    feed = {case.input_name: case.x[:case.batch]}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for k, s in sessions.items():
+        s.run(None, feed)
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            started = time.perf_counter()
+            for _ in range(3):
+                s.run(None, feed)
+            times[k].append((time.perf_counter() - started) / 3)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"float_s": med["float"], "quantized_s": med["quantized"], "speedup": med["float"] / med["quantized"]}
+
+
+def aaq_end_to_end(case: bds.Case, work: Path, tune: bool) -> tuple[Path, dict]:
+    from aaq import Pipeline
+
+    calib = case.calib_npz(work)
+    data = _eval_npz(case, work)
+    spec = {"model": {"name": case.name, "path": str(case.model)},
+            "engine": {"dataset": {"type": "npz", "path": str(data), "inputs": {case.input_name: "x"}, "labels": "y"},
+                       "calibration_dataset": {"type": "npz", "path": str(calib),
+                                               "inputs": {case.input_name: case.input_name}},
+                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": case.batch},
+            "compression": {"algorithms": [
+                {"name": "DefaultQuantization", "params": {"stat_subset_size": len(case.calib)}},
+                {"name": "AccuracyAwareQuantization", "params": {"maximal_drop": MAX_DROP,
+                                                                 "tune_hyperparams": tune}}]}}
+    out = work / f"{case.name}.aaq_e2e_{'tuned' if tune else 'plain'}"
+    started = time.perf_counter()
+    result = Pipeline(spec, progress=False).run(output_dir=out)
+    wall = time.perf_counter() - started
+    summary = result.algorithms[-1].summary
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "quantized.onnx"
+    onnx.save(result.model, str(path))
+    total = summary["groups_quantized"] + summary["groups_reverted"]
+    dq = result.algorithms[0].summary
+    return path, {"wall": wall, "evaluations": summary["evaluations"]["full"],
+                  "subset_evaluations": summary["evaluations"]["subset"],
+                  "not_int8": f"{summary['groups_reverted']} of {total} groups"
+                              + (f" (+{len(dq['latency_aware']['float_layers'])} float for speed)"
+                                 if dq["latency_aware"]["float_layers"] else ""),
+                  "kept": (summary.get("alternatives", {}).get("tune_hyperparams") or {}).get("kept"),
+                  "slow_fix": summary.get("slow_fix"), "headline": summary.get("headline")}
+
+
+def end_to_end(case: bds.Case, work: Path, skip_peers: bool) -> dict[str, Any]:
+    floated = bds.evaluate(case.model, case)
+    ways = {"aaq DQ->AAQ defaults": lambda: aaq_end_to_end(case, work, False),
+            "aaq DQ->AAQ tune_hyperparams": lambda: aaq_end_to_end(case, work, True)}
+    if not skip_peers:
+        ways["quark AutoSearch"] = lambda: peer("quark_autosearch", case, work)
+        ways["aimet AMP"] = lambda: peer("aimet_amp", case, work)
+    rows: dict[str, Any] = {}
+    for name, way in ways.items():
+        try:
+            path, record = way()
+            value = bds.evaluate(path, case)
+            record.update({"metric": value, "drop": floated - value, "met": floated - value <= MAX_DROP + 1e-12,
+                           **latency_ratio(path, case.model, case)})
+        except NoModel as none:
+            record = {**none.record, "met": False, "no_model": True}
+        except Exception as exc:  # noqa: BLE001  one way failing must not lose the others
+            record = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        rows[name] = record
+        shown = (f"drop {record['drop']:+.4f} met {record['met']} evals {record.get('evaluations')} "
+                 f"wall {record.get('wall', 0):.1f}s speed x{record['speedup']:.2f}") if "drop" in record \
+            else record.get("error", f"no model: {record.get('note')} ({record.get('evaluations')} evaluations, "
+                                     f"{record.get('wall', 0):.0f} s)")[:300]
+        print(f"  e2e {name:<30} {shown}", flush=True)
+    return {"float": floated, "rows": rows}
+
+
+def print_e2e(report: dict) -> None:
+    print("| case | tool, mode | drop (0.01 allowed) | not in int8 | full evaluations | wall s | speed vs float |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case, entry in report["e2e"].items():
+        for name, r in entry["rows"].items():
+            if "error" in r:
+                print(f"| {case} | {name} | error | | | | |")
+                continue
+            if r.get("no_model"):
+                print(f"| {case} | {name} | ✗ ({r.get('note')}) | | {r.get('evaluations')} | {r['wall']:.1f} | |")
+                continue
+            not_int8 = r.get("not_int8", "")
+            print(f"| {case} | {name} | {r['drop']:.4f} {'✓' if r['met'] else '✗'} | {not_int8} | "
+                  f"{r.get('evaluations')}" + (f" (+{r['subset_evaluations']} subset)" if r.get("subset_evaluations")
+                                               else "") +
+                  f" | {r['wall']:.1f} | {r['speedup']:.2f}x{' (slower)' if r['speedup'] < 1 else ''} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls"],
+                    choices=list(CASES))
+    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path, default=OUT / "bench_toolbox.json")
+    ap.add_argument("--print-json", type=Path, default=None, help="print the tables of an earlier run's JSON")
+    args = ap.parse_args(argv)
+    if args.print_json is not None:
+        report = json.loads(args.print_json.read_text())
+        bds.print_table(report)
+        print()
+        print_e2e(report)
+        return 0
+    rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
+    if not args.skip_peers:
+        rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
+                 _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)")]
+    report: dict[str, Any] = {"rows": [r.name for r in rows], "row_descriptions": {r.name: r.describe for r in rows},
+                              "cases": {}, "e2e": {}, "onnxruntime": ort.__version__, "cpus": os.cpu_count()}
+    started = time.perf_counter()
+    for name in args.cases:
+        case = CASES[name](name)
+        if args.quick:
+            case.x, case.labels = case.x[:bds.QUICK_EVAL], case.labels[:bds.QUICK_EVAL]
+            case.calib = case.calib[:bds.QUICK_CALIB]
+        work = OUT / "bench_toolbox" / ("quick" if args.quick else "full")
+        work.mkdir(parents=True, exist_ok=True)
+        report["cases"][name] = bds.run_case(case, rows, work)
+        if not args.skip_e2e and name in TOP1_CASES:
+            report["e2e"][name] = end_to_end(case, work, args.skip_peers)
+        report["seconds"] = time.perf_counter() - started
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    print()
+    bds.print_table(report)
+    print()
+    print_e2e(report)
+    print(f"\ntotal {report['seconds']:.0f} s; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
