@@ -6,6 +6,7 @@ import logging
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from aaq import Pipeline
@@ -175,3 +176,18 @@ def test_optuna_stays_quiet(caplog) -> None:
     with caplog.at_level(logging.INFO):
         drive("tpe", 3, trials=8)
     assert not [r for r in caplog.records if r.name.startswith("optuna")]
+
+
+def test_the_layers_kept_float_for_speed_are_timed_once_for_all_configs(tmp_path, caplog) -> None:
+    from models import depthwise_block, labeled_data
+
+    onnx.save(depthwise_block(), str(tmp_path / "model.onnx"))
+    x, y = labeled_data(depthwise_block, n=64)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    params = {"strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 1.0}, "objective": "modelsize",
+              "base_params": {"latency_budget": 2}, "exit_policy": {"timeout": 600, "max_trials": 4}}
+    with caplog.at_level(logging.INFO, logger="aaq"):
+        summary = Pipeline(tuning_spec(tmp_path, params), progress=False).run().algorithms[-1].summary
+    assert len({json.dumps(t["config"], sort_keys=True) for t in summary["trials"]}) == 4
+    timed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("latency-aware: depthwise")]
+    assert len(timed) == 1, timed  # 4 model-wise configs (2 schemes x 2 granularities), one timing

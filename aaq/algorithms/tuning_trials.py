@@ -97,6 +97,8 @@ class TrialRunner:
             if key not in self._algos:
                 self.prepare([config])
             algo, params = self._algos[key]
+            for done in self._plans:  # latency_aware "measure" times the model once for all configs
+                algo.adopt_latency_decisions(self._algos[done][0])
             plan = algo.run(self._scratch(), self.engine).plan  # statistics are in: no pass here
             if self.recipes.get("scale_propagation_concat", True):
                 plan, edited = share_concat_scales(plan)
