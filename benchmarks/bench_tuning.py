@@ -1,6 +1,6 @@
-"""aaq's Tuning (``basic``, ``mse``) vs Intel Neural Compressor 3.7.1's ``basic`` and ``mse``, side by side.
+"""aaq's Tuning (``basic``, ``mse``, ``bayesian``, ``tpe``) vs Intel Neural Compressor 3.7.1's, side by side.
 
-Issue 13's benchmark. For each real case (``ppocr_cls``, ``ppocr_rec``; see
+Issues 13 and 14's benchmark. For each real case (``ppocr_cls``, ``ppocr_rec``; see
 ``realcases.py``), with the same evaluation set (``x__x``), the same calibration
 samples (all of ``calib__x``), the same per-sample metric (``nncf_side.Scorer``:
 ppocr_cls top-1, ppocr_rec realcases_eval's corpus character accuracy), an
@@ -45,10 +45,29 @@ vs 1.0000): a full run there takes hours on a loaded machine.
 
 Targets (the issue), per strategy: criterion met wherever INC meets it; ops in
 float <= INC's; full evaluations <= INC's; wall time <= 0.2 x INC's; the result's
-latency <= INC's.
+latency <= INC's. Ops in float are counted twice over: as accuracy fallbacks (aaq:
+the best config's ``fallback``; INC: every float layer) and kept for speed (aaq's
+``latency_aware: "measure"``: kinds of layer timed faster in float on this machine).
+
+The model-based strategies (issue 14): aaq ``bayesian`` and ``tpe``, and
+``gp-optuna`` (aaq's loop with Optuna's ``GPSampler`` as the strategy, run by
+``optuna_gp_side.py`` in ``benchmarks/out/venv-gp``, created here with Optuna and
+torch: the reference aaq's own GP is compared with), ``objective: performance``,
+``max_trials`` 30 and a timeout of an hour (so that a passing config does not end the
+run), over weight per_channel / per_tensor x activation sym / asym x minmax / kl /
+percentile x calibration sizes 50 / 100 (24 configs: aaq sets them model-wise, INC
+per op from the same choices, which are its ONNX Runtime defaults); INC's
+``bayesian`` (and ``tpe``, which INC 3.7.1 no longer ships as a working strategy)
+with the same trial limit, bounded by its own ``timeout`` (``INC_BOUND``: on
+ppocr_rec a trial takes minutes) and killed ``INC_KILL_AFTER`` s past it. Measured:
+the best objective found within the criterion (the final model's latency against
+float in the common interleaved rounds), the trial that gave it, wall time.
+Targets: at least as good an objective as INC in <= 0.3 x its wall time; aaq's
+``bayesian`` at least as good as ``gp-optuna`` in as many trials.
 
 Usage:  python benchmarks/bench_tuning.py [--cases ppocr_cls ppocr_rec] [--quick]
-                [--tools inc-basic inc-mse aaq-basic aaq-mse] [--json PATH]
+                [--tools inc-basic inc-mse inc-bayesian inc-tpe aaq-basic aaq-mse aaq-bayesian aaq-tpe gp-optuna]
+                [--json PATH]
         ``--quick``: the first 300 (cls) / 120 (rec) evaluation samples and 100 calibration
         samples (bench_accuracy_aware's subsets), 15 latency rounds.
 Writes benchmarks/out/bench_tuning.json (or --json), and models, logs under benchmarks/out/bench_tuning/.

@@ -191,3 +191,23 @@ def test_the_layers_kept_float_for_speed_are_timed_once_for_all_configs(tmp_path
     assert len({json.dumps(t["config"], sort_keys=True) for t in summary["trials"]}) == 4
     timed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("latency-aware: depthwise")]
     assert len(timed) == 1, timed  # 4 model-wise configs (2 schemes x 2 granularities), one timing
+
+
+def test_latency_is_measured_once_per_model_structure_and_dominated_configs_are_not_evaluated(mlp_root) -> None:
+    params = {**MLP_SPACE, "strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 0.02},
+              "objective": "performance", "exit_policy": {"timeout": 600, "max_trials": 24}}
+    result = Pipeline(tuning_spec(mlp_root, params), progress=False).run()
+    summary = result.algorithms[-1].summary
+    trials, best = summary["trials"], summary["best"]
+    assert result.target_met and len(trials) == 24
+    # per-channel and per-tensor weights are two structures; schemes, range algorithms and sizes change values only
+    values = {t["objectives"]["performance"] for t in trials if t["objectives"]}
+    assert len(values) <= 2
+    skipped = [t for t in trials if t["stopped"] == "dominated"]
+    assert skipped and all(t["accuracy"] is None and t["metrics"] == {} and not t["passed"] for t in skipped)
+    assert all(t["objectives"]["performance"] >= best["objectives"]["performance"] for t in skipped)
+    assert all(t["trial"] > best["trial"] or t["objectives"]["performance"] > best["objectives"]["performance"]
+               for t in skipped)
+    passing = [t for t in trials if t["passed"]]
+    assert best["trial"] == min(passing, key=lambda t: (t["objectives"]["performance"], t["trial"]))["trial"]
+    assert summary["evaluations"]["full"] < 24  # the dominated ones cost no evaluation

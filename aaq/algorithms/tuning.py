@@ -226,9 +226,9 @@ class Tuning(Algorithm):
                     return SPACE_DONE
                 number = monitor.next_number()
                 monitor.start(number, config)
-                failing = monitor.best_failing
+                failing, best = monitor.best_failing, monitor.best if monitor.passing else None
                 trial = runner.run(number, config, monitor.deadline, None if failing is None else failing.score[0],
-                                   strategy.phase)
+                                   strategy.phase, None if best is None else best.objectives)
                 monitor.record(trial)
                 strategy.tell(trial)
                 history.append(trial)
