@@ -112,7 +112,7 @@ MAX_DROP = 0.01
 STRATEGIES = ("basic", "mse")
 MODEL_BASED = ("bayesian", "tpe")
 TOOLS = ([f"inc-{s}" for s in STRATEGIES + MODEL_BASED] + [f"aaq-{s}" for s in STRATEGIES + MODEL_BASED]
-         + ["gp-optuna"])
+         + ["gp-optuna", "aaq-basic+int8"])
 MB_TRIALS = 30
 MB_SAMPLING = [50, 100]
 MB_ALGORITHMS = ["minmax", "kl", "percentile"]
@@ -148,8 +148,11 @@ def aaq_spec(case: str, data: Path, model: Path, strategy: str, steps: int | Non
 
 def tuning_params(strategy: str) -> dict[str, Any]:
     """basic / mse: INC's criterion, timeout 0 and 100 trials; the model-based ones: 30 trials over MB's space."""
-    params: dict[str, Any] = {"strategy": {"name": strategy}, "accuracy_criterion": {"absolute": MAX_DROP},
+    name, _, variant = strategy.partition("+")
+    params: dict[str, Any] = {"strategy": {"name": name}, "accuracy_criterion": {"absolute": MAX_DROP},
                               "objective": "performance", "exit_policy": {"timeout": 0, "max_trials": 100}}
+    if variant == "int8":  # the same run with every layer int8: do the layers kept float for speed pay?
+        params["base_params"] = {"latency_aware": "off"}
     if strategy in MODEL_BASED or strategy == "optuna_gp":
         params["exit_policy"] = {"timeout": MB_TIMEOUT, "max_trials": MB_TRIALS}
         params["calibration"] = {"sampling_size": MB_SAMPLING}
@@ -251,6 +254,40 @@ def ensure_gp_venv() -> Path:
             "scipy", "jsonschema", "tqdm"]
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", *pins], check=True)
     return python
+
+
+def landscape(out: Path) -> Path:
+    """Every config of a 24-config space on the tests' tiny MLP (``exhaustive``, ``objective: accuracy``): the
+    recorded landscape the strategies are replayed on (``optuna_gp_side.py --replay``)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import MLP_SPACE, mlp_case, tuning_spec  # the tests' tiny case builders
+
+    root = out / "mlp"
+    root.mkdir(parents=True, exist_ok=True)
+    mlp_case(root)
+    params = {**MLP_SPACE, "strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 0.02},
+              "objective": "accuracy", "exit_policy": {"timeout": 3600, "max_trials": 0}}
+    summary = aaq.Pipeline(tuning_spec(root, params), progress=False).run().algorithms[-1].summary
+    path = out / "mlp.landscape.json"
+    path.write_text(json.dumps({"tuning_space": MLP_SPACE["tuning_space"],
+                                "sampling_sizes": MLP_SPACE["calibration"]["sampling_size"], "objective": "accuracy",
+                                "float": next(iter(summary["float"].values())), "allowed": 0.02,
+                                "trials": summary["trials"]}))
+    return path
+
+
+def replay_samplers(out: Path, seeds: int = 20) -> dict[str, Any]:
+    """aaq's bayesian, Optuna's GPSampler, tpe and random on the recorded landscape, ``seeds`` seeds each."""
+    python = ensure_gp_venv()
+    table = landscape(out)
+    result = out / "mlp.replay.json"
+    done = subprocess.run([str(python), str(HERE / "optuna_gp_side.py"), "--replay", str(table), "--out-json",
+                           str(result), "--seeds", str(seeds)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"optuna_gp_side.py --replay failed:\n{done.stderr[-3000:]}")
+    trials = json.loads(table.read_text())["trials"]
+    return {"configs": len(trials), "passing": sum(t["passed"] for t in trials), "seeds": seeds,
+            "strategies": json.loads(result.read_text())}
 
 
 def run_gp_optuna(case: str, data: Path, model: Path, steps: int | None, out: Path) -> dict[str, Any]:
@@ -416,6 +453,11 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
                 for s in LATENCY_SETTINGS:
                     t[f"latency_le_inc ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s]
             out[key] = t
+        mine, int8 = c["runs"].get("aaq-basic"), c["runs"].get("aaq-basic+int8")
+        if _usable(mine) and _usable(int8) and mine.get("latency_ratio") and int8.get("latency_ratio"):
+            out[f"{c['case']}/float-for-speed pays"] = {
+                f"aaq-basic faster than all-int8 ({s})": mine["latency_ratio"][s] < int8["latency_ratio"][s]
+                for s in LATENCY_SETTINGS}
         for strategy in MODEL_BASED:
             mine = c["runs"].get(f"aaq-{strategy}")
             for other in ("inc-bayesian", "inc-tpe", *(("gp-optuna",) if strategy == "bayesian" else ())):
@@ -541,6 +583,22 @@ def main(argv: list[str] | None = None) -> int:
         parts = [f"{k}={'yes' if v else 'NO'}" if isinstance(v, bool) else f"{k}={v:.2f}" if isinstance(v, float)
                  else f"{k}={v}" for k, v in t.items()]
         print(f"  {key}: " + ", ".join(parts))
+    if "gp-optuna" in args.tools:
+        try:
+            replayed = replay_samplers(WORK)
+        except Exception as exc:  # the main table stands without it
+            log.error("replay failed: %s", exc)
+            replayed = {"error": str(exc)[-2000:]}
+        report = json.loads(args.json.read_text())
+        report["replay"] = replayed
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        if "strategies" in replayed:
+            print(f"Replay on a recorded landscape (the tests' tiny MLP, {replayed['configs']} configs, "
+                  f"{replayed['passing']} passing; objective accuracy): trials until a config of the best accuracy, "
+                  f"over {replayed['seeds']} seeds")
+            print("| strategy | mean | worst |\n|---|---|---|")
+            for name, r in replayed["strategies"].items():
+                print(f"| {name} | {r['mean']:.1f} | {r['worst']} |")
     print(f"total {time.perf_counter() - started:.0f} s; JSON: {args.json}")
     return 0
 

@@ -7,7 +7,13 @@ config is the one ``GPSampler`` asks for (the nearest untried one when it points
 config already tried), on the same candidates, losses, seed and first config. Writes
 what ``bench_tuning.py`` reads of an aaq run.
 
+``--replay TABLE.json``: no model run; each strategy (aaq's ``bayesian``, this one, ``tpe``,
+``random``) against a recorded landscape (every config's verdict and accuracy, from an
+``exhaustive`` run with ``objective: accuracy``), once per seed: the trial at which it
+first reaches the table's best config.
+
 Usage (the benchmark calls it):  python optuna_gp_side.py --spec SPEC.json --out-json OUT.json --out-dir DIR
+                                 python optuna_gp_side.py --replay TABLE.json --out-json OUT.json [--seeds 20]
 """
 from __future__ import annotations
 
@@ -55,11 +61,16 @@ class OptunaGP(ModelBased):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, type=Path)
+    ap.add_argument("--spec", type=Path)
     ap.add_argument("--out-json", required=True, type=Path)
-    ap.add_argument("--out-dir", required=True, type=Path)
+    ap.add_argument("--out-dir", type=Path)
     ap.add_argument("--log", type=Path)
+    ap.add_argument("--replay", type=Path, help="a recorded landscape: compare the strategies on it instead")
+    ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args(argv)
+    if args.replay:
+        args.out_json.write_text(json.dumps(replay(args.replay, args.seeds)))
+        return 0
     if args.log:
         handler = logging.FileHandler(args.log, mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -75,6 +86,46 @@ def main(argv: list[str] | None = None) -> int:
                            "optuna": optuna.__version__, "evaluations": {"full": None}}
     args.out_json.write_text(json.dumps(out, default=str))
     return 0
+
+
+
+def replay(table_path: Path, seeds: int) -> dict[str, Any]:
+    """Each strategy against a recorded landscape (config -> trial), ``seeds`` times: the trial at which it
+    first proposes a config of the table's best accuracy (among the passing ones)."""
+    from aaq.tuning.monitor import ExitPolicy, Trial
+    from aaq.tuning.objectives import ObjectiveSet
+    from aaq.tuning.space import TuningSpace
+    from aaq.tuning.strategies import StrategyContext, strategies
+
+    table = json.loads(table_path.read_text())
+    space = TuningSpace.from_params(table["tuning_space"], table["sampling_sizes"])
+    by_key = {json.dumps(t["config"], sort_keys=True): t for t in table["trials"]}
+    objective = ObjectiveSet.from_params(table["objective"], None)
+    best_value = max(t["accuracy"] for t in by_key.values() if t["passed"])
+    out: dict[str, Any] = {}
+    for name in ("bayesian", "optuna_gp", "tpe", "random"):
+        found = []
+        for seed in range(seeds):
+            strategy = strategies.get(name)(StrategyContext(space, seed, units=lambda c: [], rank=lambda c, m: []))
+            monitor = Monitor(ExitPolicy(timeout=3600, max_trials=0), objective)
+            at = None
+            for number in range(1, len(by_key) + 1):
+                config = strategy.propose(monitor)
+                if config is None:
+                    break
+                key = json.dumps(config.as_dict(), sort_keys=True)
+                t = by_key[key]
+                value = next(iter(t["metrics"].values()))
+                score = table["float"] - (value[1] if isinstance(value, list) else value) - table["allowed"]
+                trial = Trial(number, config, t["passed"], True, {}, (score, score), t["accuracy"],
+                              {table["objective"]: t["accuracy"]} if t["passed"] else {})
+                monitor.record(trial)
+                strategy.tell(trial)
+                if t["passed"] and t["accuracy"] == best_value and at is None:
+                    at = number
+            found.append(at)
+        out[name] = {"trials_to_best": found, "mean": sum(found) / len(found), "worst": max(found)}
+    return out
 
 
 if __name__ == "__main__":
