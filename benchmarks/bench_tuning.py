@@ -119,7 +119,7 @@ MB_ALGORITHMS = ["minmax", "kl", "percentile"]
 """The model-based runs' space: INC's ONNX Runtime choices (weight per_channel / per_tensor, activation sym /
 asym and minmax / kl / percentile) and two calibration sizes; aaq sets them model-wise, INC per op."""
 MB_TIMEOUT = 3600  # aaq's model-based runs: the timeout only keeps them going past the first passing config
-INC_BOUND = {"ppocr_cls": 600, "ppocr_rec": 420}
+INC_BOUND = {"ppocr_cls": 600, "ppocr_rec": 300}
 """INC's own timeout (seconds) for its bayesian / tpe runs, which would take hours on ppocr_rec: INC checks it
 between trials, so the running trial finishes; the subprocess is killed INC_KILL_AFTER seconds past it."""
 INC_KILL_AFTER = 900
