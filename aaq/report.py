@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,6 +22,10 @@ from aaq.state import AlgorithmRecord
 from aaq.version import __version__
 
 logger = logging.getLogger(__name__)
+
+SECRET_KEY = re.compile(r"(^|_)(token|api_key|password|secret)$", re.IGNORECASE)
+"""Keys whose values are credentials (``sigopt_api_token``): report.json shows them as ``REDACTED``."""
+REDACTED = "<redacted>"
 
 
 @dataclasses.dataclass
@@ -102,7 +107,7 @@ class Result:
         that two runs of the same spec and seed give reports equal but for that field.
         """
         evaluations = [_jsonable(e) for e in self.evaluations]
-        algorithms = [_jsonable(r) for r in self.algorithms]
+        algorithms = [redact(_jsonable(r)) for r in self.algorithms]
         executors = [dict(e) for e in self.executors]
         nodes = [n.op_type for n in self.model.graph.node]
         digest = hashlib.sha256(self.model.SerializeToString(deterministic=True)).hexdigest()
@@ -142,7 +147,7 @@ class Result:
                 "samples_inferred": sum(int(e.get("inferred", 0)) for e in evaluations),
                 "float_model_samples_inferred": self.float_samples_inferred,
             },
-            "spec": self.spec,
+            "spec": redact(_jsonable(self.spec)),
             "timings": timings,
         }
 
@@ -263,6 +268,16 @@ def _file_size(path: Any) -> int | None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def redact(obj: Any) -> Any:
+    """``obj`` with the value of every credential key (``SECRET_KEY``) replaced, at any depth."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v is not None else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from aaq.errors import BadInputError, SpecError
 from aaq.output import PARTIAL, RUNS
+from aaq.report import redact
 from aaq.tuning.history import HISTORY_FILE, RANKINGS_FILE
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,13 @@ def keeps_history(resolved: dict[str, Any]) -> bool:
 
 
 def canonical_spec(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The resolved spec as a resumed run must find it again: all of it but Tuning's exit policy."""
+    """The resolved spec as a resumed run must find it again: all of it but Tuning's exit policy, and with
+    credentials (a strategy's API token) redacted, since this file is kept on disk like report.json."""
     spec = copy.deepcopy(resolved)
     for entry in spec["compression"]["algorithms"]:
         if entry.get("name") in RESUMING:
             entry.get("params", {}).pop("exit_policy", None)
-    return spec
+    return redact(spec)
 
 
 def spec_record(resolved: dict[str, Any]) -> bytes:

@@ -1,6 +1,6 @@
-"""aaq's Tuning (``basic``, ``mse``) vs Intel Neural Compressor 3.7.1's ``basic`` and ``mse``, side by side.
+"""aaq's Tuning (``basic``, ``mse``, ``bayesian``, ``tpe``) vs Intel Neural Compressor 3.7.1's, side by side.
 
-Issue 13's benchmark. For each real case (``ppocr_cls``, ``ppocr_rec``; see
+Issues 13 and 14's benchmark. For each real case (``ppocr_cls``, ``ppocr_rec``; see
 ``realcases.py``), with the same evaluation set (``x__x``), the same calibration
 samples (all of ``calib__x``), the same per-sample metric (``nncf_side.Scorer``:
 ppocr_cls top-1, ppocr_rec realcases_eval's corpus character accuracy), an
@@ -45,10 +45,29 @@ vs 1.0000): a full run there takes hours on a loaded machine.
 
 Targets (the issue), per strategy: criterion met wherever INC meets it; ops in
 float <= INC's; full evaluations <= INC's; wall time <= 0.2 x INC's; the result's
-latency <= INC's.
+latency <= INC's. Ops in float are counted twice over: as accuracy fallbacks (aaq:
+the best config's ``fallback``; INC: every float layer) and kept for speed (aaq's
+``latency_aware: "measure"``: kinds of layer timed faster in float on this machine).
+
+The model-based strategies (issue 14): aaq ``bayesian`` and ``tpe``, and
+``gp-optuna`` (aaq's loop with Optuna's ``GPSampler`` as the strategy, run by
+``optuna_gp_side.py`` in ``benchmarks/out/venv-gp``, created here with Optuna and
+torch: the reference aaq's own GP is compared with), ``objective: performance``,
+``max_trials`` 30 and a timeout of an hour (so that a passing config does not end the
+run), over weight per_channel / per_tensor x activation sym / asym x minmax / kl /
+percentile x calibration sizes 50 / 100 (24 configs: aaq sets them model-wise, INC
+per op from the same choices, which are its ONNX Runtime defaults); INC's
+``bayesian`` (and ``tpe``, which INC 3.7.1 no longer ships as a working strategy)
+with the same trial limit, bounded by its own ``timeout`` (``INC_BOUND``: on
+ppocr_rec a trial takes minutes) and killed ``INC_KILL_AFTER`` s past it. Measured:
+the best objective found within the criterion (the final model's latency against
+float in the common interleaved rounds), the trial that gave it, wall time.
+Targets: at least as good an objective as INC in <= 0.3 x its wall time; aaq's
+``bayesian`` at least as good as ``gp-optuna`` in as many trials.
 
 Usage:  python benchmarks/bench_tuning.py [--cases ppocr_cls ppocr_rec] [--quick]
-                [--tools inc-basic inc-mse aaq-basic aaq-mse] [--json PATH]
+                [--tools inc-basic inc-mse inc-bayesian inc-tpe aaq-basic aaq-mse aaq-bayesian aaq-tpe gp-optuna]
+                [--json PATH]
         ``--quick``: the first 300 (cls) / 120 (rec) evaluation samples and 100 calibration
         samples (bench_accuracy_aware's subsets), 15 latency rounds.
 Writes benchmarks/out/bench_tuning.json (or --json), and models, logs under benchmarks/out/bench_tuning/.
@@ -60,6 +79,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -90,7 +110,21 @@ INC_PINS = ["onnx<=1.18", "numpy<2", "six"]
 BATCH = common.BATCH
 MAX_DROP = 0.01
 STRATEGIES = ("basic", "mse")
-TOOLS = [f"inc-{s}" for s in STRATEGIES] + [f"aaq-{s}" for s in STRATEGIES]
+MODEL_BASED = ("bayesian", "tpe")
+TOOLS = ([f"inc-{s}" for s in STRATEGIES + MODEL_BASED] + [f"aaq-{s}" for s in STRATEGIES + MODEL_BASED]
+         + ["gp-optuna", "aaq-basic+int8"])
+MB_TRIALS = 30
+MB_SAMPLING = [50, 100]
+MB_ALGORITHMS = ["minmax", "kl", "percentile"]
+"""The model-based runs' space: INC's ONNX Runtime choices (weight per_channel / per_tensor, activation sym /
+asym and minmax / kl / percentile) and two calibration sizes; aaq sets them model-wise, INC per op."""
+MB_TIMEOUT = 3600  # aaq's model-based runs: the timeout only keeps them going past the first passing config
+INC_BOUND = {"ppocr_cls": 600, "ppocr_rec": 300}
+"""INC's own timeout (seconds) for its bayesian / tpe runs, which would take hours on ppocr_rec: INC checks it
+between trials, so the running trial finishes; the subprocess is killed INC_KILL_AFTER seconds past it."""
+INC_KILL_AFTER = 900
+VENV_GP = OUT / "venv-gp"
+GP_PINS = ["optuna==5.0.0", "torch"]
 LATENCY_SETTINGS = {"2t": (2, False), "1t": (1, False)}
 NOT_AVAILABLE = "not available in this checkout"
 
@@ -107,11 +141,23 @@ def aaq_spec(case: str, data: Path, model: Path, strategy: str, steps: int | Non
         "model": {"name": f"{case}.aaq-{strategy}", "path": str(model)},
         "engine": common.engine_section(case, data, steps),
         "compression": {"algorithms": [
-            {"name": "Tuning", "params": {"strategy": {"name": strategy}, "accuracy_criterion": {"absolute": MAX_DROP},
-                                          "objective": "performance",
-                                          "exit_policy": {"timeout": 0, "max_trials": 100}}},
+            {"name": "Tuning", "params": tuning_params(strategy)},
         ]},
     }
+
+
+def tuning_params(strategy: str) -> dict[str, Any]:
+    """basic / mse: INC's criterion, timeout 0 and 100 trials; the model-based ones: 30 trials over MB's space."""
+    name, _, variant = strategy.partition("+")
+    params: dict[str, Any] = {"strategy": {"name": name}, "accuracy_criterion": {"absolute": MAX_DROP},
+                              "objective": "performance", "exit_policy": {"timeout": 0, "max_trials": 100}}
+    if variant == "int8":  # the same run with every layer int8: do the layers kept float for speed pay?
+        params["base_params"] = {"latency_aware": "off"}
+    if strategy in MODEL_BASED or strategy == "optuna_gp":
+        params["exit_policy"] = {"timeout": MB_TIMEOUT, "max_trials": MB_TRIALS}
+        params["calibration"] = {"sampling_size": MB_SAMPLING}
+        params["tuning_space"] = {"model_wise": {"activation": {"algorithm": MB_ALGORITHMS}}}
+    return params
 
 
 # --------------------------------------------------------------------------- INC's environment
@@ -152,11 +198,110 @@ def run_inc(python: Path, case: str, strategy: str, data: Path, model: Path, ste
            "--log", f"{stem}.log", "--batch-size", str(BATCH[case]), "--max-drop", str(MAX_DROP)]
     if steps:
         cmd += ["--steps", str(steps)]
+    hard = None
+    if strategy in MODEL_BASED:
+        cmd += ["--timeout", str(INC_BOUND[case]), "--max-trials", str(MB_TRIALS),
+                "--sampling-sizes", *map(str, MB_SAMPLING)]
+        hard = INC_BOUND[case] + INC_KILL_AFTER
+    started = time.perf_counter()
     with common.Foreign() as f:  # INC writes its nc_workspace/ into the working directory: keep it under out/
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=out, timeout=hard)
+        except subprocess.TimeoutExpired as exc:
+            Path(f"{stem}.stderr.txt").write_text(str(exc.stderr or ""))
+            return {"tool": f"inc-{strategy}", "found": False, "killed": True, "wall_seconds": time.perf_counter()
+                    - started, "evaluations": {"full": None}, "note": f"killed at {hard} s",
+                    "trial_log": inc_trials(Path(f"{stem}.log")), "foreign_cores": round(f.cores, 2)}
     Path(f"{stem}.stderr.txt").write_text(done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"inc_side.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(Path(f"{stem}.json").read_text())
+    result["foreign_cores"] = round(f.cores, 2)
+    result["trial_log"] = inc_trials(Path(f"{stem}.log"))
+    if strategy in MODEL_BASED:
+        result["bound"] = {"timeout": INC_BOUND[case], "max_trials": MB_TRIALS}
+    return result
+
+
+TUNE_LINE = re.compile(r"Tune (\d+) result is: (.*?), Best tune result is: (.*)$")
+
+
+def inc_trials(log_path: Path) -> dict[str, Any]:
+    """From INC's log: trials run, and the trial whose result is the final best (INC's TuningLogger lines)."""
+    if not log_path.exists():
+        return {"trials": 0, "best_trial": None}
+    rows = [m.groups() for line in log_path.read_text(errors="replace").splitlines()
+            if (m := TUNE_LINE.search(line))]
+    if not rows:
+        return {"trials": 0, "best_trial": None}
+    final = rows[-1][2].strip()
+    best = next((int(n) for n, _, b in rows if b.strip() == final), None) if final != "n/a" else None
+    return {"trials": int(rows[-1][0]), "best_trial": best, "best": final}
+
+
+# --------------------------------------------------------------------------- Optuna's GPSampler (with torch)
+
+
+def ensure_gp_venv() -> Path:
+    """``benchmarks/out/venv-gp``: Optuna and torch (several GB with its CUDA wheels) and aaq's dependencies."""
+    python = VENV_GP / "bin" / "python"
+    probe = "import torch, optuna, onnx, onnxruntime, scipy, jsonschema, tqdm; optuna.samplers.GPSampler"
+    if python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0:
+        return python
+    log.info("creating %s (%s)", VENV_GP, ", ".join(GP_PINS))
+    subprocess.run([sys.executable, "-m", "venv", str(VENV_GP)], check=True)
+    pins = [*GP_PINS, f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}", f"numpy=={np.__version__}",
+            "scipy", "jsonschema", "tqdm"]
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *pins], check=True)
+    return python
+
+
+def landscape(out: Path) -> Path:
+    """Every config of a 24-config space on the tests' tiny MLP (``exhaustive``, ``objective: accuracy``): the
+    recorded landscape the strategies are replayed on (``optuna_gp_side.py --replay``)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import MLP_SPACE, mlp_case, tuning_spec  # the tests' tiny case builders
+
+    root = out / "mlp"
+    root.mkdir(parents=True, exist_ok=True)
+    mlp_case(root)
+    params = {**MLP_SPACE, "strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 0.02},
+              "objective": "accuracy", "exit_policy": {"timeout": 3600, "max_trials": 0}}
+    summary = aaq.Pipeline(tuning_spec(root, params), progress=False).run().algorithms[-1].summary
+    path = out / "mlp.landscape.json"
+    path.write_text(json.dumps({"tuning_space": MLP_SPACE["tuning_space"],
+                                "sampling_sizes": MLP_SPACE["calibration"]["sampling_size"], "objective": "accuracy",
+                                "float": next(iter(summary["float"].values())), "allowed": 0.02,
+                                "trials": summary["trials"]}))
+    return path
+
+
+def replay_samplers(out: Path, seeds: int = 20) -> dict[str, Any]:
+    """aaq's bayesian, Optuna's GPSampler, tpe and random on the recorded landscape, ``seeds`` seeds each."""
+    python = ensure_gp_venv()
+    table = landscape(out)
+    result = out / "mlp.replay.json"
+    done = subprocess.run([str(python), str(HERE / "optuna_gp_side.py"), "--replay", str(table), "--out-json",
+                           str(result), "--seeds", str(seeds)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"optuna_gp_side.py --replay failed:\n{done.stderr[-3000:]}")
+    trials = json.loads(table.read_text())["trials"]
+    return {"configs": len(trials), "passing": sum(t["passed"] for t in trials), "seeds": seeds,
+            "strategies": json.loads(result.read_text())}
+
+
+def run_gp_optuna(case: str, data: Path, model: Path, steps: int | None, out: Path) -> dict[str, Any]:
+    python = ensure_gp_venv()
+    spec = aaq_spec(case, data, model, "optuna_gp", steps)
+    stem = out / f"{case}.gp-optuna"
+    Path(f"{stem}.spec.json").write_text(json.dumps(spec))
+    cmd = [str(python), str(HERE / "optuna_gp_side.py"), "--spec", f"{stem}.spec.json", "--out-json",
+           f"{stem}.json", "--out-dir", str(stem), "--log", f"{stem}.log"]
+    with common.Foreign() as f:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    Path(f"{stem}.stderr.txt").write_text(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"optuna_gp_side.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(Path(f"{stem}.json").read_text())
     result["foreign_cores"] = round(f.cores, 2)
     return result
@@ -223,6 +368,8 @@ def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[s
         try:
             if kind == "inc":
                 r = run_inc(python, case, strategy, data_path, inc_model, steps, WORK)
+            elif kind == "gp":
+                r = run_gp_optuna(case, data_path, float_model, steps, WORK)
             else:
                 r = run_aaq(case, strategy, data_path, float_model, steps, n_eval, WORK)
         except Exception as exc:  # one tool failing must not lose the others' rows
@@ -232,13 +379,13 @@ def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[s
         r["available"], r["quiet"] = True, quiet
         if r.get("found"):
             r["common_eval"] = common.common_eval(Path(r["model"]), data, scorer, case, BATCH[case])
-            r["census"] = common.layer_census(Path(r["model"]))
+            r["census"] = census(Path(r["model"]), r.get("summary"))
             r["drop"] = float_eval["metric"] - r["common_eval"]["metric"]
             r["met"] = r["drop"] <= MAX_DROP + 1e-12
         else:
             r["met"] = False
         log.info("%s %s: %.1f s, %s full evaluations, drop %s", case, tool, r["wall_seconds"],
-                 r["evaluations"]["full"], f"{r['drop']:.4f}" if "drop" in r else "-")
+                 r["evaluations"].get("full"), f"{r['drop']:.4f}" if "drop" in r else "-")
         runs[tool] = r
     models = {"float": float_model, **{t: Path(r["model"]) for t, r in runs.items() if r.get("common_eval")}}
     lat: dict[str, Any] = {"quiet": common.wait_quiet(args.max_wait)}
@@ -255,18 +402,50 @@ def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[s
 # --------------------------------------------------------------------------- targets and table
 
 
+def census(path: Path, summary: dict[str, Any] | None) -> dict[str, int]:
+    """Conv/Gemm/MatMul nodes, those in float (no DequantizeLinear input), split by why they are float.
+
+    ``float_accuracy``: layers the tuning fell back for accuracy (aaq: the best config's ``fallback``;
+    INC: every float layer, since INC keeps layers in float only as fallbacks); ``float_speed``: the rest,
+    for aaq the layers DefaultQuantization's ``latency_aware`` measured faster in float on this machine.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    layers = [n for n in graph.node if n.op_type in common.LAYER_OPS]
+    floats = [n.name for n in layers if not any(producer.get(i) == "DequantizeLinear" for i in n.input)]
+    fallback = None if summary is None else set(summary.get("best", {}).get("config", {}).get("fallback", []))
+    accuracy = [n for n in floats if fallback is None or n in fallback]
+    return {"layers": len(layers), "float_layers": len(floats), "float_accuracy": len(accuracy),
+            "float_speed": len(floats) - len(accuracy)}
+
+
+def trials_of(run: dict[str, Any]) -> tuple[Any, Any]:
+    """(trials run, the trial that gave the result): aaq from its summary, INC from its tuning log."""
+    summary = run.get("summary")
+    if summary:
+        return len(summary["trials"]), summary["best"]["trial"]
+    log_trials = run.get("trial_log") or {}
+    return log_trials.get("trials"), log_trials.get("best_trial")
+
+
+def _usable(run: dict[str, Any] | None) -> bool:
+    return bool(run) and run.get("available", True) and "error" not in run
+
+
 def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in cases:
         for strategy in STRATEGIES:
             mine, theirs = c["runs"].get(f"aaq-{strategy}"), c["runs"].get(f"inc-{strategy}")
             key = f"{c['case']}/{strategy}"
-            if not mine or not theirs or not mine.get("available") or "error" in mine or "error" in theirs:
+            if not _usable(mine) or not _usable(theirs):
                 out[key] = {"compared": False, "why": (mine or {}).get("note") or "a side is missing or failed"}
                 continue
             t: dict[str, Any] = {"compared": True, "met_where_inc_met": mine["met"] or not theirs["met"]}
             if mine.get("census") and theirs.get("census"):
                 t["float_ops_le_inc"] = mine["census"]["float_layers"] <= theirs["census"]["float_layers"]
+                t["accuracy_fallbacks_le_inc"] = (mine["census"]["float_accuracy"]
+                                                  <= theirs["census"]["float_accuracy"])
             t["full_evals_le_inc"] = mine["evaluations"]["full"] <= theirs["evaluations"]["full"]
             t["wall_ratio"] = mine["wall_seconds"] / theirs["wall_seconds"]
             t["wall_le_0.2_inc"] = t["wall_ratio"] <= 0.2
@@ -274,38 +453,75 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
                 for s in LATENCY_SETTINGS:
                     t[f"latency_le_inc ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s]
             out[key] = t
+        mine, int8 = c["runs"].get("aaq-basic"), c["runs"].get("aaq-basic+int8")
+        if _usable(mine) and _usable(int8) and mine.get("latency_ratio") and int8.get("latency_ratio"):
+            out[f"{c['case']}/float-for-speed pays"] = {
+                f"aaq-basic faster than all-int8 ({s})": mine["latency_ratio"][s] < int8["latency_ratio"][s]
+                for s in LATENCY_SETTINGS}
+        for strategy in MODEL_BASED:
+            mine = c["runs"].get(f"aaq-{strategy}")
+            for other in ("inc-bayesian", "inc-tpe", *(("gp-optuna",) if strategy == "bayesian" else ())):
+                theirs = c["runs"].get(other)
+                key = f"{c['case']}/aaq-{strategy} vs {other}"
+                if not _usable(mine) or not _usable(theirs):
+                    out[key] = {"compared": False, "why": "a side is missing or failed"}
+                    continue
+                t = {"compared": True, "met_where_other_met": mine["met"] or not theirs["met"]}
+                if mine.get("latency_ratio") and theirs.get("latency_ratio"):
+                    for s in LATENCY_SETTINGS:
+                        t[f"objective_as_good ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s]
+                        t[f"objective_within_3pct ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s] * 1.03
+                elif mine["met"]:
+                    t["objective_as_good"] = "the other found no model within the criterion"
+                mine_at, theirs_at = trials_of(mine)[1], trials_of(theirs)[1]
+                if mine_at is not None and theirs_at is not None:
+                    t["trials_to_result_le_other"] = mine_at <= theirs_at
+                t["wall_ratio"] = mine["wall_seconds"] / theirs["wall_seconds"]
+                if other.startswith("inc-"):
+                    t["wall_le_0.3_inc"] = t["wall_ratio"] <= 0.3
+                    t["inc_bounded"] = bool(theirs.get("bound") or theirs.get("killed"))
+                out[key] = t
     return out
 
 
 def table(cases: list[dict[str, Any]]) -> str:
-    head = ["case", "tool", "met", "float", "final", "drop", "ops fp", "full ev", "wall s",
-            *(f"lat {s}" for s in LATENCY_SETTINGS)]
+    head = ["case", "tool", "met", "final", "drop", "fp acc", "fp speed", "trials", "result at", "full ev", "wall s",
+            *(f"lat {s}" for s in LATENCY_SETTINGS), "bounded"]
     rows = []
     for c in cases:
-        rows.append([c["case"], "float", "", f"{c['float']['metric']:.4f}", "", "",
-                     f"{c['float_census']['float_layers']}/{c['float_census']['layers']}", "", "",
-                     *(f"{c['latency'][s]['median_ms']['float']:.1f} ms" for s in LATENCY_SETTINGS)])
+        rows.append([c["case"], "float", "", f"{c['float']['metric']:.4f}", "",
+                     f"{c['float_census']['float_layers']}/{c['float_census']['layers']}", "", "", "", "", "",
+                     *(f"{c['latency'][s]['median_ms']['float']:.1f} ms" for s in LATENCY_SETTINGS), ""])
         for tool, r in c["runs"].items():
-            if not r.get("available", True) or "error" in r:
+            if not _usable(r):
                 rows.append([c["case"], tool, r.get("note") or f"failed: {r['error'].splitlines()[-1][:60]}",
                              *[""] * (len(head) - 3)])
                 continue
-            final = r.get("common_eval")
-            rows.append([c["case"], tool, "yes" if r["met"] else "NO", f"{c['float']['metric']:.4f}",
+            final, cen = r.get("common_eval"), r.get("census") or {}
+            ran, at = trials_of(r)
+            bound = r.get("bound")
+            bounded = (r.get("note") or "") if r.get("killed") else (
+                f"timeout {bound['timeout']} s, {bound['max_trials']} trials" if bound else "")
+            full = r["evaluations"].get("full")
+            rows.append([c["case"], tool, "yes" if r["met"] else "NO",
                          f"{final['metric']:.4f}" if final else _none_found(r), f"{r['drop']:+.4f}" if final else "",
-                         f"{r['census']['float_layers']}/{r['census']['layers']}" if final else "",
-                         str(r["evaluations"]["full"]), f"{r['wall_seconds']:.1f}",
-                         *(f"x{r['latency_ratio'][s]:.2f}" if r.get("latency_ratio") else "" for s in LATENCY_SETTINGS)])
+                         f"{cen['float_accuracy']}/{cen['layers']}" if final else "",
+                         f"{cen['float_speed']}" if final else "", "" if ran is None else str(ran),
+                         "" if at is None else str(at), "" if full is None else str(full), f"{r['wall_seconds']:.1f}",
+                         *(f"x{r['latency_ratio'][s]:.2f}" if r.get("latency_ratio") else "" for s in LATENCY_SETTINGS),
+                         bounded])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) + " |"
-            for r in rows]
+    body = ["| " + " | ".join(v.rjust(w) if 2 < i < len(head) - 1 else v.ljust(w)
+                              for i, (v, w) in enumerate(zip(r, widths))) + " |" for r in rows]
     return "\n".join([line, sep, *body])
 
 
 def _none_found(run: dict[str, Any]) -> str:
     """What a run that returned no model says: INC's fit logs the exception it caught, and returns None."""
+    if run.get("killed"):
+        return "none (killed)"
     errors = [e for e in run.get("errors", []) if "Unexpected exception" in e]
     return f"none found ({errors[0].split('exception ', 1)[1][:70]})" if errors else "none found"
 
@@ -351,17 +567,38 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(report, indent=2, default=str))
 
-    print(f"aaq Tuning vs INC {INC.split('==')[1]} (ONNX Runtime backend), strategies basic / mse, accuracy "
-          f"criterion {MAX_DROP} absolute, objective performance{' (quick)' if args.quick else ''}")
+    print(f"aaq Tuning vs INC {INC.split('==')[1]} (ONNX Runtime backend), accuracy criterion {MAX_DROP} absolute, "
+          f"objective performance{' (quick)' if args.quick else ''}")
     print(table(cases))
-    print("met: drop <= 0.01 by one common evaluation of each final model on the full evaluation set; ops fp: "
-          "Conv/Gemm/MatMul without a DequantizeLinear input / all; full ev: evaluations on the whole evaluation "
-          f"set (INC: eval_func calls, baseline included); lat: float's median ms per batch and each model's ratio "
-          f"to it ({args.rounds} interleaved rounds; 2t: 2 intra-op threads, spinning off; 1t: one thread)")
+    print("met: drop <= 0.01 by one common evaluation of each final model on the full evaluation set; fp acc: "
+          "Conv/Gemm/MatMul in float (no DequantizeLinear input) as accuracy fallbacks / all (INC: every float "
+          "layer); fp speed: the other float layers (aaq: latency_aware measured them faster in float here); "
+          "trials: configs tried; result at: the trial whose config is the result (INC: from its tuning log); "
+          "full ev: evaluations on the whole evaluation set (INC: eval_func calls, baseline included); lat: "
+          f"float's median ms per batch and each model's ratio to it ({args.rounds} interleaved rounds; 2t: 2 "
+          f"intra-op threads, spinning off; 1t: one thread). bayesian / tpe / gp-optuna: {MB_TRIALS} trials over "
+          f"weight per_channel|per_tensor x activation sym|asym x {'|'.join(MB_ALGORITHMS)} x sampling "
+          f"{MB_SAMPLING} (aaq model-wise, INC per op); gp-optuna: aaq's loop with Optuna's GPSampler (torch)")
     for key, t in met.items():
         parts = [f"{k}={'yes' if v else 'NO'}" if isinstance(v, bool) else f"{k}={v:.2f}" if isinstance(v, float)
                  else f"{k}={v}" for k, v in t.items()]
         print(f"  {key}: " + ", ".join(parts))
+    if "gp-optuna" in args.tools:
+        try:
+            replayed = replay_samplers(WORK)
+        except Exception as exc:  # the main table stands without it
+            log.error("replay failed: %s", exc)
+            replayed = {"error": str(exc)[-2000:]}
+        report = json.loads(args.json.read_text())
+        report["replay"] = replayed
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        if "strategies" in replayed:
+            print(f"Replay on a recorded landscape (the tests' tiny MLP, {replayed['configs']} configs, "
+                  f"{replayed['passing']} passing; objective accuracy): trials until a config of the best accuracy, "
+                  f"over {replayed['seeds']} seeds")
+            print("| strategy | mean | worst |\n|---|---|---|")
+            for name, r in replayed["strategies"].items():
+                print(f"| {name} | {r['mean']:.1f} | {r['worst']} |")
     print(f"total {time.perf_counter() - started:.0f} s; JSON: {args.json}")
     return 0
 

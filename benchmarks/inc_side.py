@@ -1,4 +1,4 @@
-"""The Intel Neural Compressor side of ``bench_tuning.py``: INC's ``basic`` or ``mse`` tuning on one real case.
+"""The Intel Neural Compressor side of ``bench_tuning.py``: INC's ``basic``, ``mse``, ``bayesian`` or ``tpe`` on one case.
 
 Runs inside the benchmark's INC virtual environment (``benchmarks/out/venv-inc``:
 neural-compressor 3.7.1 with ``onnx<=1.18``, ``numpy<2``, ``six`` and the benchmark's
@@ -9,8 +9,8 @@ Runtime, which is what its ONNX examples use:
         backend="default", approach="static", quant_format=args.quant_format, quant_level=1,
         calibration_sampling_size=[N],
         accuracy_criterion=AccuracyCriterion(criterion="absolute", tolerable_loss=0.01),
-        tuning_criterion=TuningCriterion(strategy="basic" | "mse", objective="performance",
-                                         timeout=0, max_trials=100)),
+        tuning_criterion=TuningCriterion(strategy="basic" | "mse" | "bayesian" | "tpe",
+                                         objective="performance", timeout=0 | T, max_trials=100 | 30)),
         calib_dataloader=..., eval_func=...)
 
 ``quant_level=1`` is what makes INC run the named strategy (``"auto"``, the default,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", required=True, choices=sorted(LABELS))
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--strategy", required=True, choices=["basic", "mse"])
+    ap.add_argument("--strategy", required=True, choices=["basic", "mse", "bayesian", "tpe"])
     ap.add_argument("--out-model", required=True, type=Path)
     ap.add_argument("--out-json", required=True, type=Path)
     ap.add_argument("--log", type=Path)
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--max-trials", type=int, default=100)
+    ap.add_argument("--timeout", type=float, default=0,
+                    help="INC's exit_policy timeout (0: stop at the first config meeting the criterion)")
+    ap.add_argument("--sampling-sizes", type=int, nargs="+", help="calibration sampling sizes (default: all)")
     ap.add_argument("--quant-format", choices=["QDQ", "default"], default="QDQ",
                     help="INC's quant_format: QDQ (as aaq writes) or INC's default for ONNX (QOperator)")
     args = ap.parse_args(argv)
@@ -135,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = PostTrainingQuantConfig(
         backend="default", approach="static", quant_format=args.quant_format, quant_level=1,
-        calibration_sampling_size=[len(calib)],
+        calibration_sampling_size=args.sampling_sizes or [len(calib)],
         accuracy_criterion=AccuracyCriterion(higher_is_better=True, criterion="absolute",
                                              tolerable_loss=args.max_drop),
-        tuning_criterion=TuningCriterion(strategy=args.strategy, objective="performance", timeout=0,
+        tuning_criterion=TuningCriterion(strategy=args.strategy, objective="performance", timeout=args.timeout,
                                          max_trials=args.max_trials))
-    batch = max(b for b in range(1, args.calib_batch_size + 1) if len(calib) % b == 0)
+    sizes = args.sampling_sizes or [len(calib)]
+    batch = max(b for b in range(1, args.calib_batch_size + 1) if all(n % b == 0 for n in [len(calib), *sizes]))
     t1 = time.perf_counter()
     quantized = fit(model, conf, calib_dataloader=CalibrationLoader(calib, batch), eval_func=eval_func)
     t2 = time.perf_counter()
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                         "full_samples": sum(c["samples"] for c in calls)},
         "eval_values": [c["value"] for c in calls],
         "baseline": calls[0]["value"] if calls else None,
-        "calib_batch_size": batch, "quant_format": args.quant_format,
+        "calib_batch_size": batch, "quant_format": args.quant_format, "timeout": args.timeout,
+        "max_trials": args.max_trials, "sampling_sizes": sizes,
         "errors": errors.messages,
     }
     args.out_json.write_text(json.dumps(result, indent=2))

@@ -101,3 +101,30 @@ def optimized_op_types(model: onnx.ModelProto) -> list[str]:
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def mlp_case(root: Path) -> Path:
+    """``models.mlp`` and 256 labelled inputs in ``root`` (model.onnx, data.npz): a tiny case for Tuning runs.
+
+    On it, with an absolute criterion of 0.02, only per-channel symmetric configs calibrated on
+    64 samples (minmax or percentile ranges) pass: 2 of the 24 configs of ``MLP_SPACE``.
+    """
+    from models import labeled_data, mlp
+
+    onnx.save(mlp(), str(root / "model.onnx"))
+    x, y = labeled_data(mlp, n=256)
+    np.savez(root / "data.npz", x=x, y=y)
+    return root
+
+
+MLP_SPACE = {"calibration": {"sampling_size": [16, 64]},
+             "tuning_space": {"model_wise": {"activation": {"algorithm": ["minmax", "kl", "percentile"]}}}}
+
+
+def tuning_spec(root: Path, params: dict) -> dict:
+    """A spec running ``Tuning`` with ``params`` on the case in ``root`` (model.onnx, data.npz with x, y)."""
+    return {"model": {"name": "m", "path": str(root / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"},
+                                   "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32},
+            "compression": {"algorithms": [{"name": "Tuning", "params": params}]}}

@@ -196,3 +196,16 @@ def sensitive_mlp(seed: int = 0, batch: str | int = "N") -> onnx.ModelProto:
     weight[:, 0] = 0.0
     inits[g2.input[1]].CopyFrom(numpy_helper.from_array(weight, g2.input[1]))
     return mb.build()
+
+
+def depthwise_block(seed: int = 3, channels: int = 24, batch: str | int = "N") -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv 1x1 (16->C) -> Relu -> depthwise 3x3 (C) -> Relu -> Conv 1x1 (C->16) -> y: a depthwise conv
+    under 64 channels, a kind ``latency_aware: "measure"`` times in float and int8."""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", [batch, 16, 8, 8])
+    h = mb.add_relu(mb.add_conv(x, 16, channels, kernel=1, name="expand"))
+    h = mb.add_relu(mb.add_conv(h, channels, channels, kernel=3, name="dw", group=channels))
+    y = mb.add_node("Flatten", [mb.add_conv(h, channels, 16, kernel=1, name="project")], "flatten", axis=1)
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", [batch, 16 * 8 * 8])
+    return mb.build()

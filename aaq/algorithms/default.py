@@ -110,6 +110,18 @@ class DefaultQuantization(Algorithm):
         self._setup_cache: tuple[str, _Setup] | None = None
         self._speed_cache: tuple[str, dict[str, str], dict[str, Any]] | None = None
         self._smooth_cache: tuple[tuple, _Setup] | None = None
+        self._adopted: tuple[str, dict[str, str], dict[str, Any]] | None = None
+
+    def adopt_latency_decisions(self, other: "DefaultQuantization") -> None:
+        """Take the float-for-speed decisions ``other`` measured, for the same prepared float model.
+
+        Tuning builds one instance per model-wise config; which kinds of layer run faster in
+        float depends on the model and the machine, not on the ranges, so the first config's
+        measurement (``latency_budget`` seconds) serves every other one (per-tensor configs may
+        prepare the model at another opset: the same layers, so the same decisions).
+        """
+        if self._speed_cache is None and other._speed_cache is not None:
+            self._adopted = other._speed_cache
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
@@ -263,6 +275,10 @@ class DefaultQuantization(Algorithm):
         again gets the same decisions.
         """
         digest = setup.needs.model_digest
+        if self._speed_cache is None and self._adopted is not None:
+            candidates = {name for names in setup.kinds.values() for name in names}
+            if set(self._adopted[1]) <= candidates:
+                self._speed_cache = (digest, *self._adopted[1:])
         if self._speed_cache is not None and self._speed_cache[0] == digest:
             return self._speed_cache[1], self._speed_cache[2]
         ranges = _AnyRange(statistics)

@@ -45,6 +45,7 @@ from aaq.tuning.loader import expand_config_set
 from aaq.tuning.monitor import SPACE_DONE, TIMEOUT, ExitPolicy, Monitor, Trial
 from aaq.tuning.objectives import ObjectiveSet, objective_problems
 from aaq.tuning.space import TrialConfig, TuningSpace, space_problems
+from aaq.tuning import sigopt
 from aaq.tuning.strategies import StrategyContext, strategies
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,18 @@ def param_problems(params: dict[str, Any], node_names: list[str] | None, metrics
     strategy = params.get("strategy") or {"name": "basic"}
     name = strategy.get("name", "basic")
     cls = strategies.get(name) if name in strategies else None
+    options = {k: v for k, v in strategy.items() if k != "name"}
     if cls is None:
-        problems.append(("strategy.name", strategies.unknown_message(name)))
+        problems += (sigopt.missing_plugin_problems(options) if name == sigopt.NAME
+                     else [("strategy.name", strategies.unknown_message(name))])
     else:
-        extra = sorted(set(strategy) - {"name"} - set(cls.options))
+        extra = sorted(set(options) - set(cls.options))
         if extra:
             problems.append(("strategy", f"strategy {name!r} takes no option {', '.join(map(repr, extra))}"
                                          f" (options: {', '.join(cls.options) or 'none'})"))
+        problems += cls.option_problems(options)
+        if name == sigopt.NAME and not issubclass(cls, sigopt.SigOptStrategy):
+            problems += sigopt.option_problems(options)
     problems += objective_problems(params.get("objective", "performance"), params.get("multi_objectives"))
     if params.get("approach", APPROACH) != APPROACH:
         problems.append(("approach", f"only {APPROACH!r} is available (static post-training quantization to QDQ); "
@@ -114,8 +120,13 @@ def param_problems(params: dict[str, Any], node_names: list[str] | None, metrics
     if params.get("config_set") is not None:
         problems += _config_set_problems(params, space)
     exit_policy = params.get("exit_policy") or {}
-    if cls is not None and cls.quantize_only and not exit_policy.get("timeout") and \
+    if cls is not None and cls.needs_exit_bound and not exit_policy.get("timeout") and \
             exit_policy.get("max_trials", 100) == 0:
+        problems.append(("exit_policy.max_trials", f"strategy {name!r} needs a bound: with timeout 0 and "
+                                                   f"max_trials 0 it may never meet the criterion and never "
+                                                   f"end (set max_trials or timeout)"))
+    unbounded = not exit_policy.get("timeout") and exit_policy.get("max_trials", 100) == 0
+    if cls is not None and cls.quantize_only and not cls.needs_exit_bound and unbounded:
         sizes = (params.get("calibration") or {}).get("sampling_size") or [100]
         count = len(params.get("config_set") and expand_config_set(params["config_set"])[1]
                     or TuningSpace.from_params(space, sizes, params.get("recipes")).quantize_configs())
@@ -239,9 +250,10 @@ class Tuning(Algorithm):
                 trial = history.cached(number, config)
                 monitor.start(number, config, replayed=trial is not None)
                 if trial is None:
-                    failing = monitor.best_failing
+                    failing, best = monitor.best_failing, monitor.best if monitor.passing else None
                     trial = runner.run(number, config, monitor.deadline,
-                                       None if failing is None else failing.score[0], strategy.phase)
+                                       None if failing is None else failing.score[0], strategy.phase,
+                                       None if best is None else best.objectives)
                     history.append(trial)
                 monitor.record(trial)
                 strategy.tell(trial)

@@ -30,7 +30,7 @@ from aaq.quantization.recipes import first_conv_or_matmul, share_concat_scales
 from aaq.state import PipelineState
 from aaq.statistics.collector import fill_statistics
 from aaq.tuning.monitor import Trial
-from aaq.tuning.objectives import MeasureContext, ObjectiveSet
+from aaq.tuning.objectives import MeasureContext, ObjectiveSet, structure_key
 from aaq.tuning.space import OpRule, TrialConfig, TuningSpace, dq_overrides
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class TrialRunner:
         self.concat_shared: list[str] = []
         self.first_in_float: str | None = None
         self._algos: dict[tuple, Any] = {}
+        self._structural: dict[tuple[str, str], tuple[float, Any, int]] = {}
+        self._number = 0
         self._plans: dict[tuple, PlanEntry] = {}
 
     def prepare(self, configs: Sequence[TrialConfig]) -> None:
@@ -97,6 +99,8 @@ class TrialRunner:
             if key not in self._algos:
                 self.prepare([config])
             algo, params = self._algos[key]
+            for done in self._plans:  # latency_aware "measure" times the model once for all configs
+                algo.adopt_latency_decisions(self._algos[done][0])
             plan = algo.run(self._scratch(), self.engine).plan  # statistics are in: no pass here
             if self.recipes.get("scale_propagation_concat", True):
                 plan, edited = share_concat_scales(plan)
@@ -123,10 +127,44 @@ class TrialRunner:
                 out.append(tuple(group.layers))
         return out
 
+    def measure(self, name: str, model, accuracy: float, details: dict[str, Any]) -> float:
+        """One objective of ``model``; a structural one measured once per model structure."""
+        objective = self.objectives[name]
+        key = structure_key(model) if objective.structural else None
+        if key is not None and (name, key) in self._structural:
+            value, recorded, number = self._structural[(name, key)]
+            details.update({name: {**recorded, "shared": f"same model structure as trial {number}"}}
+                           if recorded else {})
+            return value
+        context = MeasureContext(self.engine, self.state.float_model, accuracy)
+        value = objective.measure(model, context)
+        details.update(context.details)
+        if key is not None:
+            self._structural[(name, key)] = (value, context.details.get(name), self._number)
+        return value
+
+    def dominated(self, model, best: dict[str, float] | None) -> dict[str, float] | None:
+        """With one structural objective: the trial's value when it cannot beat ``best`` (the best passing
+        trial's objectives), so that its evaluation is skipped; else None."""
+        names = self.objective_set.names
+        if best is None or len(names) != 1 or not self.objectives[names[0]].structural:
+            return None
+        name, higher = names[0], self.objective_set.higher_is_better[0]
+        value = self.measure(name, model, float("nan"), {})
+        better = value > best[name] if higher else value < best[name]
+        return None if better else {name: value}
+
     def run(self, number: int, config: TrialConfig, deadline: float, best_failing: float | None,
-            phase: str) -> Trial:
+            phase: str, best: dict[str, float] | None = None) -> Trial:
         started = time.perf_counter()
+        self._number = number
         model = self.model(config)
+        skip = self.dominated(model, best)
+        if skip is not None:  # the best passing trial is at least as good on the objective: not evaluated
+            trial = Trial(number, config, False, False, {}, (0.0, 0.0), objectives=skip, phase=phase,
+                          stopped="dominated")
+            trial.seconds = time.perf_counter() - started
+            return trial
         thresholds = (0.0,) if best_failing is None else (0.0, best_failing)
         rule, timed_out = StopRule(self.targets, thresholds), []
 
@@ -155,9 +193,9 @@ class TrialRunner:
         if ev.complete:
             trial.accuracy = self.accuracy({k: lo for k, (lo, _) in values.items()})
         if passed and ev.complete:
-            context = MeasureContext(self.engine, self.state.float_model, trial.accuracy)
-            trial.objectives = {n: obj.measure(model, context) for n, obj in self.objectives.items()}
-            trial.measurements = context.details
+            details: dict[str, Any] = {}
+            trial.objectives = {n: self.measure(n, model, trial.accuracy, details) for n in self.objectives}
+            trial.measurements = details
         trial.seconds = time.perf_counter() - started
         return trial
 

@@ -42,7 +42,10 @@ class Trial:
 
     ``score`` is the criterion's objective (``Targets``: <= 0 means met; an interval
     when the evaluation stopped early). ``stopped`` says why an evaluation did not
-    run to the end: ``"decided"`` (the verdict was certain) or ``"timeout"``.
+    run to the end: ``"decided"`` (the verdict was certain), ``"timeout"``, or
+    ``"dominated"`` (not evaluated at all: with one structural objective, such as
+    ``performance``, the model's structure measured no better than the best passing
+    trial's, so it could not become the result whatever its accuracy).
     """
 
     number: int
@@ -145,7 +148,8 @@ class Monitor:
         self.trials.append(trial)
         metrics = ", ".join(f"{k} {_fmt(lo, hi)}" for k, (lo, hi) in trial.values.items())
         objectives = " ".join(f"{k}={_fmt(v, v)}" for k, v in trial.objectives.items()) or "-"
-        verdict = "pass" if trial.passed else ("stopped (timeout)" if trial.stopped == "timeout" else "fail")
+        verdict = "pass" if trial.passed else {"timeout": "stopped (timeout)",
+                                               "dominated": "skipped (cannot beat the best)"}.get(trial.stopped, "fail")
         logger.info(TRIAL_END.format(number=trial.number, verdict=verdict,
                                      accuracy=_fmt(trial.accuracy, trial.accuracy), metrics=metrics,
                                      objectives=objectives, seconds=trial.seconds))

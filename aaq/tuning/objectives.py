@@ -52,6 +52,10 @@ class Objective(abc.ABC):
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = False
     unit: ClassVar[str] = ""
+    structural: ClassVar[bool] = False
+    """The value depends only on the graph's structure (nodes, tensor shapes and types), not on the
+    weights' or the scales' values: two trials whose models have one ``structure_key`` share one
+    measurement (configs that differ only in ranges or calibration size run the same kernels)."""
 
     @abc.abstractmethod
     def measure(self, model: onnx.ModelProto, context: MeasureContext) -> float:
@@ -78,6 +82,7 @@ class Accuracy(Objective):
 @register_objective("performance")
 class Performance(Objective):
     unit = "ms per batch"
+    structural = True
 
     def measure(self, model: onnx.ModelProto, context: MeasureContext) -> float:
         comparison = latency_on_engine(context.engine, context.float_model, model, LATENCY_BUDGET_SECONDS)
@@ -90,6 +95,7 @@ class Performance(Objective):
 @register_objective("footprint")
 class Footprint(Objective):
     unit = "bytes"
+    structural = True
 
     def measure(self, model: onnx.ModelProto, context: MeasureContext) -> float:
         return float(measure_footprint(model, context.engine))
@@ -101,6 +107,24 @@ class ModelSize(Objective):
 
     def measure(self, model: onnx.ModelProto, context: MeasureContext) -> float:
         return float(len(model.SerializeToString()))
+
+
+def structure_key(model: onnx.ModelProto) -> str:
+    """A digest of ``model`` without its tensors' values: nodes, attributes, and every tensor's name,
+    type and shape (what decides which kernels ONNX Runtime runs, and how long they take)."""
+    import hashlib
+
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    for tensor in bare.graph.initializer:
+        tensor.ClearField("raw_data")
+        for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            tensor.ClearField(name)
+    for node in bare.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                attribute.t.ClearField("raw_data")
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ criterion, the fallback units ranked once on the best of them on the ranking
 subset, and fallen back one more at a time in that order), ``mse`` (the same with
 units ranked by the MSE between each layer's float and quantized outputs on
 calibration data), ``exhaustive`` (every quantized config in order) and ``random``
-(the same configs in a seeded random order, each at most once). A custom strategy
+(the same configs in a seeded random order, each at most once); ``bayesian`` and
+``tpe`` are in ``model_based``, the ``sigopt`` plugin point in ``sigopt``. A custom strategy
 subclasses ``Strategy`` and registers with ``@register_strategy("name")`` or the
 entry-point group ``aaq.strategies``.
 """
@@ -56,6 +57,15 @@ class Strategy(abc.ABC):
     options: ClassVar[tuple[str, ...]] = ()
     quantize_only: ClassVar[bool] = False
     """Walks only the quantized model-wise configs: the run's length is the space's size."""
+    needs_exit_bound: ClassVar[bool] = False
+    """May never meet the criterion on its own: ``timeout`` 0 with ``max_trials`` 0 is refused."""
+    secret_options: ClassVar[tuple[str, ...]] = ()
+    """Options never written to report.json or the log (credentials)."""
+
+    @classmethod
+    def option_problems(cls, options: dict[str, Any]) -> list[tuple[str, str]]:
+        """Faults of the spec's ``strategy`` options (paths from the Tuning params), before any inference."""
+        return []
 
     def __init__(self, context: StrategyContext, **options: Any) -> None:
         self.context = context
@@ -75,7 +85,7 @@ class Strategy(abc.ABC):
         return self.name
 
 
-strategies: Registry[type[Strategy]] = Registry("strategy", "aaq.strategies", builtins="aaq.tuning.strategies",
+strategies: Registry[type[Strategy]] = Registry("strategy", "aaq.strategies", builtins="aaq.tuning.catalog",
                                                 check=subclass_check(Strategy, "a strategy"))
 
 
