@@ -5,6 +5,8 @@ chain of calls.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -107,6 +109,14 @@ def labeled_data(model_fn, n: int = 64, seed: int = 1, **kwargs) -> tuple[np.nda
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     y = sess.run(None, {model.graph.input[0].name: x})[0]
     return x, y.argmax(axis=1)
+
+
+def write_case(root: Path, model_fn, n: int) -> Path:
+    """``root/model.onnx`` and ``root/data.npz`` (``x``, and the float model's own labels ``y``): a spec's files."""
+    onnx.save(model_fn(), str(root / "model.onnx"))
+    x, y = labeled_data(model_fn, n=n)
+    np.savez(root / "data.npz", x=x, y=y)
+    return root
 
 
 def add_hardswish(mb: ModelBuilder, x: str, form: str = "div") -> str:

@@ -18,17 +18,14 @@ from aaq.engine.engine import Engine
 from aaq.engine.metrics import Metric
 from aaq.spec.validate import load_spec
 from aaq.state import PipelineState, model_digest
-from models import labeled_data, sensitive_mlp
+from models import labeled_data, sensitive_mlp, write_case
 
 AAQ = "AccuracyAwareQuantization"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sensitive")
-    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(sensitive_mlp, n=256)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("sensitive"), sensitive_mlp, 256)
     return root
 
 

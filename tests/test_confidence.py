@@ -17,7 +17,7 @@ from aaq.engine.engine import Engine
 from aaq.engine.holdout import Split
 from aaq.engine.metrics import Accuracy
 from aaq.spec.validate import load_spec
-from models import labeled_data
+from models import labeled_data, write_case
 from test_accuracy_aware import sensitive_mlp, spec_for
 from test_accuracy_search import FakeEvaluator, bisection_search, greedy_search
 
@@ -184,10 +184,7 @@ def test_a_partial_evaluation_stops_only_when_sure_to_fail_under_upper() -> None
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("confidence")
-    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(sensitive_mlp, n=256)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("confidence"), sensitive_mlp, 256)
     return root
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from aaq import Pipeline
@@ -24,7 +23,7 @@ from aaq.engine.executor_choice import as_executor, executor_from_spec
 from aaq.engine.executors import Executor, ProcessExecutor
 from aaq.errors import BadInputError, SpecError
 from aaq.spec.validate import load_spec
-from models import labeled_data, sensitive_mlp
+from models import sensitive_mlp, write_case
 
 distributed = pytest.importorskip("distributed")
 
@@ -33,10 +32,7 @@ AAQ = "AccuracyAwareQuantization"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("executors")
-    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(sensitive_mlp, n=256)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("executors"), sensitive_mlp, 256)
     return root
 
 

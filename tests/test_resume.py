@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
@@ -27,7 +26,7 @@ from aaq.cli import main
 from aaq.resume import FILES
 from aaq.state import model_digest
 from aaq.tuning.history import HISTORY_FILE, read_records
-from models import labeled_data, mlp
+from models import mlp, write_case
 
 GATE = '''
 import glob, os, time
@@ -63,10 +62,7 @@ TRIALS = 8
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> Path:
     """A model, its data, the gated metric beside the spec, and a spec whose 8 trials all run (timeout > 0)."""
-    root = tmp_path_factory.mktemp("resume")
-    onnx.save(mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(mlp, n=64)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("resume"), mlp, 64)
     (root / "aaq_test_resume_gate.py").write_text(GATE)
     params = {"strategy": {"name": "exhaustive"}, "objective": "accuracy", "accuracy_criterion": {"relative": 0.5},
               "exit_policy": {"timeout": 36000, "max_trials": TRIALS},

@@ -28,7 +28,7 @@ from aaq.accuracy.search import Measurement
 from aaq.engine.metrics import Accuracy, metrics, register_metric
 from aaq.errors import Interrupted
 from aaq.state import model_digest
-from models import labeled_data, mlp
+from models import labeled_data, mlp, write_case
 
 GATE = '''
 import os, time
@@ -173,10 +173,7 @@ def test_the_best_plan_so_far(a: Measurement, b: Measurement, expected: bool) ->
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("small")
-    onnx.save(mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(mlp, n=64)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("small"), mlp, 64)
     return root
 
 

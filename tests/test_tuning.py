@@ -22,7 +22,7 @@ from aaq.engine.metrics import Accuracy, metrics, register_metric
 from aaq.tuning.monitor import MAX_TRIALS, TIMEOUT
 from aaq.tuning.objectives import Footprint, MeasureContext
 from helpers import TINY
-from models import labeled_data
+from models import write_case
 from test_accuracy_aware import sensitive_mlp
 from test_validation_path import session_runs  # noqa: F401  (fixture)
 
@@ -45,10 +45,7 @@ if "slow_accuracy" not in metrics:
 
 @pytest.fixture(scope="module")
 def sensitive(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sensitive")
-    onnx.save(sensitive_mlp(), str(root / "model.onnx"))
-    x, y = labeled_data(sensitive_mlp, n=256)
-    np.savez(root / "data.npz", x=x, y=y)
+    root = write_case(tmp_path_factory.mktemp("sensitive"), sensitive_mlp, 256)
     return root
 
 
