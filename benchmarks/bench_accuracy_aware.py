@@ -60,6 +60,7 @@ benchmarks/out/bench_accuracy_aware/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -70,7 +71,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -335,6 +336,23 @@ class EvalLog:
         return out
 
 
+@contextlib.contextmanager
+def aaq_log(logfile: Path) -> Iterator[None]:
+    """aaq's INFO log of one run into ``logfile`` (the console stays quiet), as the CLI would write it."""
+    handler = logging.FileHandler(logfile, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    aaq_logger = logging.getLogger("aaq")
+    aaq_logger.addHandler(handler)
+    previous = aaq_logger.level
+    aaq_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        aaq_logger.removeHandler(handler)
+        aaq_logger.setLevel(previous)
+        handler.close()
+
+
 def engine_section(case: str, data: Path, steps: int | None) -> dict[str, Any]:
     """The engine of every aaq spec the benchmarks run: the case's data, its calibration set, the shared metric."""
     return {
@@ -360,21 +378,10 @@ def run_aaq(case: str, data: Path, model: Path, search: str, n_calib: int, ranki
         ]},
     }
     logfile = out / f"{case}.aaq-{search}.log"
-    handler = logging.FileHandler(logfile, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    aaq_logger = logging.getLogger("aaq")
-    aaq_logger.addHandler(handler)
-    previous = aaq_logger.level
-    aaq_logger.setLevel(logging.INFO)
-    try:
-        with EvalLog() as evals, Foreign() as f:
-            started = time.perf_counter()
-            result = aaq.Pipeline(spec, progress=False).run()
-            wall = time.perf_counter() - started
-    finally:
-        aaq_logger.removeHandler(handler)
-        aaq_logger.setLevel(previous)
-        handler.close()
+    with aaq_log(logfile), EvalLog() as evals, Foreign() as f:
+        started = time.perf_counter()
+        result = aaq.Pipeline(spec, progress=False).run()
+        wall = time.perf_counter() - started
     model_path = result.save(out / f"{case}.aaq-{search}")
     summary = result.algorithms[-1].summary
     ev = summary["evaluations"]

@@ -311,21 +311,10 @@ def run_aaq(case: str, strategy: str, data: Path, model: Path, steps: int | None
             out: Path) -> dict[str, Any]:
     spec = aaq_spec(case, data, model, strategy, steps)
     logfile = out / f"{case}.aaq-{strategy}.log"
-    handler = logging.FileHandler(logfile, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    aaq_logger = logging.getLogger("aaq")
-    aaq_logger.addHandler(handler)
-    previous = aaq_logger.level
-    aaq_logger.setLevel(logging.INFO)
-    try:
-        with common.EvalLog() as evals, common.Foreign() as f:
-            started = time.perf_counter()
-            result = aaq.Pipeline(spec, progress=False).run()
-            wall = time.perf_counter() - started
-    finally:
-        aaq_logger.removeHandler(handler)
-        aaq_logger.setLevel(previous)
-        handler.close()
+    with common.aaq_log(logfile), common.EvalLog() as evals, common.Foreign() as f:
+        started = time.perf_counter()
+        result = aaq.Pipeline(spec, progress=False).run()
+        wall = time.perf_counter() - started
     model_path = result.save(out / f"{case}.aaq-{strategy}")
     full = [c for c in evals.calls if c["requested"] == n_eval]
     return {
