@@ -36,6 +36,8 @@ Fields read (keep them, or change the sections with them):
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 from html import escape
@@ -174,9 +176,37 @@ def _section(sid: str, title: str, build: Any, report: dict) -> str:
     return f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>' if content else ""
 
 
+def with_timings(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with what report.json keeps apart under ``timings`` put back where the page reads it.
+
+    report.json holds every measured time (when, how long, latency) in one field so that
+    two runs' reports compare equal but for it; the page shows each beside what it timed:
+    ``created``, ``totals.seconds``, each algorithm's and evaluation's ``seconds``, each
+    algorithm summary's ``latency``. A report without ``timings`` (an older one) is returned as it is.
+    """
+    timings = report.get("timings")
+    if not isinstance(timings, dict):
+        return report
+    out = copy.deepcopy(report)
+    out.setdefault("created", timings.get("created"))
+    if isinstance(out.get("totals"), dict):
+        out["totals"].setdefault("seconds", timings.get("seconds"))
+    for record, timed in zip(out["algorithms"], timings.get("algorithms") or []):
+        if isinstance(timed, dict):
+            record.setdefault("seconds", timed.get("seconds"))
+        latency = (timings.get("latency") or {}).get(record.get("name"))
+        if latency is not None and isinstance(record.get("summary"), dict):
+            record["summary"].setdefault("latency", latency)
+    for evaluation, seconds in zip(out.get("evaluations") or [], timings.get("evaluations") or []):
+        if isinstance(evaluation, dict):
+            evaluation.setdefault("seconds", seconds)
+    return out
+
+
 def render_report(report: dict[str, Any]) -> str:
     """The page for ``report`` (a report.json dict): one HTML string, nothing fetched at view time."""
     check_report(report)
+    report = with_timings(report)
     name = escape(str((report.get("spec") or {}).get("model", {}).get("name")
                       or (report.get("model") or {}).get("file", "model")))
     met = bool(report.get("target_met"))

@@ -53,6 +53,20 @@ def test_run_charts_count_the_groups_and_steps_of_the_run(tiny_run: Path) -> Non
     assert len(steps.find("circle", "point", "rolled-back")) == sum(not s["kept"] for s in aaq["steps"])
 
 
+def test_the_times_report_json_keeps_under_timings_are_drawn_where_they_belong(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert "created" not in report and "seconds" not in report["totals"]  # kept apart, for equal reports
+    page = parse((tiny_run / "report.html").read_text())
+    meta = page.one("p", "meta").all_text()
+    assert report["timings"]["created"] in meta and "run took —" not in meta
+    time = {r[0].all_text(): float(r[1].attrs["data-value"]) for r in page.one("table", "time").rows()}
+    timed = {a["name"]: a["seconds"] for a in report["timings"]["algorithms"]}
+    assert sum(time.values()) == pytest.approx(report["timings"]["seconds"], rel=0.01)
+    assert all(seconds > 0 for seconds in timed.values())
+    latency = report["timings"]["latency"]["AccuracyAwareQuantization"]
+    assert f"x{latency['ratio']:.2f}" in page.one("section", id="outcome").all_text()
+
+
 def test_no_html_flag_and_a_failed_render_do_not_fail_the_run(tmp_path: Path, monkeypatch, caplog) -> None:
     assert main(["run", str(AAQ_SPEC), "--output-dir", str(tmp_path / "a"), "--no-progress", "--no-html"]) == 0
     assert (tmp_path / "a" / "report.json").exists() and not (tmp_path / "a" / "report.html").exists()
