@@ -230,18 +230,8 @@ def bench_data(info: dict, out: Path, quick: bool) -> Path:
     """The case's npz written uncompressed, as both tools read it (with ``quick``: the first QUICK_EVAL
     evaluation samples and 100 calibration samples)."""
     case = info["case"]
-    with np.load(info["data"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if quick:
-        n = QUICK_EVAL[case]
-        for key in list(arrays):
-            if key.startswith("x__") or key in ("y", "text"):
-                arrays[key] = arrays[key][:n]
-            elif key.startswith("calib__"):
-                arrays[key] = arrays[key][:100]
     path = out / f"{case}.{'quick' if quick else 'full'}.npz"
-    np.savez(path, **arrays)
-    return path
+    return realcases.cut(info, path, QUICK_EVAL[case], 100) if quick else realcases.cut(info, path)
 
 
 def session(model: bytes | str, threads: int = 2, spinning: bool = True) -> ort.InferenceSession:

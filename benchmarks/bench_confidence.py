@@ -131,15 +131,7 @@ def case_spec(case: str, info: dict, data: Path, algorithms: list[dict], holdout
 
 
 def case_data(case: str, info: dict, n: int | None, work: Path) -> Path:
-    with np.load(info["data"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if n is not None:
-        for key in list(arrays):
-            if key.startswith("x__") or key in ("y", "text"):
-                arrays[key] = arrays[key][:n]
-    path = work / f"{case}.npz"
-    np.savez(path, **arrays)
-    return path
+    return realcases.cut(info, work / f"{case}.npz", n)
 
 
 def real_case(case: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -67,17 +66,7 @@ log = logging.getLogger("bench_executors")
 
 def data_file(n_eval: int) -> Path:
     """The case's npz, uncompressed, with the first ``n_eval`` evaluation samples and 100 calibration samples."""
-    info = realcases.prepare(CASE)
-    with np.load(info["data"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for key in list(arrays):
-        if key.startswith("x__") or key == "text":
-            arrays[key] = arrays[key][:n_eval]
-        elif key.startswith("calib__"):
-            arrays[key] = arrays[key][:100]
-    path = OUT / f"bench_executors.{CASE}.{n_eval}.npz"
-    np.savez(path, **arrays)
-    return path
+    return realcases.cut(realcases.prepare(CASE), OUT / f"bench_executors.{CASE}.{n_eval}.npz", n_eval, 100)
 
 
 def engine_for(data: Path) -> Engine:

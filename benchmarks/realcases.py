@@ -60,6 +60,21 @@ def prepare(case: str, out_dir: Path = DEFAULT_OUT) -> dict:
     return describe(case, model, data)
 
 
+def cut(info: dict, path: Path, n_eval: int | None = None, n_calib: int | None = None) -> Path:
+    """The case's npz written uncompressed to ``path`` (so it streams), keeping the first ``n_eval``
+    evaluation samples (inputs and labels) and the first ``n_calib`` calibration samples (None: all)."""
+    with np.load(info["data"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for key in list(arrays):
+        if n_eval is not None and (key.startswith("x__") or key in LABELS.values()):
+            arrays[key] = arrays[key][:n_eval]
+        elif n_calib is not None and key.startswith("calib__"):
+            arrays[key] = arrays[key][:n_calib]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
 def describe(case: str, model: Path, data: Path) -> dict:
     """The npz contract of a prepared case, read from the file (only the small arrays are loaded)."""
     with np.load(data, allow_pickle=False) as z:
