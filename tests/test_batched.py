@@ -214,15 +214,15 @@ def test_ranking_workers_get_the_whole_feeds(vad) -> None:
     model, data = vad
     engine = Engine(data, [FrameAccuracy()], progress=False)
     engine.set_float_model(model)
-    samples = workers.subset_samples(engine, np.array([1, 4, 9]))
+    samples = workers.subset_context(engine, np.array([1, 4, 9]), by_reference=False)
     assert isinstance(samples, list) and len(samples) == 3
     shared = [Shared(str(i), v) for i, v in enumerate([workers.recipe(engine, model, 1), samples, ()])]
-    value, inferred = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", False,
-                                                                    model.SerializeToString()))
-    assert (value, inferred) == (1.0, 3)
-    distance, _ = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", True,
-                                                                model.SerializeToString()))
-    assert distance == 0.0
+    scored = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", False,
+                                                           model.SerializeToString()))
+    assert list(scored.entries["frames"]) == [1.0, 1.0, 1.0] and scored.inferred == 3
+    distance = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", True,
+                                                             model.SerializeToString()))
+    assert list(distance.distances) == [0.0, 0.0, 0.0]
 
 def test_a_transform_that_raises_names_the_item_and_nothing_is_written(tmp_path: Path, capsys) -> None:
     spec = vad_spec(tmp_path, "aaq_test_vad_broken", broken=True)

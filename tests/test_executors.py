@@ -53,7 +53,8 @@ def spec_for(root: Path, executor: dict | None = None, **params) -> dict:
             "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {}},
                                            {"name": AAQ, "params": {"maximal_drop": 0.05, "ranking_subset_size": 32,
                                                                     "convert_to_mixed_preset": True,
-                                                                    "tune_hyperparams": True, **params}}]}}
+                                                                    "tune_hyperparams": True,
+                                                                    "faster_than_float": False, **params}}]}}
 
 
 def outcome(result) -> tuple:
@@ -64,18 +65,33 @@ def outcome(result) -> tuple:
             scores, tried)
 
 
-def test_local_processes_and_dask_give_the_same_reverts_and_the_same_model_bytes(files: Path, client,
-                                                                                   caplog) -> None:
-    local = Pipeline(spec_for(files), progress=False).run()
+def counts(result) -> tuple:
+    """What a run evaluated: every evaluation record, the totals, the search's counts (seconds aside)."""
+    report = result.report()
+    searched = {k: v for k, v in report["algorithms"][-1]["summary"]["evaluations"].items() if k != "seconds"}
+    return report["evaluations"], report["totals"], searched
+
+
+@pytest.mark.parametrize("method", ["metric", "output_distance"])
+def test_local_processes_and_dask_give_the_same_reverts_model_bytes_and_evaluation_counts(
+        files: Path, client, caplog, method: str) -> None:
+    """The workers send back per-sample entries that the driver's caches take in: later full-set
+    evaluations reuse the ranking's samples as a local run does, so even the counts are equal."""
+    local = Pipeline(spec_for(files, ranking_method=method), progress=False).run()
     pool = ProcessExecutor(2)
     with caplog.at_level(logging.WARNING, logger="aaq"):
-        processes = Pipeline(spec_for(files), progress=False).run(executor=pool)
-        dask = Pipeline(spec_for(files), progress=False).run(executor=client)
+        processes = Pipeline(spec_for(files, ranking_method=method), progress=False).run(executor=pool)
+        dask = Pipeline(spec_for(files, ranking_method=method), progress=False).run(executor=client)
     assert pool._pool is None and pool._scratch is None  # the workers ended with the run, the scratch is gone
     assert not [r for r in caplog.records if "parallel ranking failed" in r.getMessage()]
     assert outcome(local)[0]  # something was reverted: ranking ran
     assert outcome(processes) == outcome(local)
     assert outcome(dask) == outcome(local)
+    assert counts(processes) == counts(local)
+    assert counts(dask) == counts(local)
+    assert counts(local)[2]["subset"] > 0 and counts(local)[1]["samples_inferred"] > 0
+    if method == "output_distance":
+        return
     assert local.algorithms[-1].summary["alternatives"]["tune_hyperparams"]["tried"]  # several plans were scored
     report = dask.report()
     (figures,) = report["executors"]
@@ -89,6 +105,33 @@ def test_local_processes_and_dask_give_the_same_reverts_and_the_same_model_bytes
     assert processes.report()["executors"][0]["type"] == "processes"
     assert local.report()["executors"][0] == {**local.report()["executors"][0], "type": "local", "bytes_shipped": 0}
     assert client.status == "running"  # the user's client is used, never closed
+
+
+def test_a_spec_built_dataset_travels_by_reference_and_an_in_memory_one_is_shipped(files: Path, client) -> None:
+    """From a spec the workers get the npz's recipe and the subset's indices, never its arrays; a dataset made
+    in Python has no recipe and its subset's samples are shipped once. Same answer either way."""
+    from aaq.engine.datasets import ArrayDataset
+    from aaq.engine.engine import Engine
+
+    spec = spec_for(files, tune_hyperparams=False, convert_to_mixed_preset=False)
+    local = Pipeline(spec, progress=False).run()
+    pool = ProcessExecutor(2)
+    by_reference = [Pipeline(spec, progress=False).run(executor=e) for e in (client, pool)]
+    data = np.load(files / "data.npz")
+    engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [Accuracy()], batch_size=32, progress=False,
+                    executor=client)
+    shipped = Pipeline(spec, progress=False).run(engine=engine)
+    subset_bytes = 32 * data["x"][0].nbytes  # what one ranking subset's samples weigh
+    for result in by_reference:
+        (figures,) = result.report()["executors"]
+        assert figures["dataset"] == "by_reference" and figures["dataset_contexts"] >= 1
+        # 32 int64 indices and pickle framing: a fraction of the samples, whatever the dataset's size
+        assert figures["dataset_bytes_per_context"] < 32 * 8 + 400 < subset_bytes / 2
+        assert outcome(result)[:3] == outcome(local)[:3] and counts(result) == counts(local)
+    (figures,) = shipped.report()["executors"]
+    assert figures["dataset"] == "shipped" and figures["dataset_bytes_per_context"] >= subset_bytes
+    assert outcome(shipped)[:3] == outcome(local)[:3]
+    assert local.report()["executors"][0]["dataset"] is None  # nothing was sent
 
 
 def test_workers_is_the_deprecated_synonym_of_a_processes_executor(files: Path, caplog) -> None:

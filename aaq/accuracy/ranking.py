@@ -29,7 +29,7 @@ import onnx
 
 from aaq.accuracy.drops import score_bounds
 from aaq.accuracy.subsets import hardest, output_distance
-from aaq.accuracy.workers import recipe, score_task, subset_samples, tasks_for
+from aaq.accuracy.workers import recipe, score_task, subset_context, tasks_for
 from aaq.engine.executors import Executor, executor_of
 from aaq.engine.protocol import EngineLike
 from aaq.quantization.graph import FLOAT
@@ -199,9 +199,10 @@ class GroupRanker:
 
     def scores(self, models: Sequence[tuple[Callable[[frozenset], onnx.ModelProto], frozenset]], metric: str,
                subset: np.ndarray, distance: bool, labels: Sequence[str]) -> list[float]:
-        """``score`` of each ``(build, reverted)`` model, in order: on the executor when it is parallel and
-        there are several, else here; an executor that fails is reported and this process takes over."""
-        if self.executor.parallel and len(models) > 1:
+        """``score`` of each ``(build, reverted)`` model, in order: on the executor when it is parallel, there
+        are several and the engine can take in its workers' results (``absorb``), else here; an executor
+        that fails is reported and this process takes over."""
+        if self.executor.parallel and len(models) > 1 and hasattr(self.engine, "absorb"):
             try:
                 return self._parallel_scores(models, metric, subset, distance, labels)
             except Exception as exc:  # a lost cluster, or a plugin that fails in a worker: this process decides
@@ -216,26 +217,46 @@ class GroupRanker:
 
     def _parallel_scores(self, models: Sequence[tuple[Callable[[frozenset], onnx.ModelProto], frozenset]],
                          metric: str, subset: np.ndarray, distance: bool, labels: Sequence[str]) -> list[float]:
+        """The workers return per-sample entries (or distances); they are merged into this engine's caches
+        (``Engine.absorb``) and scored here, so that every count is the one of a local run."""
         started = time.perf_counter()
         plans, tasks = tasks_for(models, metric, distance)
         if "recipe" not in self._shared:
-            self._shared["recipe"] = self.executor.share(recipe(self.engine, self.float_model,
-                                                                self.executor.threads_per_task))
+            made = recipe(self.engine, self.float_model, self.executor.threads_per_task)
+            self._shared["by_reference"] = made.dataset is not None
+            self.executor.stats.dataset = "by_reference" if made.dataset is not None else "shipped"
+            self._shared["recipe"] = self.executor.share(made)
         subset_key = ("subset", np.asarray(subset, np.int64).tobytes())
         if subset_key not in self._shared:
             self._forget("subset")  # the workers drop what no task will name again
-            self._shared[subset_key] = self.executor.share(subset_samples(self.engine, subset))
+            before = self.executor.stats.context_bytes
+            self._shared[subset_key] = self.executor.share(subset_context(self.engine, subset,
+                                                                          self._shared["by_reference"]))
+            self.executor.stats.dataset_bytes += self.executor.stats.context_bytes - before
+            self.executor.stats.dataset_contexts += 1
         plans_key = ("plans",) + tuple(id(p) for p in plans)
         if plans_key not in self._shared:
             self._forget("plans")
             self._shared[plans_key] = (plans, self.executor.share(tuple(plans)))
         contexts = (self._shared["recipe"], self._shared[subset_key], self._shared[plans_key][1])
         results = self.executor.map(score_task, contexts, tasks, labels)
-        higher = distance or self.metrics[metric].higher_is_better
-        self.counts.evaluations += len(results)
-        self.counts.samples += sum(inferred for _, inferred in results)
-        self.counts.seconds += time.perf_counter() - started
-        return [value if higher else -value for value, _ in results]
+        seconds = (time.perf_counter() - started) / max(1, len(results))
+        if distance:  # as ``score`` does here: the float model's outputs on the subset, from its cache
+            self.engine.outputs(self.float_model, subset)
+        values = []
+        for scored in results:
+            if distance:
+                runs = getattr(self.engine, "inferred_by_model", None)
+                if runs is not None:  # as ``Engine.run`` counts the candidate's outputs here
+                    runs[scored.digest] += len(subset)
+                self._count(len(subset), seconds)
+                values.append(-float(np.mean(scored.distances)))
+                continue
+            ev = self.engine.absorb(scored.digest, subset, scored.entries, seconds)
+            self._count(ev.samples_inferred, seconds)
+            value = ev.values[metric]
+            values.append(value if self.metrics[metric].higher_is_better else -value)
+        return values
 
     def _forget(self, kind: str) -> None:
         for key in [k for k in self._shared if isinstance(k, tuple) and k[0] == kind]:

@@ -1,12 +1,19 @@
 """What a worker runs to score candidate models on a ranking subset, and what it is sent to do it.
 
 A worker is sent, once each: the ``Recipe`` of its engine (metrics, the float model,
-batch size, threads), the samples of a ranking subset (``subset_samples``), and the
-plans whose candidates it scores. A ``ScoreTask`` then names only a plan by position
-and the groups reverted, so a task is a few hundred bytes whatever the model; a worker
+batch size, threads, and the dataset's ``DatasetRecipe`` when the dataset was built
+from a spec), the ranking subset (``subset_context``: its indices when the worker can
+load the dataset itself, *by reference*; else its samples, *shipped*), and the plans
+whose candidates it scores. A ``ScoreTask`` then names only a plan by position and
+the groups reverted, so a task is a few hundred bytes whatever the model; a worker
 builds the candidate itself (``CandidateModels``, the same bytes the driver would
-build) and keeps its engine and models while the run sends tasks of the same context.
-A candidate that comes from no plan (a custom ``build``) travels as model bytes.
+build) and keeps its dataset, engine and models while the run sends tasks of the same
+context. A candidate that comes from no plan (a custom ``build``) travels as model bytes.
+
+A task returns a ``Scored``: the candidate's digest and its per-sample metric entries
+(what ``metric.score`` returned, as the driver's engine caches them) or per-sample
+output distances; the driver merges them into its own caches (``Engine.absorb``) and
+computes the scores itself, so its caches and counts are those of a local run.
 """
 from __future__ import annotations
 
@@ -18,12 +25,13 @@ import numpy as np
 import onnx
 
 from aaq.accuracy.subsets import output_distance
-from aaq.engine.datasets import ArrayDataset, SampleList, is_batched
+from aaq.engine.datasets import ArrayDataset, DatasetRecipe, SampleList, is_batched, recipe_of
 from aaq.engine.engine import Engine
 from aaq.engine.executors import Shared
 from aaq.engine.feeds import fetch
 from aaq.engine.metrics import Metric
 from aaq.engine.protocol import EngineLike
+from aaq.engine.session import model_bytes
 from aaq.quantization.candidates import CandidateModels
 from aaq.quantization.plan import Plan
 
@@ -39,6 +47,26 @@ class Recipe:
     batch_size: int
     threads: int
     spinning: bool
+    dataset: DatasetRecipe | None = None
+    """The dataset's recipe when its samples travel by reference (else the subsets ship their samples)."""
+
+
+@dataclass(frozen=True)
+class SubsetRef:
+    """A ranking subset by reference: the worker reads these samples of the dataset it loaded itself."""
+
+    indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a task returns: the candidate's digest, and per metric its entries on the subset (in subset
+    order, as ``metric.score`` returned them), or (``distances``) its per-sample output distances."""
+
+    digest: str
+    entries: dict[str, np.ndarray] | None
+    distances: np.ndarray | None
+    inferred: int
 
 
 @dataclass(frozen=True)
@@ -54,11 +82,14 @@ class ScoreTask:
 
 def recipe(engine: EngineLike, float_model: onnx.ModelProto, threads: int) -> Recipe:
     return Recipe(list(engine.metrics), float_model.SerializeToString(), engine.batch_size, threads,
-                  _spinning(engine))
+                  _spinning(engine), recipe_of(engine.dataset))
 
 
-def subset_samples(engine: EngineLike, subset: np.ndarray) -> Any:
-    """The samples of ``subset`` as a worker needs them: stacked inputs and labels, or whole feeds."""
+def subset_context(engine: EngineLike, subset: np.ndarray, by_reference: bool) -> Any:
+    """What a worker is sent of a ranking subset: its indices (``by_reference``), else its samples,
+    as stacked inputs and labels or whole feeds."""
+    if by_reference:
+        return SubsetRef(np.asarray(subset, np.int64))
     if is_batched(engine.dataset):
         return [engine.dataset[int(i)] for i in subset]
     inputs, labels = fetch(engine.dataset, subset)
@@ -73,25 +104,45 @@ def _spinning(engine: Any) -> bool:
 
 _ENGINE: dict[str, Any] = {"key": None, "engine": None}
 _PLANS: dict[str, list[CandidateModels]] = {}
+_DATASETS: dict[str, Any] = {}
+"""In a worker: the datasets loaded from recipes, by token (one per run's engine; the last two kept)."""
 
 
-def worker_engine(recipe_ctx: Shared, data_ctx: Shared) -> Engine:
-    """The worker's engine for this recipe and subset: built the first time, kept while tasks name them."""
-    key = f"{recipe_ctx.key}/{data_ctx.key}"
+def worker_dataset(r: DatasetRecipe) -> Any:
+    """The dataset of a recipe, loaded once per run on this worker."""
+    if r.token not in _DATASETS:
+        while len(_DATASETS) >= 2:
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[r.token] = r.load()
+        logger.debug("worker loaded dataset %s (%d samples)", r.cls.__name__, len(_DATASETS[r.token]))
+    return _DATASETS[r.token]
+
+
+def worker_engine(recipe_ctx: Shared, data_ctx: Shared) -> tuple[Engine, np.ndarray]:
+    """The worker's engine for this recipe and subset, and the subset's indices in its dataset: built the
+    first time, kept while tasks name them (one engine per recipe when the subsets come by reference)."""
+    r: Recipe = recipe_ctx.value
+    data = data_ctx.value
+    by_reference = isinstance(data, SubsetRef)
+    key = recipe_ctx.key if by_reference else f"{recipe_ctx.key}/{data_ctx.key}"
     if _ENGINE["key"] != key:
-        r: Recipe = recipe_ctx.value
-        data = data_ctx.value
-        dataset = SampleList(data, batched=True) if isinstance(data, list) else ArrayDataset(*data)
+        if by_reference:
+            if r.dataset is None:
+                raise ValueError("a subset sent by reference needs the dataset's recipe")
+            dataset = worker_dataset(r.dataset)
+        else:
+            dataset = SampleList(data, batched=True) if isinstance(data, list) else ArrayDataset(*data)
         engine = Engine(dataset, r.metrics, batch_size=r.batch_size, intra_op_threads=r.threads,
                         allow_spinning=r.spinning, progress=False)
         engine.set_float_model(r.float_bytes)
         _ENGINE.update(key=key, engine=engine)
-    return _ENGINE["engine"]
+    engine = _ENGINE["engine"]
+    return engine, (data.indices if by_reference else np.arange(engine.num_samples))
 
 
-def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: ScoreTask) -> tuple[float, int]:
-    """In a worker: the candidate's metric on the subset (or minus its output distance), and samples inferred."""
-    engine = worker_engine(recipe_ctx, data_ctx)
+def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: ScoreTask) -> Scored:
+    """In a worker: the candidate's per-sample metric entries on the subset (or its output distances)."""
+    engine, indices = worker_engine(recipe_ctx, data_ctx)
     if task.model is not None:
         model: onnx.ModelProto | bytes = task.model
     else:
@@ -100,12 +151,12 @@ def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: Sc
                 _PLANS.pop(next(iter(_PLANS)))
             _PLANS[plans_ctx.key] = [CandidateModels(p) for p in plans_ctx.value]
         model = _PLANS[plans_ctx.key][task.plan].build(task.reverted)
-    every = np.arange(engine.num_samples)
+    data, digest = model_bytes(model)
     if task.distance:
-        ref = engine.outputs(recipe_ctx.value.float_bytes, every)
-        return -float(np.mean(output_distance(ref, engine.outputs(model, every)))), len(every)
-    ev = engine.evaluate(model, every)
-    return float(ev.values[task.metric]), int(ev.samples_inferred)
+        ref = engine.outputs(recipe_ctx.value.float_bytes, indices)
+        return Scored(digest, None, output_distance(ref, engine.outputs(data, indices)), len(indices))
+    ev = engine.evaluate(data, indices)
+    return Scored(digest, engine.entries(digest, indices), None, int(ev.samples_inferred))
 
 
 def plan_of(build: Any) -> Plan | None:

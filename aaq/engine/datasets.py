@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence, Union, runtime_checkable
@@ -101,10 +102,53 @@ DATASET_KEYS = ("type", "batched")
 
 
 def dataset_from_spec(entry: dict, base_dir: Path, json_path: str = "engine.dataset") -> Dataset:
-    """The dataset of a spec entry ``{"type": ..., "batched": ..., options}``; an unknown type names ``json_path``."""
+    """The dataset of a spec entry ``{"type": ..., "batched": ..., options}``; an unknown type names ``json_path``.
+
+    The dataset carries its ``DatasetRecipe`` (``recipe_of``), so that an executor's
+    workers can load it themselves rather than be sent its samples.
+    """
     cls = datasets.get(entry.get("type", ""), f"{json_path}.type")
-    dataset = cls.from_spec(plugin_options(entry, cls.schema, DATASET_KEYS), Path(base_dir))
-    return BatchedDataset(dataset) if entry.get("batched", False) else dataset
+    recipe = DatasetRecipe(cls, plugin_options(entry, cls.schema, DATASET_KEYS), str(Path(base_dir).resolve()),
+                           bool(entry.get("batched", False)), uuid.uuid4().hex)
+    return recipe.load(attach=True)
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    """How to load a spec-built dataset again elsewhere: its class, the spec's options, the spec's folder.
+
+    ``token`` names one load on the driver (one run's engine): a worker that loads the
+    recipe keeps the dataset under it for the tasks of that run. The paths must be
+    readable where the worker runs (the same machine, or a shared file system).
+    """
+
+    cls: type
+    options: dict
+    base_dir: str
+    batched: bool
+    token: str
+
+    def load(self, attach: bool = False) -> Dataset:
+        """The dataset; ``attach``: it carries this recipe (``recipe_of``), a wrapper around it if needed."""
+        dataset = self.cls.from_spec(copy.deepcopy(self.options), Path(self.base_dir))
+        if self.batched:
+            dataset = BatchedDataset(dataset)
+        if attach:
+            try:
+                setattr(dataset, RECIPE_ATTRIBUTE, self)
+            except (AttributeError, TypeError):  # __slots__ or a read-only object: it is shipped as samples
+                logger.debug("dataset %s cannot carry its recipe: an executor ships its samples",
+                             type(dataset).__name__)
+        return dataset
+
+
+RECIPE_ATTRIBUTE = "_aaq_recipe"
+
+
+def recipe_of(dataset: Any) -> DatasetRecipe | None:
+    """The recipe a spec-built dataset carries; None for a dataset made in Python (``ArrayDataset(...)``)."""
+    recipe = getattr(dataset, RECIPE_ATTRIBUTE, None)
+    return recipe if isinstance(recipe, DatasetRecipe) else None
 
 
 def is_batched(dataset: Any) -> bool:

@@ -33,7 +33,7 @@ from aaq.engine.datasets import Dataset, is_batched
 from aaq.engine.executor_choice import as_executor
 from aaq.engine.executors import Executor
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
-                                    metric_error)
+                                    object_entries, put_entries, score_batch)
 from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
 from aaq.engine.holdout import Split
 from aaq.engine.metrics import Metric
@@ -207,7 +207,7 @@ class Engine:
             entry = self._sessions.get(data, digest)
             return {n: np.empty((0,), dtype=object if self._whole else np.float32) for n in entry.output_names}
         if self._whole:
-            return {n: _entries([p[n] for p in parts]) for n in parts[0]}
+            return {n: object_entries([p[n] for p in parts]) for n in parts[0]}
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
@@ -236,10 +236,7 @@ class Engine:
             stopped = bool(stop(self._partial(cache, digest, idx, 0, started)))
         if missing.size and not stopped:
             entry = self._session(data, digest, self.dataset, "dataset")
-            if self._is_float(digest):
-                self._reference_check()
-            elif any(m.reference for m in self.metrics):
-                self._fill_reference(missing)
+            self._prepare_reference(digest, missing)
             with self._bar(len(missing), progress_desc or "evaluating") as bar:
                 for n in self._score_batches(entry, digest, cache, missing):
                     inferred += n
@@ -249,10 +246,29 @@ class Engine:
                         stopped = True
                         break
         done = idx[cache.have[idx]] if stopped else idx
+        return self._finish(cache, digest, idx, done, inferred, time.perf_counter() - started, stopped)
+
+    def absorb(self, digest: str, indices: Sequence[int] | np.ndarray, entries: dict[str, np.ndarray],
+               seconds: float) -> Evaluation:
+        """An evaluation an executor's worker made (``entries[metric]`` aligned with ``indices``, as
+        ``metric.score`` returned them), merged as ``evaluate`` would have made it here: only the samples
+        not cached count as inferred and are stored, and the float outputs a reference metric reads are
+        filled, so that caches, history and counts do not depend on the executor."""
+        idx = self._indices(indices, self._size, "dataset")
+        cache = self._cache(digest)
+        missing = unique_in_order(idx[~cache.have[idx]])
+        if missing.size:
+            self._prepare_reference(digest, missing)
+            put_entries(cache, self.metrics, idx, missing, entries)
+            self.inferred_by_model[digest] += len(missing)
+        return self._finish(cache, digest, idx, idx, int(missing.size), seconds, False)
+
+    def _finish(self, cache: ScoreCache, digest: str, idx: np.ndarray, done: np.ndarray, inferred: int,
+                seconds: float, stopped: bool) -> Evaluation:
+        """The evaluation over ``done`` from the cache, recorded in ``history``."""
         values, per_sample = cache.evaluation_values(self.metrics, done)
-        result = Evaluation(values, per_sample, done, inferred, time.perf_counter() - started,
-                            complete=not stopped, stopped_early=stopped, model_digest=digest,
-                            requested=len(idx))
+        result = Evaluation(values, per_sample, done, inferred, seconds, complete=not stopped,
+                            stopped_early=stopped, model_digest=digest, requested=len(idx))
         full = not stopped and np.unique(idx).size == self._size
         self.history.append(EvaluationRecord(digest, bool(full), len(done), inferred, result.seconds,
                                              not stopped, dict(values)))
@@ -297,6 +313,13 @@ class Engine:
             raise BadInputError(f"metric(s) {names} compare with the float model: call "
                                 f"Engine.set_float_model first")
 
+    def _prepare_reference(self, digest: str, missing: np.ndarray) -> None:
+        """Before scoring ``missing`` samples of a model: the float outputs its reference metrics read."""
+        if self._is_float(digest):
+            self._reference_check()
+        elif any(m.reference for m in self.metrics):
+            self._fill_reference(missing)
+
     def _fill_reference(self, indices: np.ndarray) -> None:
         """Run the float model where its outputs are not kept yet (scoring it on the way)."""
         self._reference_check()
@@ -328,23 +351,7 @@ class Engine:
                 reference = self._reference.row(int(bidx[0])) if self._whole else self._reference.get(bidx)
             else:
                 reference = None
-            for metric in self.metrics:
-                given = reference if metric.reference else labels
-                seen = out
-                if self._whole and metric.stack_runs:  # one run = one sample: give it its sample axis
-                    seen = {n: a[None] for n, a in out.items()}
-                    given = {n: a[None] for n, a in given.items()} if metric.reference else given
-                try:
-                    entries = metric.score(seen, given)
-                except Exception as exc:  # any failure of user code must name the metric and sample
-                    raise metric_error(metric, exc, bidx, seen, given) from exc
-                count = len(entries) if hasattr(entries, "__len__") else type(entries).__name__
-                if count != len(bidx):
-                    what = ("one run of a batched dataset (one entry per run expected)" if self._whole else
-                            f"a batch of {len(bidx)} samples (one per sample expected)")
-                    raise DataError(f"metric {metric.name!r} returned {count} entries for {what}", int(bidx[0]))
-                cache.put(metric, bidx, entries)  # ScoreCache.put checks the metric contract (evaluation.py)
-            cache.have[bidx] = True
+            score_batch(cache, self.metrics, bidx, out, reference, labels, self._whole)
             self.inferred_by_model[digest] += len(bidx)
             yield len(bidx)
 
@@ -391,10 +398,3 @@ class Engine:
         return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True,
                     disable=not self.progress or total == 0)
 
-
-def _entries(arrays: list[np.ndarray]) -> np.ndarray:
-    """One object entry per array (``np.array`` would stack arrays of equal shape)."""
-    out = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        out[i] = a
-    return out

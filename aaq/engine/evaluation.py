@@ -86,6 +86,54 @@ class ScoreCache:
         return values, per_sample
 
 
+def score_batch(cache: ScoreCache, metrics: Sequence[Metric], bidx: np.ndarray, out: dict[str, np.ndarray],
+                reference: Any, labels: Any, whole: bool) -> None:
+    """Every metric's entries of one batch into ``cache`` (``whole``: one run of a batched dataset).
+
+    ``reference`` is the float model's outputs on the batch (for the metrics that compare with it).
+    """
+    for metric in metrics:
+        given = reference if metric.reference else labels
+        seen = out
+        if whole and metric.stack_runs:  # one run = one sample: give it its sample axis
+            seen = {n: a[None] for n, a in out.items()}
+            given = {n: a[None] for n, a in given.items()} if metric.reference else given
+        try:
+            entries = metric.score(seen, given)
+        except Exception as exc:  # any failure of user code must name the metric and sample
+            raise metric_error(metric, exc, bidx, seen, given) from exc
+        count = len(entries) if hasattr(entries, "__len__") else type(entries).__name__
+        if count != len(bidx):
+            what = ("one run of a batched dataset (one entry per run expected)" if whole else
+                    f"a batch of {len(bidx)} samples (one per sample expected)")
+            raise DataError(f"metric {metric.name!r} returned {count} entries for {what}", int(bidx[0]))
+        cache.put(metric, bidx, entries)  # ScoreCache.put checks the metric contract
+    cache.have[bidx] = True
+
+
+def put_entries(cache: ScoreCache, metrics: Sequence[Metric], indices: np.ndarray, missing: np.ndarray,
+                entries: dict[str, Any]) -> None:
+    """Store the ``missing`` samples' entries out of ``entries[metric]`` (aligned with ``indices``): what a
+    worker scored, taken in as if scored here (``ScoreCache.put`` checks the metric contract)."""
+    position = {int(i): j for j, i in enumerate(indices)}
+    take = np.array([position[int(i)] for i in missing], dtype=np.int64)
+    for metric in metrics:
+        given = entries.get(metric.name)
+        if given is None or len(given) != len(indices):
+            raise DataError(f"metric {metric.name!r}: a worker returned no entries for these {len(indices)} "
+                            f"samples", int(indices[0]))
+        cache.put(metric, missing, np.asarray(given)[take])
+    cache.have[missing] = True
+
+
+def object_entries(arrays: list[np.ndarray]) -> np.ndarray:
+    """One object entry per array (``np.array`` would stack arrays of equal shape)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
 class OutputStore:
     """Rows of a model's outputs by sample index (the float model's, for output distances).
 

@@ -68,6 +68,13 @@ class ExecutorStats:
     """Bytes of the contexts shipped, counted once per worker that receives them."""
     task_bytes: int = 0
     """Bytes of the tasks' own arguments (what travels per task)."""
+    dataset: str | None = None
+    """How the samples reached the workers: ``"by_reference"`` (the dataset's recipe and sample indices; each
+    worker loads the dataset once per run), ``"shipped"`` (the samples, once per subset), None (nothing sent)."""
+    dataset_bytes: int = 0
+    """Of ``context_bytes``, those of the subsets (indices by reference, samples when shipped)."""
+    dataset_contexts: int = 0
+    """Subsets shipped (each once to every worker)."""
 
     @property
     def bytes_shipped(self) -> int:
@@ -172,7 +179,10 @@ class Executor:
 
     def describe(self) -> dict[str, Any]:
         """The report's view: what it is and what it cost."""
-        return {"type": self.kind, "workers": self.workers, **self.stats.as_dict()}
+        figures = self.stats.as_dict()
+        sent = self.stats.dataset_contexts * max(1, self.workers)
+        figures["dataset_bytes_per_context"] = self.stats.dataset_bytes / sent if sent else 0.0
+        return {"type": self.kind, "workers": self.workers, **figures}
 
     def __enter__(self) -> "Executor":
         self.open()

@@ -64,3 +64,7 @@ class EngineLike(Protocol):
     def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
         """The (cached) session of ``model``, for timing it."""
 
+    def absorb(self, digest: str, indices: Sequence[int] | np.ndarray, entries: dict[str, np.ndarray],
+               seconds: float) -> Evaluation:
+        """Optional: an evaluation made by an executor's worker (per-sample entries by metric), merged into
+        the caches as ``evaluate`` would have made it; without it, ranking scores in this process."""
