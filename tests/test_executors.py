@@ -297,3 +297,58 @@ def test_tuning_ranks_its_fallback_units_on_the_executor(files: Path, client) ->
     assert rankings[0] and rankings[0] == rankings[1]
     assert local.model.SerializeToString(deterministic=True) == dask.model.SerializeToString(deterministic=True)
     assert dask.report()["executors"][0]["tasks"] == len(rankings[0][0]["order"])
+
+
+def tuning_spec(root: Path, batch: int, max_trials: int = 4) -> dict:
+    """Exhaustive tuning over 4 model-wise configs of a model that none of them saves: every trial fails, so
+    each one's early stop depends on the best failing trial known when its batch started."""
+    spec = spec_for(root)
+    space = {"model_wise": {"weight": {"granularity": ["per_tensor", "per_channel"]},
+                            "activation": {"scheme": ["asym", "sym"]}}}
+    spec["compression"]["algorithms"] = [{"name": "Tuning", "params": {
+        "strategy": {"name": "exhaustive", "batch": batch}, "accuracy_criterion": {"absolute": 0.01},
+        "exit_policy": {"timeout": 36000, "max_trials": max_trials}, "tuning_space": space}}]
+    return spec
+
+
+def trials_of(result) -> tuple:
+    summary = result.algorithms[-1].summary
+    trials = [{k: v for k, v in t.items() if k != "seconds"} for t in summary["trials"]]
+    return trials, summary["best"], summary["evaluations"], result.report()["evaluations"]
+
+
+def test_a_batch_of_tuning_trials_gives_the_same_trials_on_every_executor(files: Path, client) -> None:
+    local = Pipeline(tuning_spec(files, 2), progress=False).run()
+    pool = ProcessExecutor(2)
+    processes = Pipeline(tuning_spec(files, 2), progress=False).run(executor=pool)
+    dask = Pipeline(tuning_spec(files, 2), progress=False).run(executor=client)
+    trials = trials_of(local)[0]
+    assert len(trials) == 4 and not any(t["passed"] for t in trials)
+    assert any(t["stopped"] == "decided" for t in trials)  # early stops happened: the bound mattered
+    assert trials_of(processes) == trials_of(local)
+    assert trials_of(dask) == trials_of(local)
+    assert local.model.SerializeToString(deterministic=True) == dask.model.SerializeToString(deterministic=True)
+    (figures,) = dask.report()["executors"]
+    assert figures["tasks"] == 4 and figures["dataset"] == "by_reference"  # both batches ran on the workers
+    assert figures["dataset_bytes_per_context"] < 256 * 8 + 400  # the indices of the set, not its samples
+    # With batch 1 every trial is bounded by all the trials before it: not the same run.
+    sequential = Pipeline(tuning_spec(files, 1), progress=False).run()
+    assert trials_of(sequential)[2] != trials_of(local)[2]
+
+
+def test_resuming_a_batched_tuning_replays_its_trials_and_ends_as_the_straight_run(files: Path,
+                                                                                   tmp_path: Path) -> None:
+    import json
+
+    def run(spec: dict, out: Path, *extra: str) -> dict:
+        path = tmp_path / "spec.json"
+        path.write_text(json.dumps(spec))
+        assert main(["run", str(path), "--output-dir", str(out), "--no-progress", "--no-html", *extra]) == 3  # not met
+        return json.loads((out / "report.json").read_text())["algorithms"][-1]["summary"]
+
+    straight = run(tuning_spec(files, 2, max_trials=4), tmp_path / "straight")
+    run(tuning_spec(files, 2, max_trials=3), tmp_path / "out")  # batches [1, 2] and [3]
+    resumed = run(tuning_spec(files, 2, max_trials=4), tmp_path / "out", "--resume")  # [1, 2], then [3 replayed, 4]
+    assert resumed["replayed_trials"] == 3
+    strip = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]  # noqa: E731
+    assert strip(resumed["trials"]) == strip(straight["trials"]) and resumed["best"] == straight["best"]

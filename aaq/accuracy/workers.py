@@ -140,17 +140,19 @@ def worker_engine(recipe_ctx: Shared, data_ctx: Shared) -> tuple[Engine, np.ndar
     return engine, (data.indices if by_reference else np.arange(engine.num_samples))
 
 
+def worker_candidates(plans_ctx: Shared) -> list[CandidateModels]:
+    """The candidates of the plans sent, built once per plans context on this worker (the last four kept)."""
+    if plans_ctx.key not in _PLANS:
+        if len(_PLANS) >= 4:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[plans_ctx.key] = [CandidateModels(p) for p in plans_ctx.value]
+    return _PLANS[plans_ctx.key]
+
+
 def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: ScoreTask) -> Scored:
     """In a worker: the candidate's per-sample metric entries on the subset (or its output distances)."""
     engine, indices = worker_engine(recipe_ctx, data_ctx)
-    if task.model is not None:
-        model: onnx.ModelProto | bytes = task.model
-    else:
-        if plans_ctx.key not in _PLANS:
-            if len(_PLANS) >= 4:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[plans_ctx.key] = [CandidateModels(p) for p in plans_ctx.value]
-        model = _PLANS[plans_ctx.key][task.plan].build(task.reverted)
+    model = task.model if task.model is not None else worker_candidates(plans_ctx)[task.plan].build(task.reverted)
     data, digest = model_bytes(model)
     if task.distance:
         ref = engine.outputs(recipe_ctx.value.float_bytes, indices)

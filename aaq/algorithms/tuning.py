@@ -34,6 +34,7 @@ from aaq.accuracy.alternatives import merge_params
 from aaq.accuracy.drops import MetricTarget, Targets, allowed_drop, score_bounds
 from aaq.accuracy.weighted import WeightedTargets
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm
+from aaq.algorithms.tuning_batch import TrialBatches, batch_loop
 from aaq.algorithms.tuning_trials import TrialRunner
 from aaq.engine.protocol import EngineLike
 from aaq.errors import Interrupted, SpecError
@@ -239,6 +240,12 @@ class Tuning(Algorithm):
         total = monitor.policy.max_trials or None
         with tqdm(total=total, desc="tuning", unit="trial", leave=False, dynamic_ncols=True,
                   disable=not engine.progress) as bar:
+            if strategy.batch > 1:
+                batches = TrialBatches(runner)
+                try:
+                    return batch_loop(strategy, monitor, batches, history, bar)
+                finally:
+                    batches.close()
             while True:
                 reason = monitor.should_stop()
                 if reason:

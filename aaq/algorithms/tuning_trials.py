@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -157,37 +157,38 @@ class TrialRunner:
     def run(self, number: int, config: TrialConfig, deadline: float, best_failing: float | None,
             phase: str, best: dict[str, float] | None = None) -> Trial:
         started = time.perf_counter()
+        model, skipped = self.begin(number, config, best, phase)
+        if skipped is not None:
+            return skipped
+        evaluations, timed_out = evaluate_trial(self.engine.evaluate, model, self.order, self.targets, best_failing,
+                                                deadline, f"trial {number}")
+        return self.finish(number, config, model, evaluations, timed_out, phase, started)
+
+    def begin(self, number: int, config: TrialConfig, best: dict[str, float] | None, phase: str
+              ) -> tuple[Any, Trial | None]:
+        """The trial's model, and the trial itself when it is skipped: the best passing trial is at least as
+        good on the objective (``dominated``), so it is not evaluated."""
+        started = time.perf_counter()
         self._number = number
         model = self.model(config)
         skip = self.dominated(model, best)
-        if skip is not None:  # the best passing trial is at least as good on the objective: not evaluated
-            trial = Trial(number, config, False, False, {}, (0.0, 0.0), objectives=skip, phase=phase,
-                          stopped="dominated")
-            trial.seconds = time.perf_counter() - started
-            return trial
-        thresholds = (0.0,) if best_failing is None else (0.0, best_failing)
-        rule, timed_out = StopRule(self.targets, thresholds), []
+        if skip is None:
+            return model, None
+        trial = Trial(number, config, False, False, {}, (0.0, 0.0), objectives=skip, phase=phase, stopped="dominated")
+        trial.seconds = time.perf_counter() - started
+        return model, trial
 
-        def stop(partial) -> bool:
-            if rule(partial):
-                return True
-            if time.monotonic() > deadline:
-                timed_out.append(True)
-                return True
-            return False
-
-        ev = self.engine.evaluate(model, self.order, stop=stop, progress_desc=f"trial {number}")
-        self.full.add(ev)
+    def finish(self, number: int, config: TrialConfig, model: Any, evaluations: Sequence[Any], timed_out: bool,
+               phase: str, started: float) -> Trial:
+        """The trial its evaluations make (``evaluate_trial``'s, here or a worker's); its objectives measured
+        here when it passed."""
+        self._number = number
+        for ev in evaluations:
+            self.full.add(ev)
+        ev = evaluations[-1]
         values = self._values(ev)
         score = self.targets.objective_interval(values)
         passed = score[1] <= 0
-        promising = passed or best_failing is None or score[0] < best_failing
-        if not ev.complete and not timed_out and promising:  # a candidate result: measured to the end
-            ev = self.engine.evaluate(model, self.order, progress_desc=f"trial {number}")
-            self.full.add(ev)
-            values = self._values(ev)
-            score = self.targets.objective_interval(values)
-            passed = score[1] <= 0
         trial = Trial(number, config, passed, ev.complete, values, score, phase=phase,
                       stopped="" if ev.complete else ("timeout" if timed_out else "decided"))
         if ev.complete:
@@ -216,9 +217,7 @@ class TrialRunner:
         return float(np.mean([values[t.name] for t in self.targets.targets]))
 
     def _values(self, ev) -> dict[str, tuple[float, float]]:
-        if ev.complete:
-            return {n: (float(ev.values[n]), float(ev.values[n])) for n in self.targets.names}
-        return self.targets.intervals(ev.per_sample, ev.requested)
+        return trial_values(self.targets, ev)
 
     # ------------------------------------------------------------------ ranking
 
@@ -273,6 +272,39 @@ class TrialRunner:
 
     def _scratch(self) -> PipelineState:
         return PipelineState(self.state.float_model, self.state.float_model, statistics=self.state.statistics)
+
+
+def trial_values(targets: Targets, ev: Any) -> dict[str, tuple[float, float]]:
+    """Each watched metric's value (complete) or the interval its partial evaluation leaves."""
+    if ev.complete:
+        return {n: (float(ev.values[n]), float(ev.values[n])) for n in targets.names}
+    return targets.intervals(ev.per_sample, ev.requested)
+
+
+def evaluate_trial(evaluate: Callable[..., Any], model: Any, order: np.ndarray, targets: Targets,
+                   best_failing: float | None, deadline: float, desc: str | None) -> tuple[list[Any], bool]:
+    """A trial's evaluations on the full set in ``order``, and whether the deadline ended them.
+
+    The first stops once "met?" and "better than the best failing trial?" are decided (or at the
+    deadline); a promising one (it may pass, or beat ``best_failing``) is then measured to the end.
+    ``evaluate`` is an engine's: the driver's, or a worker's (``tuning_batch``), with the same answer.
+    """
+    rule, timed_out = StopRule(targets, (0.0,) if best_failing is None else (0.0, best_failing)), []
+
+    def stop(partial) -> bool:
+        if rule(partial):
+            return True
+        if time.monotonic() > deadline:
+            timed_out.append(True)
+            return True
+        return False
+
+    ev = evaluate(model, order, stop=stop, progress_desc=desc)
+    score = targets.objective_interval(trial_values(targets, ev))
+    promising = score[1] <= 0 or best_failing is None or score[0] < best_failing
+    if not ev.complete and not timed_out and promising:  # a candidate result: measured to the end
+        return [ev, evaluate(model, order, progress_desc=desc)], False
+    return [ev], bool(timed_out)
 
 
 def _neighbours(plan: Plan) -> dict[Any, list]:

@@ -9,10 +9,9 @@ outputs something reads (a metric that compares with the float model, an output
 distance), not for every sample the float model is scored on: on a model with large
 outputs that store would be the biggest thing in memory.
 
-A batched dataset (``datasets.is_batched``: every sample a complete feed) is run one
-sample per session run, as given: ``run`` then yields one index and that run's
-outputs as the model gave them, a metric scores one run at a time, and ``outputs``
-gives one entry per sample (object arrays, since shapes may differ).
+A batched dataset (``datasets.is_batched``: every sample a complete feed) is run one sample
+per session run, as given: ``run`` yields one index and that run's outputs, a metric scores
+one run at a time, ``outputs`` gives one entry per sample (object arrays: shapes may differ).
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from aaq.engine.executors import Executor
 from aaq.engine.evaluation import (Evaluation, EvaluationRecord, OutputStore, ScoreCache, check_finite,
                                     object_entries, put_entries, score_batch)
 from aaq.engine.feeds import check_dataset_fits, checked_indices, stacked_feeds, unique_in_order, whole_feeds
-from aaq.engine.holdout import Split
+from aaq.engine.holdout import Split, seeded_subset
 from aaq.engine.metrics import Metric
 from aaq.engine.session import SessionCache, SessionEntry, model_bytes, session_options
 from aaq.errors import BadInputError, DataError
@@ -130,13 +129,9 @@ class Engine:
 
     def subset(self, size: int, seed: int, *, among: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """``size`` sorted distinct indices drawn with ``np.random.default_rng(seed)``; all when too few."""
-        if size < 0:
-            raise BadInputError(f"a subset size must be >= 0, got {size}")
         pool = np.arange(self._size, dtype=np.int64) if among is None else np.unique(
-            self._indices(among, self._size, "dataset"))
-        if size >= len(pool):
-            return pool.copy()
-        return np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
+            checked_indices(among, self._size, "dataset"))
+        return seeded_subset(pool, size, seed)
 
     # ------------------------------------------------------------------ the float model
 
@@ -148,9 +143,9 @@ class Engine:
         """
         data, digest = model_bytes(model)
         entry = self._sessions.get(data, digest)
-        self._check_inputs(entry, self.dataset, "dataset")
+        check_dataset_fits(entry, self.dataset, "dataset")
         if self.calibration_dataset is not None:
-            self._check_inputs(entry, self.calibration_dataset, "calibration dataset")
+            check_dataset_fits(entry, self.calibration_dataset, "calibration dataset")
         if self._float is None or self._float[1] != digest:
             self._float = (data, digest)
             self._reference = OutputStore(self._size, whole=self._whole)
@@ -168,7 +163,7 @@ class Engine:
         On a batched dataset every item is one sample's index and its run's tensors as given.
         """
         dataset, what = (self._calibration(), "calibration dataset") if calibration else (self.dataset, "dataset")
-        idx = self._indices(indices, len(dataset), what)
+        idx = checked_indices(indices, len(dataset), what)
         data, digest = model_bytes(model)
         source_digest = digest  # the model asked for, not its copy with more outputs
         if outputs is None:
@@ -197,7 +192,7 @@ class Engine:
 
         On a batched dataset: one entry per sample, each that sample's run's output (object arrays).
         """
-        idx = self._indices(indices, self._size, "dataset")
+        idx = checked_indices(indices, self._size, "dataset")
         data, digest = model_bytes(model)
         if self._float is not None and digest == self._float[1]:
             self._fill_reference(idx)
@@ -220,14 +215,13 @@ class Engine:
                  stop: StopHook | None = None, progress_desc: str | None = None) -> Evaluation:
         """Every metric of ``model`` on ``indices`` (default: the whole dataset), served from cache when possible.
 
-        ``stop(partial)`` is called after each batch (and once before the first one
-        when cached samples already count) with an ``Evaluation`` over the samples
-        done so far; when it returns True the evaluation ends there, with
-        ``complete=False`` and ``stopped_early=True``.
+        ``stop(partial)`` is called after each batch (and once before the first one when cached samples
+        already count) with an ``Evaluation`` over the samples done so far; when it returns True the
+        evaluation ends there, with ``complete=False`` and ``stopped_early=True``.
         """
         started = time.perf_counter()
         data, digest = model_bytes(model)
-        idx = np.arange(self._size, dtype=np.int64) if indices is None else self._indices(
+        idx = np.arange(self._size, dtype=np.int64) if indices is None else checked_indices(
             indices, self._size, "dataset")
         cache = self._cache(digest)
         missing = unique_in_order(idx[~cache.have[idx]])
@@ -249,26 +243,34 @@ class Engine:
         return self._finish(cache, digest, idx, done, inferred, time.perf_counter() - started, stopped)
 
     def absorb(self, digest: str, indices: Sequence[int] | np.ndarray, entries: dict[str, np.ndarray],
-               seconds: float) -> Evaluation:
+               seconds: float, *, requested: int | None = None) -> Evaluation:
         """An evaluation an executor's worker made (``entries[metric]`` aligned with ``indices``, as
         ``metric.score`` returned them), merged as ``evaluate`` would have made it here: only the samples
         not cached count as inferred and are stored, and the float outputs a reference metric reads are
-        filled, so that caches, history and counts do not depend on the executor."""
-        idx = self._indices(indices, self._size, "dataset")
+        filled, so that caches, history and counts do not depend on the executor. ``requested``: the
+        worker's evaluation was stopped early after ``indices`` of that many samples."""
+        idx = checked_indices(indices, self._size, "dataset")
         cache = self._cache(digest)
         missing = unique_in_order(idx[~cache.have[idx]])
         if missing.size:
             self._prepare_reference(digest, missing)
             put_entries(cache, self.metrics, idx, missing, entries)
             self.inferred_by_model[digest] += len(missing)
-        return self._finish(cache, digest, idx, idx, int(missing.size), seconds, False)
+        stopped = requested is not None and requested > len(idx)
+        return self._finish(cache, digest, idx, idx, int(missing.size), seconds, stopped, requested)
+
+    def cached(self, digest: str, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Those of ``indices`` cached for the model ``digest`` and their entries (what ``absorb`` takes)."""
+        idx = checked_indices(indices, self._size, "dataset")
+        have = idx[self._cache(digest).have[idx]]
+        return have, self.entries(digest, have)
 
     def _finish(self, cache: ScoreCache, digest: str, idx: np.ndarray, done: np.ndarray, inferred: int,
-                seconds: float, stopped: bool) -> Evaluation:
+                seconds: float, stopped: bool, requested: int | None = None) -> Evaluation:
         """The evaluation over ``done`` from the cache, recorded in ``history``."""
         values, per_sample = cache.evaluation_values(self.metrics, done)
         result = Evaluation(values, per_sample, done, inferred, seconds, complete=not stopped,
-                            stopped_early=stopped, model_digest=digest, requested=len(idx))
+                            stopped_early=stopped, model_digest=digest, requested=requested or len(idx))
         full = not stopped and np.unique(idx).size == self._size
         self.history.append(EvaluationRecord(digest, bool(full), len(done), inferred, result.seconds,
                                              not stopped, dict(values)))
@@ -282,7 +284,7 @@ class Engine:
         Float scores for a per-sample metric, an object array of partial entries
         otherwise. Every sample must have been evaluated for that model.
         """
-        idx = self._indices(indices, self._size, "dataset")
+        idx = checked_indices(indices, self._size, "dataset")
         cache = self._scores.get(digest)
         if cache is None or not cache.have[idx].all():
             raise BadInputError(f"model {digest[:12]} has not been evaluated on all of these samples")
@@ -304,7 +306,7 @@ class Engine:
 
     def _session(self, data: bytes, digest: str, dataset: Dataset, what: str) -> SessionEntry:
         entry = self._sessions.get(data, digest)
-        self._check_inputs(entry, dataset, what)
+        check_dataset_fits(entry, dataset, what)
         return entry
 
     def _reference_check(self) -> None:
@@ -381,18 +383,12 @@ class Engine:
             yield bidx, out, labels
             del arrays, out, feed  # drop this batch before the next runs: one batch in memory, not two
 
-    def _check_inputs(self, entry: SessionEntry, dataset: Dataset, what: str) -> None:
-        check_dataset_fits(entry, dataset, what)
-
     def _partial(self, cache: ScoreCache, digest: str, idx: np.ndarray, inferred: int,
                  started: float) -> Evaluation:
         done = idx[cache.have[idx]]
         values, per_sample = cache.evaluation_values(self.metrics, done)
         return Evaluation(values, per_sample, done, inferred, time.perf_counter() - started,
                           complete=False, model_digest=digest, requested=len(idx))
-
-    def _indices(self, indices: Any, size: int, what: str) -> np.ndarray:
-        return checked_indices(indices, size, what)
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True,

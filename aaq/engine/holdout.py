@@ -48,6 +48,15 @@ class Split:
         return cls(np.flatnonzero(~mask).astype(np.int64), np.flatnonzero(mask).astype(np.int64))
 
 
+def seeded_subset(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` sorted distinct indices of ``pool`` drawn with ``np.random.default_rng(seed)``; all when too few."""
+    if size < 0:
+        raise BadInputError(f"a subset size must be >= 0, got {size}")
+    if size >= len(pool):
+        return pool.copy()
+    return np.sort(np.random.default_rng(seed).choice(pool, size, replace=False))
+
+
 def checked_holdout(size: int, holdout: float | int | None, json_path: str) -> float | int | None:
     """``holdout`` when it fits ``size`` samples, else a SpecError at ``json_path.holdout``."""
     if holdout is not None:

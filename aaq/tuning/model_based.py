@@ -28,7 +28,7 @@ import numpy as np
 from aaq.tuning.gp import GaussianProcess, expected_improvement
 from aaq.tuning.monitor import Monitor
 from aaq.tuning.space import TrialConfig
-from aaq.tuning.strategies import Strategy, StrategyContext, register_strategy
+from aaq.tuning.strategies import Strategy, StrategyContext, positive_int, register_strategy
 
 LOSS_CAP = 10.0
 FIELDS = ("sampling_size", "weight_granularity", "activation_scheme", "activation_algorithm", "weight_algorithm")
@@ -49,13 +49,6 @@ def losses(monitor: Monitor) -> list[float]:
         else:
             out.append(float(min(max(t.score[0], 0.0), LOSS_CAP)))
     return out
-
-
-def _positive_int(options: dict[str, Any], key: str) -> list[Problem]:
-    value = options.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return []
-    return [(f"strategy.{key}", f"must be an integer >= 1, got {value!r}")]
 
 
 class ModelBased(Strategy):
@@ -110,7 +103,7 @@ class Bayesian(ModelBased):
 
     @classmethod
     def option_problems(cls, options: dict[str, Any]) -> list[Problem]:
-        return _positive_int(options, "n_initial")
+        return positive_int(options, "n_initial")
 
     def groups(self) -> np.ndarray:
         """The dimension each encoded column belongs to."""
@@ -187,7 +180,7 @@ class TPE(ModelBased):
 
     @classmethod
     def option_problems(cls, options: dict[str, Any]) -> list[Problem]:
-        return optuna_problems() + _positive_int(options, "n_startup_trials")
+        return optuna_problems() + positive_int(options, "n_startup_trials")
 
     def __init__(self, context: StrategyContext, **options: Any) -> None:
         super().__init__(context, **options)

@@ -84,6 +84,27 @@ class Strategy(abc.ABC):
         """What the strategy is doing now, for the history."""
         return self.name
 
+    @property
+    def batch(self) -> int:
+        """Configs proposed and evaluated together (option ``batch`` of a strategy that takes it; else 1)."""
+        return int(self.options.get("batch") or 1)
+
+    def propose_batch(self, monitor: Monitor, size: int) -> list[TrialConfig]:
+        """The next ``size`` configs at most, proposed before any of them is evaluated ([]: nothing left).
+
+        A strategy that takes ``batch`` overrides it; the others propose one at a time.
+        """
+        config = self.propose(monitor)
+        return [] if config is None else [config]
+
+
+def positive_int(options: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    """The fault of option ``key`` when it is set to anything but an integer >= 1."""
+    value = options.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [(f"strategy.{key}", f"must be an integer >= 1, got {value!r}")]
+
 
 strategies: Registry[type[Strategy]] = Registry("strategy", "aaq.strategies", builtins="aaq.tuning.catalog",
                                                 check=subclass_check(Strategy, "a strategy"))
@@ -96,9 +117,20 @@ def register_strategy(name: str):
 
 @register_strategy("exhaustive")
 class Exhaustive(Strategy):
-    """Every quantized config of the space, in order (fallback dtypes excluded, as INC does)."""
+    """Every quantized config of the space, in order (fallback dtypes excluded, as INC does).
+
+    ``batch`` (default 1): configs proposed together, evaluated side by side on the engine's
+    executor, every one with the early-stop bound known when the batch starts; the local
+    executor runs the same batches one trial after the other, so the trials do not depend on
+    the executor.
+    """
 
     quantize_only = True
+    options = ("batch",)
+
+    @classmethod
+    def option_problems(cls, options: dict[str, Any]) -> list[tuple[str, str]]:
+        return positive_int(options, "batch")
 
     def __init__(self, context: StrategyContext, **options: Any) -> None:
         super().__init__(context, **options)
@@ -113,6 +145,12 @@ class Exhaustive(Strategy):
             if not monitor.seen(config):
                 return config
         return None
+
+    def propose_batch(self, monitor: Monitor, size: int) -> list[TrialConfig]:
+        out: list[TrialConfig] = []
+        while len(out) < size and (config := self.propose(monitor)) is not None:
+            out.append(config)
+        return out
 
 
 @register_strategy("random")
