@@ -219,7 +219,7 @@ def test_ranking_workers_get_the_whole_feeds(vad) -> None:
     shared = [Shared(str(i), v) for i, v in enumerate([workers.recipe(engine, model, 1), samples, ()])]
     scored = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", False,
                                                            model.SerializeToString()))
-    assert list(scored.entries["frames"]) == [1.0, 1.0, 1.0] and scored.inferred == 3
+    assert list(scored.entries["frames"]) == [1.0, 1.0, 1.0] and scored.digest == workers.model_bytes(model)[1]
     distance = workers.score_task(*shared, workers.ScoreTask(-1, frozenset(), "frames", True,
                                                              model.SerializeToString()))
     assert list(distance.distances) == [0.0, 0.0, 0.0]

@@ -66,7 +66,6 @@ class Scored:
     digest: str
     entries: dict[str, np.ndarray] | None
     distances: np.ndarray | None
-    inferred: int
 
 
 @dataclass(frozen=True)
@@ -156,9 +155,9 @@ def score_task(recipe_ctx: Shared, data_ctx: Shared, plans_ctx: Shared, task: Sc
     data, digest = model_bytes(model)
     if task.distance:
         ref = engine.outputs(recipe_ctx.value.float_bytes, indices)
-        return Scored(digest, None, output_distance(ref, engine.outputs(data, indices)), len(indices))
-    ev = engine.evaluate(data, indices)
-    return Scored(digest, engine.entries(digest, indices), None, int(ev.samples_inferred))
+        return Scored(digest, None, output_distance(ref, engine.outputs(data, indices)))
+    engine.evaluate(data, indices)
+    return Scored(digest, engine.entries(digest, indices), None)
 
 
 def plan_of(build: Any) -> Plan | None:
