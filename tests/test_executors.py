@@ -352,3 +352,17 @@ def test_resuming_a_batched_tuning_replays_its_trials_and_ends_as_the_straight_r
     assert resumed["replayed_trials"] == 3
     strip = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]  # noqa: E731
     assert strip(resumed["trials"]) == strip(straight["trials"]) and resumed["best"] == straight["best"]
+
+
+@pytest.mark.parametrize("strategy, phrase", [
+    pytest.param({"name": "exhaustive", "batch": 0}, "must be an integer >= 1, got 0", id="zero"),
+    pytest.param({"name": "random", "batch": 1.5}, "must be an integer >= 1, got 1.5", id="fraction"),
+    pytest.param({"name": "basic", "batch": 2}, "strategy 'basic' takes no option 'batch'", id="basic"),
+])
+def test_a_bad_batch_is_a_spec_error_with_its_path(files: Path, strategy: dict, phrase: str) -> None:
+    spec = tuning_spec(files, 2)
+    spec["compression"]["algorithms"][0]["params"]["strategy"] = strategy
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert any(p.startswith("compression.algorithms[0].params.strategy") and phrase in m
+               for p, m in info.value.problems), info.value.problems
