@@ -263,7 +263,9 @@ def _opset13(case: Case, work: Path) -> Path:
 
     if onnx.load(str(case.model), load_external_data=False).opset_import[0].version >= 13:
         return case.model
-    return bench_accuracy_aware.opset13(case.model, work)
+    folder = work / case.name  # the samples' models are all model.onnx: one converted copy per case
+    folder.mkdir(parents=True, exist_ok=True)
+    return bench_accuracy_aware.opset13(case.model, folder)
 
 
 def nncf_quantize(case: Case, work: Path) -> Path:

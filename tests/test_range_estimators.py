@@ -176,7 +176,8 @@ def test_a_histogram_estimator_refuses_min_max_statistics() -> None:
 
 
 @pytest.mark.parametrize("activations", [{"range_estimator": {"preset": "kl"}},
-                                         {"range_estimator": {"preset": "percentile"}}], ids=["kl", "percentile"])
+                                         {"range_estimator": {"preset": "percentile"}},
+                                         {"range_estimator": {"preset": "auto"}}], ids=["kl", "percentile", "auto"])
 def test_pot_tuning_grid_from_a_histogram_base_goes_back_to_the_minmax_estimator(activations) -> None:
     from aaq.accuracy.alternatives import merge_params, tuning_stages
 
@@ -184,8 +185,10 @@ def test_pot_tuning_grid_from_a_histogram_base_goes_back_to_the_minmax_estimator
     ranges = tuning_stages(base)[0]
     presets = [o["activations"]["range_estimator"]["preset"] for o in ranges]
     base_preset = activations["range_estimator"]["preset"]
-    # the observed-range grid, then the histogram percentile unless the base is that one already
-    assert set(presets[:2]) == {"minmax"} and presets[2:] == ([] if base_preset == "percentile" else ["percentile"])
+    # the observed-range grid, then the histogram percentile unless the base is that one already; from auto,
+    # both of its candidates (it chose one by output error, the metric may prefer the other)
+    tail = {"kl": ["percentile"], "percentile": [], "auto": ["minmax", "percentile"]}[base_preset]
+    assert set(presets[:2]) == {"minmax"} and presets[2:] == tail
     for overrides in ranges:  # every candidate resolves
         merged = merge_params(base, overrides)
         resolve_config(merged["preset"], {}, merged["activations"])
@@ -202,11 +205,11 @@ def test_percentile_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> Non
     ordinary = np.abs(data).max()
     data[17, 5] = 50.0
     percentile, algorithm = quantize(model, data, activations={"range_estimator": {"preset": "percentile"}})
-    minmax, minmax_algorithm = quantize(model, data)
+    minmax, minmax_algorithm = quantize(model, data, activations=MINMAX)
     pot_mean, _ = quantize(model, data, activations={"range_estimator": {"preset": "minmax",
                                                                           "max": {"aggregator": "mean"}}})
     assert algorithm.summary["range_estimator"] == "percentile"
-    assert minmax_algorithm.summary["range_estimator"] == "minmax"  # the default
+    assert minmax_algorithm.summary["range_estimator"] == "minmax"
     high = {k: s.plan.quantizers["x"].high for k, s in (("percentile", percentile), ("minmax", minmax), ("mean", pot_mean))}
     assert high["minmax"] == pytest.approx(50.0)
     assert 0.9 * ordinary < high["percentile"] < 0.2 * high["minmax"]
@@ -216,3 +219,55 @@ def test_percentile_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> Non
     errors = {k: np.abs(run(s.model, held_out) - reference).mean()
               for k, s in (("percentile", percentile), ("minmax", minmax))}
     assert errors["percentile"] < 0.5 * errors["minmax"], errors
+
+
+def _gemm_1024() -> "onnx.ModelProto":
+    mb = ModelBuilder(0)
+    x = mb.add_input("x", ["N", 1024])
+    mb.add_output(mb.add_gemm(x, 1024, 8, name="fc"), ["N", 8])
+    return mb.build()
+
+
+@pytest.mark.parametrize("planted, percentile, expected", [
+    (50.0, 99.999, "percentile"),  # one rare outlier: its range costs every ordinary value resolution
+    (None, 90.0, "minmax"),  # a percentile that clips 10 % of the values: the observed range is closer
+], ids=["outlier", "over-clipping percentile"])
+def test_auto_keeps_the_candidate_whose_model_is_closer_to_float_and_builds_exactly_that_model(
+        planted, percentile, expected) -> None:
+    """auto (the default) measures both full-INT8 models on calibration samples and keeps the closer one: the
+    model it returns is byte for byte the one the chosen estimator gives alone."""
+    model = _gemm_1024()
+    data = np.random.default_rng(3).normal(0, 1, (200, 1024)).astype(np.float32)
+    if planted is not None:
+        data[17, 5] = planted
+    estimator = {"percentile": percentile}
+    auto, algorithm = quantize(model, data, activations={"range_estimator": estimator})  # preset: the default
+    alone = {name: quantize(model, data, activations={"range_estimator": {**estimator, "preset": name}})[0]
+             for name in ("minmax", "percentile")}
+    choice = algorithm.summary["range_choice"]
+    assert algorithm.summary["range_estimator"] == "auto" and choice["chosen"] == expected
+    other = ({"minmax", "percentile"} - {expected}).pop()
+    assert choice["output_error"][expected] < choice["output_error"][other]
+    assert choice["samples"] == 64  # auto_samples, at most stat_subset_size
+    assert auto.model.SerializeToString() == alone[expected].model.SerializeToString()
+    assert "activation ranges " + expected + " (auto)" in algorithm.summary["headline"]
+    held_out = np.random.default_rng(4).normal(0, 1, (100, 1024)).astype(np.float32)
+    reference = run(model, held_out)  # the choice holds on ordinary data it did not see
+    errors = {k: np.square(run(s.model, held_out) - reference).mean() for k, s in alone.items()}
+    assert errors[expected] < errors[other], errors
+
+
+def test_auto_takes_no_min_max_statistics_and_compares_on_at_most_stat_subset_size_samples() -> None:
+    with pytest.raises(ValueError, match="takes no max.aggregator"):
+        resolve_config("performance", {}, {"range_estimator": {"preset": "auto", "max": {"aggregator": "mean"}}})
+    spec = {"model": {"path": str(TINY / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"},
+                                   "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}]},
+            "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {
+                "activations": {"range_estimator": {"min": {"type": "quantile"}}}}}]}}
+    with pytest.raises(SpecError, match=r"range_estimator\.min\.type: must be null with preset 'auto'"):
+        Pipeline(spec)
+    data = np.random.default_rng(5).normal(0, 1, (40, 1024)).astype(np.float32)
+    _, algorithm = quantize(_gemm_1024(), data, stat_subset_size=24)
+    assert algorithm.summary["range_choice"]["samples"] == 24

@@ -170,8 +170,8 @@ def test_the_loader_expands_a_config_set_in_order() -> None:
          "bias_correction": False}])
     assert problems == [] and base["bias_correction"] is False
     assert [(c.sampling_size, c.activation_scheme, c.weight_granularity, c.activation_algorithm) for c in configs] == [
-        (64, "sym", "per_channel", "minmax"), (64, "asym", "per_channel", "minmax"),  # DQ's default
-        (32, "sym", "per_channel", "minmax"), (32, "asym", "per_channel", "minmax"),
+        (64, "sym", "per_channel", "auto"), (64, "asym", "per_channel", "auto"),  # DQ's default
+        (32, "sym", "per_channel", "auto"), (32, "asym", "per_channel", "auto"),
         (300, "sym", "per_tensor", "quantile")]
     _, _, problems = expand_config_set([{"preset": "fast"}])
     assert problems and problems[0][0] == "[0].preset"

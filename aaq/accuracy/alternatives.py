@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from aaq.accuracy.drops import StopRule
 from aaq.accuracy.search import Measurement
-from aaq.quantization.presets import DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS
+from aaq.quantization.presets import AUTO_ESTIMATOR, DEFAULT_ESTIMATOR, OWN_STATISTICS
 
 if TYPE_CHECKING:
     from aaq.accuracy.evaluator import Candidates, PlanEvaluator
@@ -41,13 +41,15 @@ def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
     histogram), then the float-graph algorithms toggled (``algorithm_stage``), then bias correction.
 
     With symmetric activations (preset performance) the lower bound only decides
-    the sign, so only the upper bound's estimator is searched there. From a ``kl`` or
-    ``percentile`` base the candidates go back to the ``minmax`` estimator the grid's
-    entries modify (a histogram estimator takes no min / max statistics).
+    the sign, so only the upper bound's estimator is searched there. From a ``kl``,
+    ``percentile`` or ``auto`` base the candidates go back to the ``minmax`` estimator the
+    grid's entries modify (those estimators take no min / max statistics); from ``auto``,
+    which chose by output error, both of its candidates are tried by the metric.
     """
     mixed = base_params.get("preset") == "mixed"
     estimator = ((base_params.get("activations") or {}).get("range_estimator") or {}).get("preset")
-    reset = {"preset": "minmax"} if (estimator or DEFAULT_ESTIMATOR) in HISTOGRAM_ESTIMATORS else {}
+    estimator = estimator or DEFAULT_ESTIMATOR
+    reset = {"preset": "minmax"} if estimator in OWN_STATISTICS else {}
 
     def options(kind: str) -> list[dict | None]:
         return [None] + [{"type": kind, "aggregator": "mean", "outlier_prob": q} for q in (1e-3, 1e-4)]
@@ -55,6 +57,8 @@ def tuning_stages(base_params: dict[str, Any]) -> list[Stage]:
     ranges = [{"activations": {"range_estimator": {**reset, **{k: v for k, v in (("min", low), ("max", high)) if v}}}}
               for low in (options("quantile") if mixed else [None])
               for high in options("quantile" if mixed else "abs_quantile") if low or high]
+    if estimator == AUTO_ESTIMATOR:  # auto chose one of these two by output error; the metric may disagree
+        ranges.append({"activations": {"range_estimator": {"preset": "minmax"}}})
     if estimator != "percentile":
         ranges.append({"activations": {"range_estimator": {"preset": "percentile", "min": {"type": None, "aggregator": None},
                                                            "max": {"type": None, "aggregator": None}}}})

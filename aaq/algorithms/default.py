@@ -7,8 +7,9 @@ model's digest; the statistics it declares are read on the prepared model, which
 computes every tensor of the layout. ``run`` builds the plan from them, corrects
 biases (measured correction declares a second pass, on a twin of the plan, through
 the same collector) and applies the plan. The histogram range estimators (``kl``,
-``percentile``) declare the observed ranges and ask, in ``run``, for one more pass: a
-histogram of every quantizer's tensor over its range, all tensors at once.
+``percentile``, and ``auto``, the default) declare the observed ranges and ask, in ``run``,
+for one more pass: a histogram of every quantizer's tensor over its range, all tensors at
+once; ``auto`` then keeps ``minmax`` or ``percentile`` by measuring both models' outputs.
 
 Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
 times, on this machine, whole models side by side: all-int8, the rules' layout and the
@@ -27,8 +28,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
+from aaq.accuracy.subsets import output_distance
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.algorithms.preconditioning import equalized, searched_weights, smoothed
 from aaq.engine.kernels import u8s8_saturates
@@ -41,8 +44,8 @@ from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
-from aaq.quantization.presets import (DEFAULT_ESTIMATOR, HISTOGRAM_ESTIMATORS, QuantConfig, fixed_statistics,
-                                      resolve_config)
+from aaq.quantization.presets import (DEFAULT_AUTO_SAMPLES, DEFAULT_ESTIMATOR, OWN_STATISTICS, QuantConfig,
+                                      fixed_statistics, resolve_config)
 from aaq.quantization.qdq import apply_plan
 from aaq.quantization.smooth import smooth_targets
 from aaq.schemas import load_schema
@@ -67,10 +70,10 @@ class DefaultQuantizationParams:
         "bits": 8, "reduce_range": "auto", "granularity": "perchannel",
         "range_estimator": {"max": {"type": "abs_max", "outlier_prob": 0.0001}}})
     activations: dict[str, Any] = field(default_factory=lambda: {
-        "range_estimator": {"preset": "minmax",
+        "range_estimator": {"preset": DEFAULT_ESTIMATOR,
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
-                            "percentile": 99.999, "histogram_bins": 2048}})
+                            "percentile": 99.999, "histogram_bins": 2048, "auto_samples": DEFAULT_AUTO_SAMPLES}})
     bias_correction: bool = True
     use_fast_bias: bool = True
     latency_aware: str = "measure"
@@ -125,9 +128,9 @@ class DefaultQuantization(Algorithm):
 
     @classmethod
     def check_spec(cls, params: dict[str, Any], spec: Any) -> list[tuple[str, str]]:
-        """A histogram estimator takes no min / max statistics; ``ignored`` names and op types must exist."""
+        """A histogram or auto estimator takes no min / max statistics; ``ignored`` names and op types must exist."""
         estimator = (params.get("activations") or {}).get("range_estimator") or {}
-        if estimator.get("preset") in HISTOGRAM_ESTIMATORS:
+        if estimator.get("preset", DEFAULT_ESTIMATOR) in OWN_STATISTICS:
             problems = [(f"activations.range_estimator.{entry}",
                          f"must be null with preset {estimator['preset']!r}: it reads the observed range, "
                          f"then a histogram (set \"preset\": \"minmax\" or \"quantile\" to give min / max "
@@ -179,8 +182,11 @@ class DefaultQuantization(Algorithm):
                                 why="latency-aware layout")
                 statistics = state.statistics.values(needs)
         statistics.update(self._histograms(setup, layout, config, statistics, state, engine))
-        plan = build_plan(prepared.model, digests, layout, config, statistics)
         rewrites = dict(setup.rewrites)
+        if config.activations.auto is not None:
+            config, rewrites["range_choice"] = self._auto_ranges(state, engine, prepared.model, digests, layout,
+                                                                 config, statistics)
+        plan = build_plan(prepared.model, digests, layout, config, statistics)
         if self.params.weight_range_search.get("enabled"):
             plan, rewrites["weight_range_search"] = searched_weights(plan, state, engine,
                                                                      self.params.weight_range_search)
@@ -195,6 +201,8 @@ class DefaultQuantization(Algorithm):
                                     f"{self.summary['bias_corrections']} biases corrected; "
                                     f"{len(speed['float_layers'])} float for speed (latency_aware "
                                     f"{self.params.latency_aware})"
+                                    + (f"; activation ranges {rewrites['range_choice']['chosen']} (auto)"
+                                       if "range_choice" in rewrites else "")
                                     + ("; 7-bit weights (this CPU's int8 kernels saturate at 8)"
                                        if config.weights.reduce_range else ""))
         logger.info("%s", self.summary["headline"])
@@ -283,7 +291,7 @@ class DefaultQuantization(Algorithm):
             return self._speed_cache[1], self._speed_cache[2]
         ranges = _AnyRange(statistics)
         # the scales do not change the timing: first-pass ranges, no histogram pass for a model only timed
-        timed = dataclasses.replace(config, activations=dataclasses.replace(config.activations, histogram=None))
+        timed = dataclasses.replace(config, activations=config.activations.candidate("minmax"))
 
         def build(kinds: frozenset[str]) -> onnx.ModelProto:
             chosen = {name: kind for kind in kinds for name in setup.kinds[kind]}
@@ -297,6 +305,40 @@ class DefaultQuantization(Algorithm):
                   "float_layers": chosen}
         self._speed_cache = (digest, chosen, record)
         return chosen, record
+
+    def _auto_ranges(self, state: PipelineState, engine: EngineLike, model: onnx.ModelProto,
+                     digests: frozenset[str], layout: Layout, config: QuantConfig,
+                     statistics: dict) -> tuple[QuantConfig, dict[str, Any]]:
+        """``auto``: the candidate whose full-INT8 model's outputs are closest to the float model's.
+
+        Which range wins depends on the model (``percentile`` clips rare spikes that cost
+        resolution everywhere else; some models need their peaks), so it is measured: each
+        candidate's model, biases corrected as configured, on the first calibration samples,
+        by the normalised output error ``output_distance``; no labels needed. Ties keep
+        the first candidate, the observed range.
+        """
+        auto = config.activations.auto
+        indices = engine.calibration_indices(min(auto.samples, self.params.stat_subset_size))
+        names = [output.name for output in state.float_model.graph.output]
+        models = [state.float_model]
+        for name in auto.candidates:
+            candidate = dataclasses.replace(config, activations=config.activations.candidate(name))
+            plan = self._correct_biases(build_plan(model, digests, layout, candidate, statistics), statistics,
+                                        state, engine)
+            models.append(apply_plan(state.float_model, plan))
+        # the float model and the candidates side by side, batch by batch: one batch of outputs each in memory
+        runs = [engine.run(m, indices, outputs=names, calibration=True, progress_desc="auto ranges")
+                for m in models]
+        distances: list[list[np.ndarray]] = [[] for _ in auto.candidates]
+        for (batch, reference), *candidates in zip(*runs):
+            for kept, (_, outputs) in zip(distances, candidates):
+                kept.append(output_distance(reference, outputs, samples=len(batch)))
+        errors = {name: float(np.mean(np.concatenate(kept))) for name, kept in zip(auto.candidates, distances)}
+        chosen = min(errors, key=errors.__getitem__)
+        logger.info("activation ranges: %s (auto; output error %s, compared on %d samples)", chosen,
+                    ", ".join(f"{name} {error:.3g}" for name, error in errors.items()), len(indices))
+        record = {"chosen": chosen, "output_error": errors, "samples": int(len(indices))}
+        return dataclasses.replace(config, activations=config.activations.candidate(chosen)), record
 
     def _config_for(self, engine: EngineLike, setup: _Setup) -> QuantConfig:
         """The config with ``weights.reduce_range: "auto"`` decided by measuring this machine's kernels."""

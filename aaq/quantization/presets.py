@@ -28,18 +28,16 @@ threshold of least KL divergence (TensorRT's entropy calibration), ``percentile`
 Output quantizers (there only so that ONNX Runtime fuses the layer) keep the full
 observed range with every estimator: nothing after them absorbs a clipped value.
 
-DefaultQuantization's default estimator is ``minmax``, the observed range, after a
-measurement of every candidate (``benchmarks/bench_default_start.py``; the table is in
-the README's "Benchmarks") found none at least as good as ``nncf.quantize``'s start on
-every case: ``minmax`` lost to NNCF on PP-OCR cls (0.976 against 0.980) and on a CNN
-with one outlier activation channel (0.763 against 0.904); ``percentile`` matched or
-beat NNCF on cls, the tiny sample and both synthetic cases but clipped what PP-OCR rec
-needs (character accuracy 0.968 where ``minmax`` kept 0.997); the mean of per-sample
-extremes (POT's and NNCF's aggregator) fell below NNCF on cls and the tiny sample and
-clips ordinary values wherever a sample holds few values (a tabular MLP: 0.931
-against 0.980), since each sample's extreme is then far below the calibration set's.
-Of the failures, ``minmax``'s cost AccuracyAwareQuantization the least to repair on
-the real cases. Weights are symmetric in
+DefaultQuantization's default estimator is ``auto``: ``minmax`` or ``percentile``,
+whichever full-INT8 model has outputs closer to the float model's on the first
+``auto_samples`` calibration samples (``DefaultQuantization._auto_ranges``). Neither
+fixed estimator is at least as good as ``nncf.quantize``'s start on every case
+(``benchmarks/bench_default_start.py``; the table is in the README's "Benchmarks"):
+``minmax`` loses on PP-OCR cls and on a CNN with one outlier activation channel,
+``percentile`` on PP-OCR rec calibrated on 100 samples, and which of the two suits rec
+flips with the calibration set (200 samples: ``percentile``). The output error
+picked the better one, or one at least as good as NNCF's, on every case measured.
+Weights are symmetric in
 both presets. A user's ``min`` / ``max`` entries override the preset's field by
 field; ``null`` keeps the preset's value.
 """
@@ -54,10 +52,14 @@ from aaq.statistics.requests import StatisticRequest
 PRESETS = ("performance", "mixed")
 DEFAULT_OUTLIER_PROB = 1e-4
 HISTOGRAM_ESTIMATORS = ("kl", "percentile")
-ESTIMATORS = ("minmax", "default", "quantile") + HISTOGRAM_ESTIMATORS
-DEFAULT_ESTIMATOR = "minmax"
+AUTO_ESTIMATOR = "auto"
+OWN_STATISTICS = HISTOGRAM_ESTIMATORS + (AUTO_ESTIMATOR,)
+"""Estimators that take no ``min`` / ``max`` statistics: theirs are fixed."""
+ESTIMATORS = ("minmax", "default", "quantile") + OWN_STATISTICS
+DEFAULT_ESTIMATOR = AUTO_ESTIMATOR
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_HISTOGRAM_BINS = 2048
+DEFAULT_AUTO_SAMPLES = 64
 
 _ACTIVATION_DEFAULTS = {
     (True, "minmax"): ({"type": "min", "aggregator": "min"}, {"type": "abs_max", "aggregator": "max"}),
@@ -98,17 +100,36 @@ class HistogramEstimator:
 
 
 @dataclass(frozen=True)
+class AutoChoice:
+    """``auto``: the observed range or ``percentile``, whichever full-INT8 model's outputs are closer to the
+    float model's on the first ``samples`` calibration samples (``DefaultQuantization`` measures it)."""
+
+    candidates: tuple[str, ...] = ("minmax", "percentile")
+    samples: int = DEFAULT_AUTO_SAMPLES
+
+
+@dataclass(frozen=True)
 class ActivationScheme:
     """Per-tensor activations: symmetric (performance) or asymmetric (mixed), and how ranges are estimated.
 
     With a ``histogram`` estimator, ``min`` / ``max`` are the first-pass statistics (the
-    observed range) the histogram is laid over.
+    observed range) the histogram is laid over. With ``auto``, the scheme holds the
+    ``percentile`` candidate; ``candidate`` gives each one.
     """
 
     symmetric: bool
     min: RangeStatistic
     max: RangeStatistic
     histogram: HistogramEstimator | None = None
+    auto: AutoChoice | None = None
+
+    def candidate(self, name: str) -> "ActivationScheme":
+        """The ``auto`` candidate ``name``: ``minmax`` (the first-pass range as is) or ``percentile``."""
+        if name == "minmax":
+            return replace(self, histogram=None, auto=None)
+        if name == "percentile" and self.histogram is not None:
+            return replace(self, auto=None)
+        raise ValueError(f"no auto candidate {name!r}")
 
     def requests(self, tensor: str, full_range: bool = False) -> tuple[StatisticRequest, StatisticRequest]:
         """The min-side and max-side requests; ``full_range`` folds them with min / max over samples.
@@ -189,18 +210,21 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
     name = estimator.get("preset", DEFAULT_ESTIMATOR)
     if name not in ESTIMATORS:
         raise ValueError(f"unknown range estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-    histogram = None
-    if name in HISTOGRAM_ESTIMATORS:
+    histogram = auto = None
+    if name in OWN_STATISTICS:
         fixed = fixed_statistics(estimator)
         if fixed:
             raise ValueError(f"range estimator {name!r} takes no {', '.join(fixed)}: its statistics are its own")
-        histogram = HistogramEstimator(name, int(estimator.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)),
+        if name == AUTO_ESTIMATOR:
+            auto = AutoChoice(samples=int(estimator.get("auto_samples", DEFAULT_AUTO_SAMPLES)))
+        histogram = HistogramEstimator("percentile" if auto else name,
+                                       int(estimator.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)),
                                        float(estimator.get("percentile", DEFAULT_PERCENTILE)))
         name = "minmax"  # the first pass: the observed range the histogram is laid over
     lo_default, hi_default = _ACTIVATION_DEFAULTS[(symmetric, "minmax" if name == "default" else name)]
     lo = _merge(lo_default, estimator.get("min", {}))
     hi = _merge(hi_default, estimator.get("max", {}))
-    return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi, histogram))
+    return QuantConfig(weight_scheme, ActivationScheme(symmetric, lo, hi, histogram, auto))
 
 
 def fixed_statistics(estimator: Mapping[str, Any]) -> list[str]:

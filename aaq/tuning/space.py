@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 FLOAT = "fp32"
 
-RANGE_ALGORITHMS = {"minmax": "minmax", "quantile": "quantile", "kl": "kl", "percentile": "percentile"}
+RANGE_ALGORITHMS = {"minmax": "minmax", "quantile": "quantile", "kl": "kl", "percentile": "percentile", "auto": "auto"}
 """Activation range algorithm -> DefaultQuantization's ``activations.range_estimator.preset``.
 
 ``quantile`` is POT's estimator; ``kl`` and ``percentile`` read a histogram of each
