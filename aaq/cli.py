@@ -64,9 +64,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         _detach(file_handler)
+    from aaq.accuracy.summary import latency_clause
+
     for record in result.algorithms:
         if record.summary.get("headline"):
-            print(f"{record.name}: {record.summary['headline']}")
+            latency = record.summary.get("latency")
+            speed = f"; {latency_clause(latency)}" if isinstance(latency, dict) and "ratio" in latency else ""
+            print(f"{record.name}: {record.summary['headline']}{speed}")
     for name, m in result.metrics.items():
         print(m.describe(name))
     if not result.evaluated and interrupted is None:

@@ -17,6 +17,7 @@ import onnx
 
 from aaq.errors import AaqError, PluginError
 from aaq.output import RunFolder
+from aaq.report_timings import split_times
 from aaq.spec.coerce import NAME_MAX_BYTES, OUTPUT_SUFFIX
 from aaq.state import AlgorithmRecord
 from aaq.version import __version__
@@ -103,8 +104,11 @@ class Result:
     def report(self) -> dict[str, Any]:
         """The JSON-able report: resolved spec, metrics, every algorithm and evaluation, totals.
 
-        Everything measured in time (when, how long, latency) is under ``"timings"``, so
-        that two runs of the same spec and seed give reports equal but for that field.
+        Everything measured in time (when, how long, latency; the seconds an algorithm's
+        summary gives its steps, ``report_timings``) is under ``"timings"``, so that two runs
+        of the same spec and seed give reports equal but for that field, as long as no
+        decision of the run depended on the clock (``latency_aware: "measure"``,
+        ``faster_than_float``).
         """
         evaluations = [_jsonable(e) for e in self.evaluations]
         algorithms = [redact(_jsonable(r)) for r in self.algorithms]
@@ -120,6 +124,12 @@ class Result:
                         if isinstance(a.get("summary"), dict) and "latency" in a["summary"]},
             "executors": [{k: e.pop(k, None) for k in ("task_seconds", "wait_seconds")} for e in executors],
         }
+        timings["summaries"] = []
+        for record in algorithms:
+            times = None
+            if "summary" in record:
+                record["summary"], times = split_times(record["summary"])
+            timings["summaries"].append(times)
         return {
             "aaq_version": __version__,
             "target_met": self.target_met,

@@ -47,6 +47,7 @@ from typing import Any
 from aaq.errors import ReportError
 from aaq import report_search, report_sections
 from aaq.report_sections import AAQ, seconds_text, summary
+from aaq.report_timings import merge_times
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ def with_timings(report: dict[str, Any]) -> dict[str, Any]:
     report.json holds every measured time (when, how long, latency) in one field so that
     two runs' reports compare equal but for it; the page shows each beside what it timed:
     ``created``, ``totals.seconds``, each algorithm's and evaluation's ``seconds``, each
-    algorithm summary's ``latency``. A report without ``timings`` (an older one) is returned as it is.
+    algorithm summary's ``latency`` and the seconds inside it (``report_timings``). A report
+    without ``timings`` (an older one) is returned as it is.
     """
     timings = report.get("timings")
     if not isinstance(timings, dict):
@@ -197,6 +199,9 @@ def with_timings(report: dict[str, Any]) -> dict[str, Any]:
         latency = (timings.get("latency") or {}).get(record.get("name"))
         if latency is not None and isinstance(record.get("summary"), dict):
             record["summary"].setdefault("latency", latency)
+    for record, times in zip(out["algorithms"], timings.get("summaries") or []):
+        if times is not None and isinstance(record.get("summary"), (dict, list)):
+            merge_times(record["summary"], times)
     for evaluation, seconds in zip(out.get("evaluations") or [], timings.get("evaluations") or []):
         if isinstance(evaluation, dict):
             evaluation.setdefault("seconds", seconds)

@@ -64,7 +64,8 @@ def search_summary(result: SearchResult, targets: Targets, *, references: Mappin
 
 
 def headline(summary: Mapping[str, Any]) -> str:
-    """One line for the console: the outcome, what went back to float, and the speed against float."""
+    """The console's line: the outcome and what went back to float (the speed, measured, is
+    ``latency_clause``'s: report.json keeps the headline apart from what the clock decided)."""
     total = summary["groups_quantized"] + summary["groups_reverted"]
     layers = [", ".join(r["layers"]) for r in summary["reverted"]]
     shown = "; ".join(layers[:6]) + (f"; ... ({len(layers) - 6} more)" if len(layers) > 6 else "")
@@ -72,13 +73,14 @@ def headline(summary: Mapping[str, Any]) -> str:
     confidence = summary.get("confidence") or {}
     if confidence.get("require") == "upper":
         outcome += f" (at the {confidence['level']:.0%} upper bound)"
-    line = f"{outcome}; {summary['groups_reverted']} of {total} groups reverted to float" + \
+    return f"{outcome}; {summary['groups_reverted']} of {total} groups reverted to float" + \
         (f": {shown}" if shown else "")
-    latency = summary.get("latency")
-    if latency:
-        slower = " (SLOWER than float)" if latency["slower_than_float"] else ""
-        line += f"; latency x{latency['ratio']:.2f} of float{slower}"
-    return line
+
+
+def latency_clause(latency: Mapping[str, Any]) -> str:
+    """``latency x0.74 of float``, and whether that is slower, from a summary's measured ``latency``."""
+    slower = " (SLOWER than float)" if latency.get("slower_than_float") else ""
+    return f"latency x{latency['ratio']:.2f} of float{slower}"
 
 
 def drop_intervals(targets: Targets, values: Mapping[str, Interval]) -> dict[str, Any]:
