@@ -34,14 +34,23 @@ imports), and the final model's batch latency against float (median of
 interleaved rounds on a fixed batch, the same SessionOptions for every model: 2
 intra-op threads without spinning, and 1 thread).
 
-Measured so far (``--quick``, 2 cores with about two cores of other processes'
-load): on ppocr_cls INC ``basic`` met the criterion with every layer int8 after 27
-full evaluations in 388 s (latency 0.99x float on 2 threads, 1.20x on 1); INC
-``mse`` returned no model in both quant formats: its fit logged
-``AssertionError('no quantized Clip@0 in the graph')`` (``mse_impact_lst`` ->
-``inspect_tensor`` -> ``ox_utils/calibration.py augment_graph``) after 6 evaluations.
-INC ``basic`` on ppocr_rec spent 5.5 min on its baseline and first trial (0.9552
-vs 1.0000): a full run there takes hours on a loaded machine.
+Measured so far (``--quick``, 2 cores shared with other developers' work, 2026-12-01):
+on ppocr_cls INC ``basic`` met the criterion with every layer int8 after 27 full
+evaluations in 522 s (x1.26 float's latency on 2 threads, x1.07 on 1); INC ``mse``
+returned no model: its fit logged ``AssertionError('no quantized Clip@0 in the
+graph')`` (``mse_impact_lst`` -> ``inspect_tensor`` -> ``ox_utils/calibration.py
+augment_graph``) after 6 evaluations. On ppocr_rec (120 evaluation, 100 calibration
+samples; about 1.5 other cores' load; the whole run 71 min) every INC run hit its
+750 s limit without a passing trial: ``basic`` 5 trials (best 0.9571 vs float
+1.0000), ``mse`` 5 trials (0.9552; it got past the step that failed on ppocr_cls),
+``bayesian`` 9 of 30 trials (0.4385); aaq's ``basic`` / ``mse`` / ``bayesian`` /
+``tpe`` all met it with no accuracy fallback (drops 0.0070 / 0.0000 / 0.0000 / 0.0006)
+in 194 / 192 / 399 / 614 s, so their wall-time ratios to INC (<= 0.26 / 0.26 / 0.54 /
+0.82) are upper bounds. aaq on ppocr_cls again (aaq's rows only): ``basic`` with
+``latency_aware`` off kept every layer int8 as INC does (0 ops in float, drop 0.0067,
+4 full evaluations, 15 s, x0.89 / x0.86 float's latency), with the default
+``measure`` it kept 26 layers in float for speed (x0.80 / x0.72). The README's tuning
+tables have every row.
 
 Targets (the issue), per strategy: criterion met wherever INC meets it; ops in
 float <= INC's; full evaluations <= INC's; wall time <= 0.2 x INC's; the result's
@@ -58,16 +67,31 @@ run), over weight per_channel / per_tensor x activation sym / asym x minmax / kl
 percentile x calibration sizes 50 / 100 (24 configs: aaq sets them model-wise, INC
 per op from the same choices, which are its ONNX Runtime defaults); INC's
 ``bayesian`` (and ``tpe``, which INC 3.7.1 no longer ships as a working strategy)
-with the same trial limit, bounded by its own ``timeout`` (``INC_BOUND``: on
-ppocr_rec a trial takes minutes) and killed ``INC_KILL_AFTER`` s past it. Measured:
+with the same trial limit and INC's ``timeout`` set to the hard limit below. Measured:
 the best objective found within the criterion (the final model's latency against
 float in the common interleaved rounds), the trial that gave it, wall time.
 Targets: at least as good an objective as INC in <= 0.3 x its wall time; aaq's
 ``bayesian`` at least as good as ``gp-optuna`` in as many trials.
 
+Bounds: every INC run has a hard wall-time limit (``INC_LIMIT`` per case, or
+``--inc-limit``): at the limit the benchmark sends INC's process SIGINT, which INC's
+``fit`` catches to return its best model so far (a model only if a trial met the
+criterion); ``INC_GRACE`` s later it is killed. The row then says what INC reached:
+trials (its log), its best trial's metric on the same evaluation set, met or not,
+seconds. A row stopped so is "not met within N s (k trials)", and the wall-time ratio
+aaq / INC against it is an upper bound (``targets``: ``inc_stopped_at_limit``). INC's
+own ``TuningCriterion(timeout, max_trials)`` are set too (basic / mse: 0 and 100, as
+aaq's; bayesian / tpe: the limit and 30), but INC 3.7.1 never compares its timeout
+with the clock (the check is commented out in ``strategy/strategy.py``): a non-zero
+timeout only means "go on past the first passing config", so only ``max_trials`` and
+the hard limit bound its runs. aaq's rows are not bounded. Both tools get the same
+evaluation set (``--quick``'s subsets below), so the evaluation-set size is the same
+for both.
+
 Usage:  python benchmarks/bench_tuning.py [--cases ppocr_cls ppocr_rec] [--quick]
                 [--tools inc-basic inc-mse inc-bayesian inc-tpe aaq-basic aaq-mse aaq-bayesian aaq-tpe gp-optuna]
-                [--json PATH]
+                [--tools ... aaq-basic+int8] [--inc-limit SECONDS] [--max-wait SECONDS] [--json PATH]
+        ``aaq-basic+int8``: the row "aaq basic (latency_aware off)", ``base_params: {"latency_aware": "off"}``.
         ``--quick``: the first 300 (cls) / 120 (rec) evaluation samples and 100 calibration
         samples (bench_accuracy_aware's subsets), 15 latency rounds.
 Writes benchmarks/out/bench_tuning.json (or --json), and models, logs under benchmarks/out/bench_tuning/.
@@ -80,11 +104,12 @@ import logging
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -113,16 +138,26 @@ STRATEGIES = ("basic", "mse")
 MODEL_BASED = ("bayesian", "tpe")
 TOOLS = ([f"inc-{s}" for s in STRATEGIES + MODEL_BASED] + [f"aaq-{s}" for s in STRATEGIES + MODEL_BASED]
          + ["gp-optuna", "aaq-basic+int8"])
+LABELS = {"aaq-basic+int8": "aaq basic (latency_aware off)"}
+"""The table's name of a tool whose command-line name says less: ``aaq-basic+int8`` is ``basic`` with
+``base_params: {"latency_aware": "off"}`` (every layer int8 unless a fallback puts it in float, as INC)."""
 MB_TRIALS = 30
 MB_SAMPLING = [50, 100]
 MB_ALGORITHMS = ["minmax", "kl", "percentile"]
 """The model-based runs' space: INC's ONNX Runtime choices (weight per_channel / per_tensor, activation sym /
 asym and minmax / kl / percentile) and two calibration sizes; aaq sets them model-wise, INC per op."""
 MB_TIMEOUT = 3600  # aaq's model-based runs: the timeout only keeps them going past the first passing config
-INC_BOUND = {"ppocr_cls": 600, "ppocr_rec": 300}
-"""INC's own timeout (seconds) for its bayesian / tpe runs, which would take hours on ppocr_rec: INC checks it
-between trials, so the running trial finishes; the subprocess is killed INC_KILL_AFTER seconds past it."""
-INC_KILL_AFTER = 900
+INC_LIMIT = {"ppocr_cls": 1500, "ppocr_rec": 750}
+"""The hard limit (seconds of the subprocess) of each INC run (``--inc-limit`` overrides it): at the limit the
+benchmark sends SIGINT, which INC's ``fit`` catches to return its best model so far (None if no trial met the
+criterion), and ``inc_side.py`` records what the trials reached; one INC trial on ppocr_rec takes minutes, and
+its basic would fall back op by op over 47 layers for hours. It is also INC's own TuningCriterion ``timeout`` for
+bayesian / tpe (basic / mse keep INC's 0: stop at the first config that meets the criterion), but INC 3.7.1 never
+compares that timeout with the clock (the check is commented out in ``strategy/strategy.py``): only 0 or not
+matters, and ``max_trials`` (100; 30 for bayesian / tpe) is the bound INC itself keeps."""
+INC_GRACE = 240
+"""Seconds INC gets after the SIGINT to return and write its JSON (it may re-quantize its best config) before
+SIGKILL; then the row holds only what INC's log says (trials, best so far)."""
 VENV_GP = OUT / "venv-gp"
 GP_PINS = ["optuna==5.0.0", "torch"]
 LATENCY_SETTINGS = {"2t": (2, False), "1t": (1, False)}
@@ -191,36 +226,56 @@ def ensure_inc_venv() -> tuple[Path, dict[str, Any]]:
 
 
 def run_inc(python: Path, case: str, strategy: str, data: Path, model: Path, steps: int | None,
-            out: Path) -> dict[str, Any]:
+            out: Path, limit: float) -> dict[str, Any]:
     stem = out / f"{case}.inc-{strategy}"
     cmd = [str(python), str(HERE / "inc_side.py"), "--case", case, "--model", str(model), "--data", str(data),
            "--strategy", strategy, "--out-model", f"{stem}.onnx", "--out-json", f"{stem}.json",
            "--log", f"{stem}.log", "--batch-size", str(BATCH[case]), "--max-drop", str(MAX_DROP)]
     if steps:
         cmd += ["--steps", str(steps)]
-    hard = None
+    bound: dict[str, Any] = {"hard_limit_s": limit, "inc_timeout": 0, "max_trials": 100}
     if strategy in MODEL_BASED:
-        cmd += ["--timeout", str(INC_BOUND[case]), "--max-trials", str(MB_TRIALS),
-                "--sampling-sizes", *map(str, MB_SAMPLING)]
-        hard = INC_BOUND[case] + INC_KILL_AFTER
+        bound.update(inc_timeout=limit, max_trials=MB_TRIALS)
+        cmd += ["--sampling-sizes", *map(str, MB_SAMPLING)]
+    cmd += ["--timeout", str(bound["inc_timeout"]), "--max-trials", str(bound["max_trials"])]
+    Path(f"{stem}.json").unlink(missing_ok=True)  # a JSON left by an earlier run must not pass for this one's
     started = time.perf_counter()
-    with common.Foreign() as f:  # INC writes its nc_workspace/ into the working directory: keep it under out/
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=out, timeout=hard)
-        except subprocess.TimeoutExpired as exc:
-            Path(f"{stem}.stderr.txt").write_text(str(exc.stderr or ""))
-            return {"tool": f"inc-{strategy}", "found": False, "killed": True, "wall_seconds": time.perf_counter()
-                    - started, "evaluations": {"full": None}, "note": f"killed at {hard} s",
-                    "trial_log": inc_trials(Path(f"{stem}.log")), "foreign_cores": round(f.cores, 2)}
-    Path(f"{stem}.stderr.txt").write_text(done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"inc_side.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with common.Foreign() as f, open(f"{stem}.stderr.txt", "w") as err:
+        # INC writes its nc_workspace/ into the working directory: keep it under out/
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=out)
+        stop = stop_at_limit(proc, limit)
+    bound["stopped"] = stop
+    log_trials = inc_trials(Path(f"{stem}.log"))
+    if stop == "finished" and proc.returncode != 0:
+        raise RuntimeError(f"inc_side.py failed ({proc.returncode}):\n{Path(f'{stem}.stderr.txt').read_text()[-3000:]}")
+    if stop == "killed" or not Path(f"{stem}.json").exists():
+        return {"tool": f"inc-{strategy}", "found": False, "killed": stop == "killed", "bound": bound,
+                "wall_seconds": time.perf_counter() - started, "evaluations": {"full": None},
+                "note": f"killed {INC_GRACE} s after SIGINT at {limit:.0f} s" if stop == "killed"
+                else f"inc_side.py exited {proc.returncode} without a JSON: see {stem}.stderr.txt",
+                "trial_log": log_trials, "foreign_cores": round(f.cores, 2)}
     result = json.loads(Path(f"{stem}.json").read_text())
     result["foreign_cores"] = round(f.cores, 2)
-    result["trial_log"] = inc_trials(Path(f"{stem}.log"))
-    if strategy in MODEL_BASED:
-        result["bound"] = {"timeout": INC_BOUND[case], "max_trials": MB_TRIALS}
+    result["trial_log"] = log_trials
+    result["bound"] = bound
     return result
+
+
+def stop_at_limit(proc: subprocess.Popen, limit: float) -> str:
+    """Wait for ``proc``; at ``limit`` s send SIGINT, INC_GRACE s later SIGKILL. Says which of the three it took."""
+    try:
+        proc.wait(timeout=limit)
+        return "finished"
+    except subprocess.TimeoutExpired:
+        log.warning("INC reached the %.0f s limit: SIGINT (pid %d)", limit, proc.pid)
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=INC_GRACE)
+        return "sigint"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "killed"
 
 
 TUNE_LINE = re.compile(r"Tune (\d+) result is: (.*?), Best tune result is: (.*)$")
@@ -333,7 +388,10 @@ def run_aaq(case: str, strategy: str, data: Path, model: Path, steps: int | None
 # --------------------------------------------------------------------------- one case
 
 
-def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[str, Any]:
+def run_case(case: str, args: argparse.Namespace, python: Path | None,
+             on_tool: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every tool of ``args.tools`` on ``case``, then the common latency rounds; ``on_tool`` gets the case's rows
+    so far after each tool (the benchmark writes them, so that a stopped run keeps what it measured)."""
     info = realcases.prepare(case, args.data_dir)
     data_path = common.bench_data(info, WORK, args.quick)
     data = nncf_side.realcases_eval.load(data_path)
@@ -356,7 +414,8 @@ def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[s
         log.info("%s: running %s (%s)", case, tool, quiet)
         try:
             if kind == "inc":
-                r = run_inc(python, case, strategy, data_path, inc_model, steps, WORK)
+                r = run_inc(python, case, strategy, data_path, inc_model, steps, WORK,
+                            args.inc_limit or INC_LIMIT[case])
             elif kind == "gp":
                 r = run_gp_optuna(case, data_path, float_model, steps, WORK)
             else:
@@ -376,6 +435,9 @@ def run_case(case: str, args: argparse.Namespace, python: Path | None) -> dict[s
         log.info("%s %s: %.1f s, %s full evaluations, drop %s", case, tool, r["wall_seconds"],
                  r["evaluations"].get("full"), f"{r['drop']:.4f}" if "drop" in r else "-")
         runs[tool] = r
+        if on_tool:
+            on_tool({"case": case, "n_eval": n_eval, "n_calib": n_calib, "float": float_eval, "runs": runs,
+                     "partial": True})
     models = {"float": float_model, **{t: Path(r["model"]) for t, r in runs.items() if r.get("common_eval")}}
     lat: dict[str, Any] = {"quiet": common.wait_quiet(args.max_wait)}
     feed = {"x": data["x__x"][:BATCH[case]]}
@@ -417,6 +479,10 @@ def trials_of(run: dict[str, Any]) -> tuple[Any, Any]:
     return log_trials.get("trials"), log_trials.get("best_trial")
 
 
+def stopped_at_limit(run: dict[str, Any]) -> bool:
+    return (run.get("bound") or {}).get("stopped") in ("sigint", "killed")
+
+
 def _usable(run: dict[str, Any] | None) -> bool:
     return bool(run) and run.get("available", True) and "error" not in run
 
@@ -435,9 +501,13 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
                 t["float_ops_le_inc"] = mine["census"]["float_layers"] <= theirs["census"]["float_layers"]
                 t["accuracy_fallbacks_le_inc"] = (mine["census"]["float_accuracy"]
                                                   <= theirs["census"]["float_accuracy"])
-            t["full_evals_le_inc"] = mine["evaluations"]["full"] <= theirs["evaluations"]["full"]
+            if theirs["evaluations"].get("full") is not None:  # None: INC was killed before it counted them
+                t["full_evals_le_inc"] = mine["evaluations"]["full"] <= theirs["evaluations"]["full"]
             t["wall_ratio"] = mine["wall_seconds"] / theirs["wall_seconds"]
             t["wall_le_0.2_inc"] = t["wall_ratio"] <= 0.2
+            # INC stopped at its limit: its wall time and evaluations are what it had spent by then, so the
+            # wall ratio is an upper bound on aaq / INC and INC's evaluation count a lower bound on its own
+            t["inc_stopped_at_limit"] = stopped_at_limit(theirs)
             if mine.get("latency_ratio") and theirs.get("latency_ratio"):
                 for s in LATENCY_SETTINGS:
                     t[f"latency_le_inc ({s})"] = mine["latency_ratio"][s] <= theirs["latency_ratio"][s]
@@ -468,7 +538,7 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
                 t["wall_ratio"] = mine["wall_seconds"] / theirs["wall_seconds"]
                 if other.startswith("inc-"):
                     t["wall_le_0.3_inc"] = t["wall_ratio"] <= 0.3
-                    t["inc_bounded"] = bool(theirs.get("bound") or theirs.get("killed"))
+                    t["inc_stopped_at_limit"] = stopped_at_limit(theirs)
                 out[key] = t
     return out
 
@@ -483,16 +553,14 @@ def table(cases: list[dict[str, Any]]) -> str:
                      *(f"{c['latency'][s]['median_ms']['float']:.1f} ms" for s in LATENCY_SETTINGS), ""])
         for tool, r in c["runs"].items():
             if not _usable(r):
-                rows.append([c["case"], tool, r.get("note") or f"failed: {r['error'].splitlines()[-1][:60]}",
+                rows.append([c["case"], LABELS.get(tool, tool), r.get("note") or f"failed: {r['error'].splitlines()[-1][:60]}",
                              *[""] * (len(head) - 3)])
                 continue
             final, cen = r.get("common_eval"), r.get("census") or {}
             ran, at = trials_of(r)
-            bound = r.get("bound")
-            bounded = (r.get("note") or "") if r.get("killed") else (
-                f"timeout {bound['timeout']} s, {bound['max_trials']} trials" if bound else "")
+            bounded = bound_text(r)
             full = r["evaluations"].get("full")
-            rows.append([c["case"], tool, "yes" if r["met"] else "NO",
+            rows.append([c["case"], LABELS.get(tool, tool), "yes" if r["met"] else "NO",
                          f"{final['metric']:.4f}" if final else _none_found(r), f"{r['drop']:+.4f}" if final else "",
                          f"{cen['float_accuracy']}/{cen['layers']}" if final else "",
                          f"{cen['float_speed']}" if final else "", "" if ran is None else str(ran),
@@ -507,10 +575,26 @@ def table(cases: list[dict[str, Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
+def bound_text(run: dict[str, Any]) -> str:
+    """INC's bounds and how its run ended: within them, stopped by SIGINT at the hard limit, or killed."""
+    bound = run.get("bound")
+    if not bound:
+        return ""
+    limits = f"{bound['hard_limit_s']:.0f} s, {bound['max_trials']} trials"
+    ended = {"finished": "ended within them", "sigint": f"stopped by SIGINT at {bound['hard_limit_s']:.0f} s",
+             "killed": f"killed {INC_GRACE} s after SIGINT"}[bound["stopped"]]
+    return f"{limits}: {ended}"
+
+
 def _none_found(run: dict[str, Any]) -> str:
-    """What a run that returned no model says: INC's fit logs the exception it caught, and returns None."""
-    if run.get("killed"):
-        return "none (killed)"
+    """What a run that returned no model says: not met within its bound (and the best trial INC's own evaluation
+    scored), or the exception INC's fit caught and logged before it returned None."""
+    bound = run.get("bound") or {}
+    if bound.get("stopped") in ("sigint", "killed"):
+        ran = (run.get("trial_log") or {}).get("trials")
+        best = run.get("best_trial_metric")
+        return (f"not met within {bound['hard_limit_s']:.0f} s ({ran} trials"
+                + (f"; best {best:.4f} vs float {run['baseline']:.4f}" if best is not None else "") + ")")
     errors = [e for e in run.get("errors", []) if "Unexpected exception" in e]
     return f"none found ({errors[0].split('exception ', 1)[1][:70]})" if errors else "none found"
 
@@ -521,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--inc-limit", type=float, help="hard limit in seconds of each INC run (default: INC_LIMIT "
+                    "per case, %s); INC is sent SIGINT there and returns its best so far" % INC_LIMIT)
     ap.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait for a quiet machine before a run")
     ap.add_argument("--data-dir", type=Path, default=realcases.DEFAULT_OUT)
     ap.add_argument("--json", type=Path, default=OUT / "bench_tuning.json", help="where to write the results")
@@ -543,18 +629,24 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("Tuning is %s: aaq's rows are placeholders", NOT_AVAILABLE)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     cases: list[dict[str, Any]] = []
-    for case in args.cases:  # the JSON is rewritten after each case: a stopped run keeps what it measured
-        cases.append(run_case(case, args, python))
-        met = targets(cases)
+    def write(done: list[dict[str, Any]], partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        met = targets(done)
         report = {
             "quick": args.quick, "max_drop": MAX_DROP, "drop_type": "absolute", "latency_rounds": args.rounds,
-            "aaq_tuning_available": aaq_available(), "cases": cases, "targets": met, "inc_env": venv,
-            "code": common.code_state(), "total_seconds": time.perf_counter() - started,
-            "complete": len(cases) == len(args.cases),
+            "inc_limit_s": {c: args.inc_limit or INC_LIMIT[c] for c in args.cases}, "inc_grace_s": INC_GRACE,
+            "aaq_tuning_available": aaq_available(), "cases": done + ([partial] if partial else []),
+            "targets": met, "inc_env": venv, "code": common.code_state(),
+            "total_seconds": time.perf_counter() - started, "complete": len(done) == len(args.cases),
             "aaq_version": aaq.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
         }
         args.json.write_text(json.dumps(report, indent=2, default=str))
+        return met
+
+    cases: list[dict[str, Any]] = []
+    for case in args.cases:  # the JSON is rewritten after each tool: a stopped run keeps what it measured
+        cases.append(run_case(case, args, python, lambda partial: write(cases, partial)))
+        met = write(cases)
 
     print(f"aaq Tuning vs INC {INC.split('==')[1]} (ONNX Runtime backend), accuracy criterion {MAX_DROP} absolute, "
           f"objective performance{' (quick)' if args.quick else ''}")

@@ -22,7 +22,7 @@ from aaq.engine.metrics import Accuracy, metrics, register_metric
 from aaq.tuning.monitor import MAX_TRIALS, TIMEOUT
 from aaq.tuning.objectives import Footprint, MeasureContext
 from helpers import TINY
-from models import write_case
+from models import ModelBuilder, add_hardswish, write_case
 from test_accuracy_aware import sensitive_mlp
 from test_validation_path import session_runs  # noqa: F401  (fixture)
 
@@ -280,3 +280,35 @@ def test_kl_and_percentile_trials_run_with_one_histogram_pass_each() -> None:
     algorithms = [t["config"]["activation"]["algorithm"] for t in summary["trials"]]
     assert algorithms[:1] == ["kl"] and result.target_met
     ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+
+def dw_hardswish_block(seed: int = 3, channels: int = 24) -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv 1x1 -> Relu -> depthwise 3x3 (24 channels) -> hard-swish -> Conv 1x1 -> Flatten -> y: the
+    depthwise conv is a layer DefaultQuantization's ``latency_aware: "rules"`` keeps in float for speed (the
+    float hard-swish after it means it would not sit between quantizers anyway)."""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_relu(mb.add_conv(x, 16, channels, kernel=1, name="expand"))
+    h = add_hardswish(mb, mb.add_conv(h, channels, channels, kernel=3, name="dw", group=channels))
+    y = mb.add_node("Flatten", [mb.add_conv(h, channels, 16, kernel=1, name="project")], "flatten", axis=1)
+    mb.nodes.append(onnx.helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", ["N", 16 * 8 * 8])
+    return mb.build()
+
+
+def _float_convs(model: onnx.ModelProto) -> list[str]:
+    """Conv nodes whose weight is no DequantizeLinear output: the layers left in float (a float layer may still
+    read the dequantized output its producer's quantizer writes for other readers)."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[1]) != "DequantizeLinear"]
+
+
+@pytest.mark.parametrize("latency_aware, in_float", [("rules", ["dw"]), ("off", [])])
+def test_base_params_latency_aware_off_leaves_no_layer_in_float_for_speed(tmp_path, latency_aware, in_float) -> None:
+    # Tuning alone takes DefaultQuantization's latency_aware from base_params: "off" quantizes every layer, as INC
+    root = write_case(tmp_path, dw_hardswish_block, 64)
+    result, summary = run(root, {"accuracy_criterion": {"absolute": 1.0}, "exit_policy": {"timeout": 0, "max_trials": 1},
+                                 "base_params": {"latency_aware": latency_aware}})
+    assert summary["exit"] == "criterion met" and summary["best"]["config"]["fallback"] == []
+    assert _float_convs(result.model) == in_float
