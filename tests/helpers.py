@@ -128,3 +128,14 @@ def tuning_spec(root: Path, params: dict) -> dict:
                                    "labels": "y"},
                        "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32},
             "compression": {"algorithms": [{"name": "Tuning", "params": params}]}}
+
+
+def accuracy_aware_spec(root: Path, params: dict | None = None, *, alone: bool = False, dq: dict | None = None) -> dict:
+    """DefaultQuantization (unless ``alone``) then AccuracyAwareQuantization on the case ``write_case`` wrote."""
+    algos = [] if alone else [{"name": "DefaultQuantization", "params": dq or {}}]
+    algos.append({"name": "AccuracyAwareQuantization", "params": {"maximal_drop": 0.05, **(params or {})}})
+    return {"model": {"path": str(root / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"},
+                                   "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32},
+            "compression": {"algorithms": algos}}

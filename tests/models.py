@@ -219,3 +219,19 @@ def depthwise_block(seed: int = 3, channels: int = 24, batch: str | int = "N") -
     mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
     mb.add_output("y", [batch, 16 * 8 * 8])
     return mb.build()
+
+
+def feature_maps(n: int = 64, channels: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, channels, 8, 8)).astype(np.float32)
+
+
+def dw_hardswish_block(channels: int, dw_relu: bool = False) -> onnx.ModelProto:
+    """x[N,16,8,8] -> Conv 1x1 (16->C) -> Relu -> depthwise 3x3 (C) -> [Relu | hard-swish] -> Conv 1x1 (C->16) -> y"""
+    mb = ModelBuilder(3)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = mb.add_relu(mb.add_conv(x, 16, channels, kernel=1, name="expand"))
+    h = mb.add_conv(h, channels, channels, kernel=3, name="dw", group=channels)
+    h = mb.add_relu(h) if dw_relu else add_hardswish(mb, h)
+    y = mb.add_conv(h, channels, 16, kernel=1, name="project")
+    mb.add_output(y, ["N", 16, 8, 8])
+    return mb.build()

@@ -18,6 +18,7 @@ from aaq.engine.engine import Engine
 from aaq.engine.metrics import Metric
 from aaq.spec.validate import load_spec
 from aaq.state import PipelineState, model_digest
+from helpers import accuracy_aware_spec
 from models import labeled_data, sensitive_mlp, write_case
 
 AAQ = "AccuracyAwareQuantization"
@@ -29,18 +30,8 @@ def files(tmp_path_factory) -> Path:
     return root
 
 
-def spec_for(root: Path, params: dict | None = None, *, alone: bool = False, dq: dict | None = None) -> dict:
-    algos = [] if alone else [{"name": "DefaultQuantization", "params": dq or {}}]
-    algos.append({"name": AAQ, "params": {"maximal_drop": 0.05, **(params or {})}})
-    return {"model": {"path": str(root / "model.onnx")},
-            "engine": {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"},
-                                   "labels": "y"},
-                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 32},
-            "compression": {"algorithms": algos}}
-
-
 def run(root: Path, params: dict | None = None, **kwargs):
-    result = Pipeline(spec_for(root, params, **kwargs), progress=False).run()
+    result = Pipeline(accuracy_aware_spec(root, params, **kwargs), progress=False).run()
     return result, result.algorithms[-1].summary
 
 
@@ -113,7 +104,7 @@ def test_target_not_met_returns_the_best_model_and_says_so(files: Path, caplog) 
 
 
 def test_baselines_skip_the_float_evaluation_and_ratio_picks_the_comparison(files: Path) -> None:
-    spec = load_spec(spec_for(files, {"metrics": [{"name": "top1", "baseline_value": 1.0}],
+    spec = load_spec(accuracy_aware_spec(files, {"metrics": [{"name": "top1", "baseline_value": 1.0}],
                                       "metric_subset_ratio": 0.25, "ranking_subset_size": 16}))
     engine = Engine.from_spec(spec.resolved["engine"], spec.base_dir, progress=False)
     float_model = onnx.load(str(files / "model.onnx"))
@@ -143,18 +134,18 @@ def test_mixed_preset_and_tuning_are_kept_only_when_they_lower_the_drop(files: P
 
 def test_spec_problems_are_found_before_any_run(files: Path) -> None:
     with pytest.raises(SpecError) as info:
-        load_spec(spec_for(files, {"metrics": [{"name": "top5"}], "base_params": {"preset": "mixed"}}))
+        load_spec(accuracy_aware_spec(files, {"metrics": [{"name": "top5"}], "base_params": {"preset": "mixed"}}))
     problems = dict(info.value.problems)
     assert "no metric 'top5' in engine.metrics" in problems["compression.algorithms[1].params.metrics[0].name"]
     assert "would not be used" in problems["compression.algorithms[1].params.base_params"]
     with pytest.raises(SpecError, match="base_params.stat_subset_size"):
-        Pipeline(spec_for(files, {"base_params": {"stat_subset_size": 0}}, alone=True), progress=False)
+        Pipeline(accuracy_aware_spec(files, {"base_params": {"stat_subset_size": 0}}, alone=True), progress=False)
     with pytest.raises(SpecError, match="use_prev_if_drop_increase: applies to search 'greedy' only"):
-        Pipeline(spec_for(files, {"search": "bisection", "use_prev_if_drop_increase": False}), progress=False)
+        Pipeline(accuracy_aware_spec(files, {"search": "bisection", "use_prev_if_drop_increase": False}), progress=False)
     with pytest.raises(SpecError, match="metric_subset_ratio: is only used when every watched metric"):
-        Pipeline(spec_for(files, {"metric_subset_ratio": 0.3}), progress=False)
+        Pipeline(accuracy_aware_spec(files, {"metric_subset_ratio": 0.3}), progress=False)
     with pytest.raises(SpecError, match="unknown algorithm 'Nope'"):
-        Pipeline(spec_for(files, {"base_algorithm": "Nope"}, alone=True), progress=False)
+        Pipeline(accuracy_aware_spec(files, {"base_algorithm": "Nope"}, alone=True), progress=False)
 
 
 class MacroRecall(Metric):
@@ -249,7 +240,7 @@ def test_a_base_algorithm_that_makes_no_plan_is_a_spec_error(files: Path) -> Non
     import plugins  # noqa: F401  (registers TagModel)
 
     with pytest.raises(SpecError, match="base_algorithm: TagModel makes no quantization plan"):
-        Pipeline(spec_for(files, {"base_algorithm": "TagModel"}, alone=True), progress=False)
+        Pipeline(accuracy_aware_spec(files, {"base_algorithm": "TagModel"}, alone=True), progress=False)
 
 
 def test_the_report_keeps_every_ranking_what_alternatives_had_to_beat_and_the_final_plan(files: Path) -> None:

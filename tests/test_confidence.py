@@ -17,9 +17,9 @@ from aaq.engine.engine import Engine
 from aaq.engine.holdout import Split
 from aaq.engine.metrics import Accuracy
 from aaq.spec.validate import load_spec
-from models import labeled_data, write_case
-from test_accuracy_aware import sensitive_mlp, spec_for
-from test_accuracy_search import FakeEvaluator, bisection_search, greedy_search
+from helpers import accuracy_aware_spec
+from models import labeled_data, sensitive_mlp, write_case
+from search_fakes import FakeEvaluator, bisection_search, greedy_search
 
 
 def planted(n: int, p: float = 0.9, flip: float = 0.03, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +215,7 @@ def test_held_out_samples_are_inferred_only_at_the_end_once_per_model(files: Pat
     data = np.load(files / "data.npz")
     engine = CountingEngine(ArrayDataset({"x": data["x"]}, data["y"]), [Accuracy()], batch_size=32,
                             progress=False, holdout=64)
-    spec = spec_for(files, {"ranking_subset_size": 100})
+    spec = accuracy_aware_spec(files, {"ranking_subset_size": 100})
     spec["engine"]["dataset"]["holdout"] = 64
     result = Pipeline(spec, progress=False).run(engine=engine)
     held = set(engine.holdout_indices.tolist())
@@ -242,7 +242,7 @@ def test_an_overfitted_search_fails_the_target_with_the_reason(tmp_path: Path, c
     import onnxruntime as ort
     y = ort.InferenceSession(sensitive_mlp().SerializeToString()).run(None, {"x": x})[0].argmax(axis=1)
     np.savez(tmp_path / "data.npz", x=x, y=y.astype(np.float64))
-    spec = spec_for(tmp_path, {"ranking_subset_size": 100})
+    spec = accuracy_aware_spec(tmp_path, {"ranking_subset_size": 100})
     spec["engine"]["dataset"]["holdout"] = 64
     with caplog.at_level(logging.WARNING, logger="aaq"):
         result = Pipeline(spec, progress=False).run()
@@ -263,21 +263,21 @@ def test_bad_confidence_and_holdout_input_is_a_spec_error_before_any_inference(f
                          ({"confidence": {"level": 0.5}}, "confidence.level"),
                          ({"confidence": {"require": "lower"}}, "confidence.require")]:
         with pytest.raises(SpecError) as exc:
-            load_spec(spec_for(files, params))
+            load_spec(accuracy_aware_spec(files, params))
         assert any(p.startswith(f"compression.algorithms[1].params.{path}") for p in _problems(exc)), exc.value
-    spec = spec_for(files, {"confidence": None})
+    spec = accuracy_aware_spec(files, {"confidence": None})
     spec["engine"]["dataset"]["holdout"] = 0.2
     with pytest.raises(SpecError) as exc:
         load_spec(spec)
     assert "compression.algorithms[1].params.confidence" in _problems(exc)
-    spec = spec_for(files)
+    spec = accuracy_aware_spec(files)
     spec["compression"]["algorithms"] = spec["compression"]["algorithms"][:1]
     spec["engine"]["dataset"]["holdout"] = 0.2
     with pytest.raises(SpecError) as exc:
         load_spec(spec)
     assert "engine.dataset.holdout" in _problems(exc)
     for holdout in (1.5, 0, -3):
-        spec = spec_for(files)
+        spec = accuracy_aware_spec(files)
         spec["engine"]["dataset"]["holdout"] = holdout
         with pytest.raises(SpecError) as exc:
             load_spec(spec)
@@ -289,7 +289,7 @@ def test_holdout_sizes_and_unresamplable_metrics_are_refused_before_inference(fi
     monkeypatch.setattr(Engine, "set_float_model", lambda self, m: inferred.append(m))
     for holdout, params, message in [(250, {"ranking_subset_size": 5}, "at least 10"),
                                      (0.5, {}, "fewer than compression.algorithms[1].params.ranking_subset_size")]:
-        spec = spec_for(files, params)
+        spec = accuracy_aware_spec(files, params)
         spec["engine"]["dataset"]["holdout"] = holdout
         with pytest.raises(SpecError) as exc:
             Pipeline(spec, progress=False).run()
@@ -301,7 +301,7 @@ def test_holdout_sizes_and_unresamplable_metrics_are_refused_before_inference(fi
     data = np.load(files / "data.npz")
     engine = Engine(ArrayDataset({"x": data["x"]}, data["y"]), [Whole()], progress=False)
     with pytest.raises(SpecError) as exc:
-        Pipeline(spec_for(files), progress=False).run(engine=engine)
+        Pipeline(accuracy_aware_spec(files), progress=False).run(engine=engine)
     assert "cannot be resampled" in _problems(exc)["engine.metrics[0]"]
-    Pipeline(spec_for(files, {"confidence": None, "max_iter_num": 0}), progress=False)  # no interval: accepted
+    Pipeline(accuracy_aware_spec(files, {"confidence": None, "max_iter_num": 0}), progress=False)  # no interval: accepted
     assert inferred == []

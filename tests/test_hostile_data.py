@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 import textwrap
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

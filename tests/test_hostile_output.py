@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import onnx
 import pytest
 
 import plugins  # noqa: F401  (registers TagModel)
 from aaq import Algorithm, Pipeline, register_algorithm
 from aaq.cli import main
-from aaq.errors import BadInputError, PluginError
+from aaq.errors import BadInputError
 from aaq.output import RunFolder, current_folder, write_files
 from aaq.report import output_filename
 from helpers import TINY, base_spec

@@ -10,7 +10,7 @@ from aaq.engine import layer_timing
 from aaq.quantization.latency_kinds import DEPTHWISE_LARGE, DEPTHWISE_SMALL, ONE_BY_ONE, RULES_FLOAT, latency_kinds
 from aaq.quantization.prepare import prepare_model
 from helpers import FakeEngine, quantize
-from test_quantization_latency import block, inputs
+from models import dw_hardswish_block, feature_maps
 
 
 class Timed:
@@ -32,10 +32,10 @@ SMALL_ONLY, EVERY = f"float: {DEPTHWISE_SMALL}", f"float: {DEPTHWISE_SMALL} + {O
 def decide(monkeypatch, ms, budget: float = 5.0):
     timed = Timed(ms)
     monkeypatch.setattr(layer_timing, "time_interleaved", timed)
-    model = block(24)
+    model = dw_hardswish_block(24)
     built = []
     decisions, info = layer_timing.measure_float_kinds(
-        FakeEngine(inputs(8)), lambda chosen: built.append(chosen) or model, KINDS, budget, RULES_FLOAT)
+        FakeEngine(feature_maps(8)), lambda chosen: built.append(chosen) or model, KINDS, budget, RULES_FLOAT)
     return decisions, info, built, timed
 
 
@@ -80,15 +80,15 @@ def test_a_spent_budget_still_times_the_minimum_rounds(monkeypatch) -> None:
 
 
 def test_kinds_group_the_candidate_layers() -> None:
-    prepared = prepare_model(block(24), 13)
+    prepared = prepare_model(dw_hardswish_block(24), 13)
     assert latency_kinds(prepared.model, ["expand", "dw", "project"], prepared.shapes) == {DEPTHWISE_SMALL: ["dw"]}
-    prepared = prepare_model(block(64), 13)
+    prepared = prepare_model(dw_hardswish_block(64), 13)
     assert latency_kinds(prepared.model, ["expand", "dw", "project"], prepared.shapes) == {DEPTHWISE_LARGE: ["dw"]}
 
 
 @pytest.mark.parametrize("channels", [24, 64])
 def test_measure_times_the_model_here_and_reports_each_decision(channels: int) -> None:
-    model, x = block(channels), inputs()
+    model, x = dw_hardswish_block(channels), feature_maps()
     state, algorithm = quantize(model, x, latency_aware="measure", latency_budget=2.0)
     record = algorithm.summary["latency_aware"]
     (decision,) = record["decisions"]
@@ -106,7 +106,7 @@ def test_measure_times_the_model_here_and_reports_each_decision(channels: int) -
 
 
 def test_off_quantizes_every_layer_and_rules_follow_the_fixed_rules() -> None:
-    model, x = block(24), inputs()
+    model, x = dw_hardswish_block(24), feature_maps()
     state, algorithm = quantize(model, x, latency_aware="off")
     assert [layer.name for layer in state.plan.layers] == ["expand", "dw", "project"]
     assert algorithm.summary["latency_aware"] == {"mode": "off", "float_layers": {}}
@@ -119,7 +119,7 @@ def test_the_measurement_is_made_once_per_model(monkeypatch) -> None:
     real = layer_timing.measure_float_kinds
     monkeypatch.setattr("aaq.algorithms.default.measure_float_kinds",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    model, x = block(24), inputs()
+    model, x = dw_hardswish_block(24), feature_maps()
     state, algorithm = quantize(model, x, latency_aware="measure", latency_budget=0.5)
     again = algorithm.run(state, FakeEngine(x))
     assert len(calls) == 1 and isinstance(again.model, onnx.ModelProto)

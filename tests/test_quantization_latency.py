@@ -18,7 +18,7 @@ from onnx import helper
 from aaq.quantization.graph import GraphIndex
 from aaq.quantization.layers import find_layout
 from aaq.quantization.prepare import prepare_model
-from models import ModelBuilder, conv_hardswish_conv, add_hardswish
+from models import ModelBuilder, conv_hardswish_conv, dw_hardswish_block, feature_maps
 from helpers import MINMAX, quantize, run
 
 
@@ -47,13 +47,9 @@ def qdq_pairs(graph: onnx.GraphProto) -> list[str]:
             and any(r.op_type == "DequantizeLinear" for r in readers(graph, q.output[0]))]
 
 
-def inputs(n: int = 64, channels: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, channels, 8, 8)).astype(np.float32)
-
-
 def test_conv_hardswish_conv_runs_as_two_integer_convs_with_one_dequantization_between() -> None:
     """The decomposed hard-swish left 4 float ops and 2 DequantizeLinear (one per reader of x) between the convs."""
-    model, x = conv_hardswish_conv(), inputs()
+    model, x = conv_hardswish_conv(), feature_maps()
     state, algorithm = quantize(model, x)
     assert algorithm.summary["preparation"]["opset"] == 14
     assert "HardSwish" in ops(state.model.graph)
@@ -69,7 +65,7 @@ def test_conv_hardswish_conv_runs_as_two_integer_convs_with_one_dequantization_b
 
 
 def test_below_opset_14_the_hardswish_is_x_times_hardsigmoid() -> None:
-    model, x = conv_hardswish_conv(form="sixth"), inputs(8)
+    model, x = conv_hardswish_conv(form="sixth"), feature_maps(8)
     prepared = prepare_model(model, min_opset=10)
     kinds = ops(prepared.model.graph)
     assert "HardSwish" not in kinds and kinds.count("HardSigmoid") == 1 and kinds.count("Mul") == 1
@@ -78,7 +74,7 @@ def test_below_opset_14_the_hardswish_is_x_times_hardsigmoid() -> None:
 
 def test_the_output_quantizer_before_a_hardswish_spends_no_levels_below_minus_3() -> None:
     """hard-swish is 0 below -3: the grid covers [-3, max], not the symmetric [-M, M] of the raw conv output."""
-    model, x = conv_hardswish_conv(bias=-6.0), inputs()
+    model, x = conv_hardswish_conv(bias=-6.0), feature_maps()
     state, _ = quantize(model, x, activations=MINMAX)  # the max error bound below assumes nothing clipped
     site = next(q for q in state.plan.quantizers.values() if q.site.output and q.site.clamp is not None)
     assert site.site.clamp == (-3.0, float("inf"))
@@ -87,21 +83,9 @@ def test_the_output_quantizer_before_a_hardswish_spends_no_levels_below_minus_3(
     assert np.abs(f - run(state.model, x)).max() < 0.05 * np.abs(f).max()
 
 
-def block(channels: int, dw_relu: bool = False) -> onnx.ModelProto:
-    """x[N,16,8,8] -> Conv 1x1 (16->C) -> Relu -> depthwise 3x3 (C) -> [Relu | hard-swish] -> Conv 1x1 (C->16) -> y"""
-    mb = ModelBuilder(3)
-    x = mb.add_input("x", ["N", 16, 8, 8])
-    h = mb.add_relu(mb.add_conv(x, 16, channels, kernel=1, name="expand"))
-    h = mb.add_conv(h, channels, channels, kernel=3, name="dw", group=channels)
-    h = mb.add_relu(h) if dw_relu else add_hardswish(mb, h)
-    y = mb.add_conv(h, channels, 16, kernel=1, name="project")
-    mb.add_output(y, ["N", 16, 8, 8])
-    return mb.build()
-
-
 def test_a_small_depthwise_conv_stays_float_between_integer_convs() -> None:
     """ORT's int8 depthwise kernel is 2-9x slower than float below 64 channels or off multiples of 16."""
-    model, x = block(24), inputs()
+    model, x = dw_hardswish_block(24), feature_maps()
     state, algorithm = quantize(model, x)
     assert [layer.name for layer in state.plan.layers] == ["expand", "project"]
     assert "depthwise conv with 24 channels" in algorithm.summary["not_quantized"]["dw"]
@@ -112,14 +96,14 @@ def test_a_small_depthwise_conv_stays_float_between_integer_convs() -> None:
 
 
 def test_a_large_depthwise_conv_is_quantized() -> None:
-    state, _ = quantize(block(64), inputs())
+    state, _ = quantize(dw_hardswish_block(64), feature_maps())
     assert [layer.name for layer in state.plan.layers] == ["expand", "dw", "project"]
     assert ops(optimized(state.model)).count("QLinearConv") == 3
 
 
 def test_a_float_layer_between_a_dequantize_and_a_quantize_is_quantized_per_channel() -> None:
     """ORT would quantize its float weights itself (per tensor) and run it in int8: aaq does it, per channel."""
-    state, _ = quantize(block(24, dw_relu=True), inputs())
+    state, _ = quantize(dw_hardswish_block(24, dw_relu=True), feature_maps())
     assert [layer.name for layer in state.plan.layers] == ["expand", "dw", "project"]
     assert state.plan.layer("dw").weight.scale.shape == (24,)
     kinds = ops(optimized(state.model))
@@ -141,7 +125,7 @@ def squeeze_excitation() -> onnx.ModelProto:
 
 def test_the_convs_of_a_squeeze_excitation_block_stay_float() -> None:
     """On a 1x1 image int8 saves nothing and brings a Q, a DQ and two NHWC transposes per block."""
-    model, x = squeeze_excitation(), inputs()
+    model, x = squeeze_excitation(), feature_maps()
     state, algorithm = quantize(model, x, activations=MINMAX)  # the max error bound below assumes nothing clipped
     assert [layer.name for layer in state.plan.layers] == ["expand", "project"]
     assert all("1x1 image" in algorithm.summary["not_quantized"][name] for name in ("se1", "se2"))
@@ -161,7 +145,7 @@ def test_without_latency_awareness_every_conv_is_a_layer() -> None:
 
 def test_a_float_bias_fuses_like_an_int32_bias_behind_a_dequantize() -> None:
     """ORT 1.32 quantizes a float bias itself (WeightBiasQuantization): same QLinearConv, same speed (measured)."""
-    model, x = block(64), inputs()
+    model, x = dw_hardswish_block(64), feature_maps()
     state, _ = quantize(model, x)
     index = GraphIndex(state.model.graph)
     convs = [n for n in state.model.graph.node if n.op_type == "Conv"]

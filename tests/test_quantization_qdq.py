@@ -1,12 +1,9 @@
 """apply_plan's QDQ models, checked by numbers: tolerances from scales, scales, zero points, fusion."""
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 

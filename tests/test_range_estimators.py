@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
@@ -221,7 +222,7 @@ def test_percentile_drops_a_rare_outlier_and_keeps_every_ordinary_value() -> Non
     assert errors["percentile"] < 0.5 * errors["minmax"], errors
 
 
-def _gemm_1024() -> "onnx.ModelProto":
+def _gemm_1024() -> onnx.ModelProto:
     mb = ModelBuilder(0)
     x = mb.add_input("x", ["N", 1024])
     mb.add_output(mb.add_gemm(x, 1024, 8, name="fc"), ["N", 8])

@@ -22,9 +22,7 @@ from aaq.engine.metrics import Accuracy, metrics, register_metric
 from aaq.tuning.monitor import MAX_TRIALS, TIMEOUT
 from aaq.tuning.objectives import Footprint, MeasureContext
 from helpers import TINY
-from models import ModelBuilder, add_hardswish, write_case
-from test_accuracy_aware import sensitive_mlp
-from test_validation_path import session_runs  # noqa: F401  (fixture)
+from models import ModelBuilder, add_hardswish, sensitive_mlp, write_case
 
 SLOW_BATCH_SECONDS = 0.1
 

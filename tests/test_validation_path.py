@@ -5,7 +5,6 @@ import copy
 import json
 from pathlib import Path
 
-import onnxruntime as ort
 import pytest
 
 import plugins  # noqa: F401  (registers TagModel)
@@ -55,20 +54,6 @@ SEMANTIC_FAULTS = {
                                    "dataset": {"type": "npz", "path": "nowhere.npz", "inputs": {"x": "x"}}}},
         "engine.dataset.path", "file not found"),
 }
-
-
-@pytest.fixture
-def session_runs(monkeypatch) -> list:
-    """Every ``InferenceSession.run`` call in the test."""
-    calls: list = []
-    real = ort.InferenceSession.run
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", counting)
-    return calls
 
 
 @pytest.mark.parametrize("name", sorted(SEMANTIC_FAULTS))
