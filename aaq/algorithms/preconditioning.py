@@ -31,9 +31,12 @@ from aaq.statistics.requests import StatisticsNeeds
 logger = logging.getLogger(__name__)
 
 
-def equalized(prepared: PreparedModel) -> tuple[PreparedModel, dict[str, Any]]:
-    """The prepared model with cross-layer equalization applied, and the record (a note when nothing changed)."""
-    result = equalize(prepared.model)
+def equalized(prepared: PreparedModel, absorb_high_bias: bool = True) -> tuple[PreparedModel, dict[str, Any]]:
+    """The prepared model with cross-layer equalization applied, and the record (a note when nothing changed).
+
+    High-bias absorption reads the moments of the BatchNormalizations preparation folded.
+    """
+    result = equalize(prepared.model, prepared.bn_moments, absorb_high_bias)
     record = result.summary()
     if record["note"]:
         logger.info("cross_layer_equalization: %s", record["note"])
