@@ -79,7 +79,7 @@ class DefaultQuantizationParams:
     high_bias_absorption: bool = True
     smooth_quant: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "alpha": 0.5})
     weight_range_search: dict[str, Any] = field(default_factory=lambda: {
-        "enabled": False, "num_samples": 32, "time_budget": 60.0})
+        "enabled": False, "num_samples": 32, "time_budget": 60.0, "margin": 0.1})
 
 
 @dataclass
