@@ -21,6 +21,7 @@ import onnx
 
 from aaq.engine.protocol import EngineLike
 from aaq.quantization.equalize import equalize
+from aaq.quantization.graph import prefix_model
 from aaq.quantization.plan import Plan
 from aaq.quantization.prepare import PreparedModel
 from aaq.quantization.qdq import apply_plan
@@ -81,7 +82,8 @@ def searched_weights(plan: Plan, state: PipelineState, engine: EngineLike,
             continue
         quantized: onnx.ModelProto = apply_plan(plan.model, plan)
         requests = {n: r for n, r in gram_requests(plan, quantized).items() if n in wave}
-        needs = StatisticsNeeds(quantized, model_digest(quantized), tuple(dict.fromkeys(requests.values())), samples)
+        prefix = prefix_model(quantized, [r.tensor for r in requests.values()])  # the rest need not run
+        needs = StatisticsNeeds(prefix, model_digest(prefix), tuple(dict.fromkeys(requests.values())), samples)
         fill_statistics(state.statistics, engine, [needs], progress=False, why="weight-range search")
         plan, layers = search_weights(plan, state.statistics.values(needs), requests, margin=margin)
         record["layers"].update(layers)
