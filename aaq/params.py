@@ -63,3 +63,11 @@ def _field_default(field: dataclasses.Field) -> Any:
     if field.default_factory is not _MISSING:  # type: ignore[misc]
         return field.default_factory()  # type: ignore[misc]
     return _MISSING
+
+
+def merge_params(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, nested objects merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge_params(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out

@@ -121,7 +121,8 @@ def peer(mode: str, case: bds.Case, work: Path) -> tuple[Path, dict]:
     tool = mode.split("_")[0]
     python = ensure_venv(tool)
     out_model, out_json = work / f"{case.name}.{mode}.onnx", work / f"{case.name}.{mode}.json"
-    cmd = [str(python), str(HERE / "peers_side.py"), mode, "--model", str(case.model), "--calib",
+    # Quark refuses per-channel QDQ below opset 13 (ppocr_cls is opset 11): the converted copy, as for NNCF
+    cmd = [str(python), str(HERE / "peers_side.py"), mode, "--model", str(bds._opset13(case, work)), "--calib",
            str(case.calib_npz(work)), "--eval", str(_eval_npz(case, work)), "--input", case.input_name,
            "--out-model", str(out_model), "--out-json", str(out_json), "--max-drop", str(MAX_DROP)]
     started = time.perf_counter()

@@ -111,3 +111,37 @@ def test_alternatives_find_a_whole_model_fix_before_reverting_any_group(gain_cas
     assert reverted(tuned) == 0, tuned.get("headline")
     kept = tuned["alternatives"]["tune_hyperparams"]["kept"]
     assert kept, tuned["alternatives"]
+
+
+def _basic(root: Path, alternatives: bool, tmp_path: Path):
+    spec = {"model": {"name": "m", "path": str(root / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(root / "data.npz"), "inputs": {"x": "x"}, "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}], "batch_size": 64},
+            "compression": {"algorithms": [
+                {"name": "Tuning", "params": {"accuracy_criterion": {"absolute": 0.01},
+                                              "strategy": {"name": "basic", "alternatives": alternatives},
+                                              "base_params": {"latency_aware": "off"}}}]}}
+    result = Pipeline(spec, progress=False).run(output_dir=tmp_path)
+    return result.algorithms[-1].summary
+
+
+def test_basic_tries_the_whole_model_alternatives_before_any_op_falls_back(gain_case: Path, tmp_path: Path) -> None:
+    plain = _basic(gain_case, False, tmp_path / "plain")
+    tuned = _basic(gain_case, True, tmp_path / "tuned")
+    assert plain["target_met"] and plain["best"]["config"]["fallback"], plain["headline"]
+    assert not any(t["phase"] == "alternatives" for t in plain["trials"])
+    assert tuned["target_met"] and tuned["best"]["config"]["fallback"] == [], tuned["headline"]
+    phases = [t["phase"] for t in tuned["trials"]]
+    assert "alternatives" in phases and "fallback" not in phases
+    assert phases.index("alternatives") == sum(p == "model_wise" for p in phases)  # right after the model-wise
+    assert tuned["best"]["config"]["alternative"], tuned["best"]
+
+
+def test_basic_alternatives_option_must_be_a_boolean() -> None:
+    spec = base_spec()
+    spec["compression"]["algorithms"] = [{"name": "Tuning", "params": {"strategy": {"name": "basic",
+                                                                                    "alternatives": "yes"}}}]
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert any(p == "compression.algorithms[0].params.strategy.alternatives" for p, _ in info.value.problems), \
+        info.value.problems

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from aaq.quantization.equalize import equalize
+from aaq.quantization.prepare import prepare_model
 from helpers import images, quantize, run
 from models import ModelBuilder
 
@@ -80,3 +82,63 @@ def test_no_equalizable_pair_is_a_note_not_an_error() -> None:
     _, algo = quantize(mb.build(), images(16), cross_layer_equalization=True)
     record = algo.summary["cross_layer_equalization"]
     assert record["pairs"] == [] and "changed nothing" in record["note"]
+
+
+def _bn_chain(kernel2: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """conv -> BatchNorm (channels 0-3 with a high beta over a small gamma) -> Relu -> conv (1x1: no padding)."""
+    mb = ModelBuilder(seed)
+    x = mb.add_input("x", ["N", 3, 8, 8])
+    x = mb.add_conv(x, 3, 8, name="c1")
+    beta = np.array([4.0, 3.0, 5.0, 2.5, 0.0, 0.1, -1.0, 0.2], np.float32)
+    gamma = np.array([0.5, 0.4, 0.8, 0.3, 1.0, 1.0, 0.5, 1.0], np.float32)
+    x = mb.add_node("BatchNormalization", [x, mb.add_initializer(gamma, "gamma"), mb.add_initializer(beta, "beta"),
+                                           mb.add_initializer(np.zeros(8, np.float32), "mean"),
+                                           mb.add_initializer(np.ones(8, np.float32), "var")], "bn")
+    x = mb.add_relu(x)
+    y = mb.add_conv(x, 8, 4, kernel=kernel2, name="c2")
+    mb.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    mb.add_output("y", ["N", 4, 8, 8])
+    return mb.build()
+
+
+def _outputs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _with_output(model: onnx.ModelProto, op: str, which: str = "output") -> onnx.ModelProto:
+    """The model with the first ``op`` node's input or output as one more graph output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    node = next(n for n in out.graph.node if n.op_type == op)
+    name = node.output[0] if which == "output" else node.input[0]
+    out.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return out
+
+
+def test_high_bias_is_absorbed_into_the_next_conv_and_the_outputs_stay_the_same() -> None:
+    model = _bn_chain()
+    prepared = prepare_model(model)
+    assert set(prepared.bn_moments) == {"c1"}
+    x = (0.1 * images(16)).astype(np.float32)  # small inputs: the pre-activation stays near beta
+    pre = _outputs(_with_output(model, "Relu", "input"), x)[1]
+    c = np.maximum(0.0, prepared.bn_moments["c1"][0] - 3 * prepared.bn_moments["c1"][1])
+    assert (pre >= c.reshape(1, -1, 1, 1)).all(axis=(0, 2, 3))[c > 0].all()  # the ReLU is not crossed
+    plain = equalize(prepared.model, prepared.bn_moments, absorb_high_bias=False)
+    absorbed = equalize(prepared.model, prepared.bn_moments)
+    assert plain.absorbed == {} and absorbed.absorbed == {"c1": 4}
+    before = run(model, x)
+    for result in (plain, absorbed):
+        after = _outputs(result.model, x)[0]
+        assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+    # what it buys: the high channels' range between the convs shrinks by c (in equalized units)
+    wide, narrow = (_outputs(_with_output(r.model, "Relu"), x)[-1] for r in (plain, absorbed))
+    assert (narrow[:, :4].max(axis=(0, 2, 3)) < 0.6 * wide[:, :4].max(axis=(0, 2, 3))).all()
+    np.testing.assert_allclose(narrow[:, 4:], wide[:, 4:], rtol=1e-5, atol=1e-6)
+
+
+def test_no_absorption_into_a_padded_conv_or_without_a_folded_batchnorm() -> None:
+    padded = prepare_model(_bn_chain(kernel2=3))
+    assert equalize(padded.model, padded.bn_moments).absorbed == {}
+    unfolded = prepare_model(_bn_chain())
+    assert equalize(unfolded.model, {}).absorbed == {}

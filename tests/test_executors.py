@@ -289,7 +289,8 @@ def test_tuning_ranks_its_fallback_units_on_the_executor(files: Path, client) ->
     space = {"model_wise": {"weight": {"granularity": ["per_channel"]}, "activation": {"scheme": ["sym"]}}}
     spec = spec_for(files)
     spec["compression"]["algorithms"] = [{"name": "Tuning", "params": {
-        "strategy": {"name": "basic"}, "accuracy_criterion": {"absolute": 0.05}, "ranking_subset_size": 32,
+        "strategy": {"name": "basic", "alternatives": False},  # straight to the ranked fallback
+        "accuracy_criterion": {"absolute": 0.05}, "ranking_subset_size": 32,
         "exit_policy": {"timeout": 0, "max_trials": 6}, "tuning_space": space}}]
     local = Pipeline(spec, progress=False).run()
     dask = Pipeline(spec, progress=False).run(executor=client)

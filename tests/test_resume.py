@@ -266,7 +266,8 @@ def test_the_cli_keeps_what_resume_reads() -> None:
 def test_a_resumed_basic_tuning_takes_its_fallback_ranking_from_the_history(case: Path, tmp_path: Path) -> None:
     spec = json.loads((case / "spec.json").read_text())
     params = spec["compression"]["algorithms"][0]["params"]
-    params.update(strategy={"name": "basic"}, accuracy_criterion={"absolute": 0.0},
+    params.update(strategy={"name": "basic", "alternatives": False},  # straight to the ranked fallback
+                  accuracy_criterion={"absolute": 0.0},
                   exit_policy={"timeout": 0, "max_trials": 6}, calibration={"sampling_size": [16]},
                   tuning_space={"model_wise": {"activation": {"scheme": ["sym"], "algorithm": ["minmax"]}}})
     path = case / "basic.json"

@@ -61,7 +61,9 @@ def run(root: Path, params: dict, tmp_path: Path | None = None, **kwargs):
 
 
 def test_basic_falls_back_only_the_layer_that_matters_and_stops_at_the_criterion(sensitive, tmp_path) -> None:
-    result, summary = run(sensitive, {"accuracy_criterion": {"absolute": 0.05}}, tmp_path)
+    # The fallback phase alone (the whole-model alternatives before it are tested in test_algorithm_recipes).
+    result, summary = run(sensitive, {"accuracy_criterion": {"absolute": 0.05},
+                                      "strategy": {"name": "basic", "alternatives": False}}, tmp_path)
     assert summary["exit"] == "criterion met" and result.target_met
     assert summary["best"]["config"]["fallback"] == ["g2"]
     fallback = [t for t in summary["trials"] if t["phase"] == "fallback"]

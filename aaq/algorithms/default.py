@@ -79,9 +79,10 @@ class DefaultQuantizationParams:
     latency_aware: str = "measure"
     latency_budget: float = 5.0
     cross_layer_equalization: bool = False
+    high_bias_absorption: bool = True
     smooth_quant: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "alpha": 0.5})
     weight_range_search: dict[str, Any] = field(default_factory=lambda: {
-        "enabled": False, "num_samples": 32, "time_budget": 60.0})
+        "enabled": False, "num_samples": 32, "time_budget": 60.0, "margin": 0.1})
 
 
 @dataclass
@@ -216,7 +217,7 @@ class DefaultQuantization(Algorithm):
         prepared = prepare_model(float_model, self._min_opset(p.weights))
         rewrites: dict[str, Any] = {}
         if p.cross_layer_equalization:
-            prepared, rewrites["cross_layer_equalization"] = equalized(prepared)
+            prepared, rewrites["cross_layer_equalization"] = equalized(prepared, p.high_bias_absorption)
         setup = self._setup_for(prepared, rewrites)
         self._setup_cache = (digest, setup)
         return setup

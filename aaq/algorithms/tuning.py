@@ -30,7 +30,7 @@ from typing import Any
 import onnx
 from tqdm import tqdm
 
-from aaq.accuracy.alternatives import merge_params
+from aaq.accuracy.alternatives import merge_params, tuning_stages
 from aaq.accuracy.drops import MetricTarget, Targets, allowed_drop, score_bounds
 from aaq.accuracy.weighted import WeightedTargets
 from aaq.algorithms.base import Algorithm, algorithms, register_algorithm
@@ -45,7 +45,7 @@ from aaq.tuning.history import HISTORY_FILE, History  # noqa: F401  (HISTORY_FIL
 from aaq.tuning.loader import expand_config_set
 from aaq.tuning.monitor import SPACE_DONE, TIMEOUT, ExitPolicy, Monitor, Trial
 from aaq.tuning.objectives import ObjectiveSet, objective_problems
-from aaq.tuning.space import TrialConfig, TuningSpace, space_problems
+from aaq.tuning.space import TrialConfig, TuningSpace, dq_overrides, space_problems
 from aaq.tuning import sigopt
 from aaq.tuning.strategies import StrategyContext, strategies
 
@@ -198,8 +198,8 @@ class Tuning(Algorithm):
         strategy_cls = strategies.get(p.strategy["name"], "strategy.name")
         options = {k: v for k, v in p.strategy.items() if k != "name"}
         history = History(state.output_dir, state.resume_from)
-        strategy = strategy_cls(StrategyContext(space, p.random_seed, runner.units, _ranker(runner, history)),
-                                **options)
+        strategy = strategy_cls(StrategyContext(space, p.random_seed, runner.units, _ranker(runner, history),
+                                                _alternatives(runner)), **options)
         policy = ExitPolicy(float(p.exit_policy.get("timeout", 0)), int(p.exit_policy.get("max_trials", 100)))
         monitor = Monitor(policy, objective_set)
         try:
@@ -347,6 +347,21 @@ def _final_state(state: PipelineState, runner: TrialRunner, best: Trial, targets
     state.metrics["float"] = dict(float_values)
     state.metrics[NAME] = final
     return state
+
+
+def _alternatives(runner: TrialRunner):
+    """The strategies' ``alternatives``: AccuracyAwareQuantization's ``tune_hyperparams`` stages (one list, in
+    ``accuracy.alternatives``; bias correction left out) laid over a config, each stage's statistics in one pass."""
+
+    def stage(config: TrialConfig, k: int) -> list[TrialConfig] | None:
+        stages = tuning_stages(merge_params(runner.base_params, dq_overrides(config)), bias=False)
+        if k >= len(stages):
+            return None
+        configs = [config.with_alternative(overrides) for overrides in stages[k]]
+        runner.prepare(configs)
+        return configs
+
+    return stage
 
 
 def _ranker(runner: TrialRunner, history: History):

@@ -204,6 +204,35 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
         graph.initializer.extend(kept)
 
 
+def prefix_model(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` cut to the nodes ``tensors`` (float) depend on, with them as its outputs.
+
+    What a statistics pass on a few tensors needs to run (the weight-range search's
+    early waves): the rest of the graph is never executed. A model with subgraphs, or
+    a tensor that is no node's output, is returned whole (copied).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    producer = {name: node for node in graph.node for name in node.output if name}
+    if names_used_in_subgraphs(graph) or any(t not in producer for t in tensors):
+        return out
+    keep, stack = set(), [producer[t] for t in tensors]
+    while stack:
+        node = stack.pop()
+        if id(node) in keep:
+            continue
+        keep.add(id(node))
+        stack.extend(producer[i] for i in node.input if i in producer)
+    kept = [n for n in graph.node if id(n) in keep]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in dict.fromkeys(tensors))
+    drop_unused_initializers(graph)
+    return out  # every graph input stays: the engine feeds them all
+
+
 def group_neighbours(model: onnx.ModelProto, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """For each group, the groups (or ``FLOAT`` for a float op, graph input or output) it borders.
 

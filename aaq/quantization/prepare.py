@@ -79,6 +79,9 @@ class PreparedModel:
     elem_types: dict[str, int] = field(default_factory=dict)
     simplified: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple] = field(default_factory=dict)
+    bn_moments: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Conv name -> (beta, |gamma|) of the BatchNormalization folded into it: the mean and standard deviation
+    of the conv's output per channel as training saw it (what high-bias absorption reads)."""
 
     @property
     def removed_nodes(self) -> dict[str, str]:
@@ -118,14 +121,15 @@ def prepare_model(model: onnx.ModelProto, min_opset: int = PER_CHANNEL_OPSET) ->
     _constants_to_initializers(prepared.graph)
     _bypass_initializer_identities(prepared.graph)
     _name_nodes(prepared.graph)
-    folded = fold_batchnorms(prepared.graph)
+    moments: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    folded = fold_batchnorms(prepared.graph, moments)
     simplified = simplify(prepared.graph, _opset(prepared))
     elem_types, shapes, inferred = _infer_types(prepared)
     if folded:
         logger.info("folded %d BatchNormalization node(s) into the convolutions before them", len(folded))
     if simplified:
         logger.info("simplified the graph: %d node(s) folded or fused away", len(simplified))
-    return PreparedModel(prepared, digest, opset_from, folded, inferred, elem_types, simplified, shapes)
+    return PreparedModel(prepared, digest, opset_from, folded, inferred, elem_types, simplified, shapes, moments)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -205,10 +209,12 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
             seen.add(node.name)
 
 
-def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
+def fold_batchnorms(graph: onnx.GraphProto,
+                    moments: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[str]:
     """Fold every inference-mode ``BatchNormalization`` fed only by a ``Conv`` into it, in place.
 
-    Returns the names of the folded BatchNormalization nodes. New weight and bias
+    Returns the names of the folded BatchNormalization nodes; ``moments`` (when given)
+    gets each folded conv's (beta, |gamma|). New weight and bias
     initializers are added (shared initializers are never rewritten); the conv takes
     over the BatchNormalization's output name.
     """
@@ -240,6 +246,8 @@ def fold_batchnorms(graph: onnx.GraphProto) -> list[str]:
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
         conv.output[0] = bn.output[0]
+        if moments is not None:
+            moments[conv.name] = (beta, np.abs(scale))
         folded.append(bn.name)  # node names are unique here (_name_nodes ran first)
     if folded:
         gone = set(folded)

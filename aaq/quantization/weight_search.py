@@ -9,17 +9,19 @@ vectors (``statistics.gram``), so every candidate of every channel is scored fro
 ``G`` without running the layer again (the idea of AIMET's SeqMSE, which runs the
 layer per candidate instead).
 
-``G`` is read on the model of the plan being searched (every layer quantized with
-min/max weights): each layer's input comes from the quantized prefix. It is one
-statistics pass over ``num_samples`` calibration samples; the prefix is not
-re-quantized with the searched ranges before the next layer (one pass, not one per
-layer). Layers are searched in graph (topological) order until ``time_budget``
-seconds are spent; the rest keep min/max ranges and the record says which.
+Sequential, as the issue asks (and as SeqMSE is): layers are searched in
+topological order in *waves* of layers none of which feeds another, and each wave's
+``G`` is read on the plan's QDQ model with every earlier wave's searched ranges in
+(the inputs come from the already-quantized prefix). That is one statistics pass
+over ``num_samples`` calibration samples per wave (for a plain chain, per layer).
+A layer keeps its min/max ranges unless the searched ones lower its output error by
+more than ``margin`` (relative): a clipping that helps one layer's MSE a little
+need not help the model. After ``time_budget`` seconds (passes included) the layers
+not reached keep min/max ranges and the record says which.
 """
 from __future__ import annotations
 
 import logging
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,6 +36,8 @@ from aaq.statistics.requests import StatisticRequest
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+DEFAULT_MARGIN = 0.1
+"""Relative output-error reduction a layer's searched ranges must beat to replace its min/max ranges."""
 
 
 def gram_requests(plan: Plan, quantized: onnx.ModelProto) -> dict[str, StatisticRequest]:
@@ -72,32 +76,65 @@ def _conv_patch(node: onnx.NodeProto, weight_shape: Sequence[int]) -> tuple[int,
     return (kh, kw, strides[0], strides[1], pads[0], pads[1], pads[2], pads[3], dilations[0], dilations[1], group)
 
 
-def search_weights(plan: Plan, grams: Mapping[str, np.ndarray], requests: Mapping[str, StatisticRequest],
-                   ratios: Sequence[float] = DEFAULT_RATIOS, time_budget: float = 60.0) -> tuple[Plan, dict]:
-    """The plan with each searched layer's per-channel weight scales chosen by output error; and a record."""
-    started = time.perf_counter()
+def waves(plan: Plan, names: Sequence[str]) -> list[list[str]]:
+    """``names`` (layers) in topological order, cut into runs where no layer is upstream of another in its run."""
     index = GraphIndex(plan.model.graph)
-    order = sorted(plan.layers, key=lambda l: index.order.get(l.name, 0))
-    edited, record = [], {"layers": {}, "not_searched": [], "ratios": list(ratios)}
-    for layer in order:
-        if layer.name not in requests:
-            continue
-        if time.perf_counter() - started > time_budget:
-            record["not_searched"].append(layer.name)
-            continue
-        gram = np.asarray(grams[requests[layer.name]], dtype=np.float64).reshape(-1, *np.shape(grams[requests[layer.name]])[-2:])
+    layer_nodes = set(names)
+    memo: dict[str, frozenset[str]] = {}
+
+    def upstream(node: onnx.NodeProto) -> frozenset[str]:
+        """The layers ``node`` reads from, directly or not (iterative: deep graphs)."""
+        stack = [node]
+        while stack:
+            top = stack[-1]
+            parents = [index.producer[t] for t in top.input if t in index.producer]
+            missing = [p for p in parents if p.name not in memo]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            found: set[str] = set()
+            for p in parents:
+                found |= memo[p.name]
+                if p.name in layer_nodes:
+                    found.add(p.name)
+            memo[top.name] = frozenset(found)
+        return memo[node.name]
+
+    out: list[list[str]] = []
+    current: set[str] = set()
+    for name in sorted(names, key=lambda n: index.order.get(n, 0)):
+        if current and upstream(index.nodes[name]) & current:
+            out.append(sorted(current, key=lambda n: index.order.get(n, 0)))
+            current = set()
+        current.add(name)
+    if current:
+        out.append(sorted(current, key=lambda n: index.order.get(n, 0)))
+    return out
+
+
+def search_weights(plan: Plan, grams: Mapping[str, np.ndarray], requests: Mapping[str, StatisticRequest],
+                   ratios: Sequence[float] = DEFAULT_RATIOS, margin: float = DEFAULT_MARGIN) -> tuple[Plan, dict]:
+    """The plan with each layer of ``requests`` given the per-channel weight scales of least output error
+    (when they beat min/max by ``margin``); and a record per layer."""
+    index = GraphIndex(plan.model.graph)
+    layers = {layer.name: layer for layer in plan.layers}
+    edited, record = [], {}
+    for name in sorted(requests, key=lambda n: index.order.get(n, 0)):
+        layer = layers[name]
+        gram = np.asarray(grams[requests[name]], dtype=np.float64)
+        gram = gram.reshape(-1, *gram.shape[-2:])
         weight = index.initializer_array(layer.layer.weight).astype(np.float32)
         searched = _search_layer(layer, weight, gram, ratios)
         if searched is None:
             continue
         new_weight, chosen, gain = searched
-        edited.append(LayerPlan(layer.layer, new_weight, layer.quantizers, layer.bias))
-        record["layers"][layer.name] = {"mean_ratio": round(float(np.mean(chosen)), 4),
-                                        "clipped_channels": int(np.sum(chosen < 1.0)),
-                                        "error_reduction": round(gain, 4)}
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    logger.info("weight-range search: %d layer(s) searched in %.2f s%s", len(edited), record["seconds"],
-                f", {len(record['not_searched'])} left at min/max (time budget)" if record["not_searched"] else "")
+        kept = gain <= margin
+        if not kept:
+            edited.append(LayerPlan(layer.layer, new_weight, layer.quantizers, layer.bias))
+        record[name] = {"mean_ratio": 1.0 if kept else round(float(np.mean(chosen)), 4),
+                        "clipped_channels": 0 if kept else int(np.sum(chosen < 1.0)),
+                        "error_reduction": round(gain, 4), "kept_min_max": kept}
     return plan.with_layers(edited), record
 
 

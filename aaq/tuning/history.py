@@ -33,8 +33,13 @@ RANKINGS_FILE = "tuning_rankings.jsonl"
 
 
 def config_key(config: TrialConfig) -> str:
-    """The digest of every field of a config (canonical JSON): the cache key of its trial and rankings."""
+    """The digest of every field of a config (canonical JSON): the cache key of its trial and rankings.
+
+    An empty ``alternative`` is left out, so histories written before that field existed still replay.
+    """
     fields = dataclasses.asdict(config)
+    if not fields.get("alternative"):
+        fields.pop("alternative", None)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 

@@ -33,9 +33,12 @@ size slowest.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
+
+from aaq.params import merge_params
 
 FLOAT = "fp32"
 
@@ -75,12 +78,20 @@ class TrialConfig:
     fallback: tuple[str, ...] = ()
     recipe: tuple[tuple[str, Any], ...] = ()
     """Algorithm recipes of this config, ``(name, value)`` sorted (``recipe_choices``)."""
+    alternative: str = ""
+    """DefaultQuantization overrides of a whole-model alternative (``accuracy.alternatives``; canonical JSON),
+    laid over the config's own params: what ``basic``'s alternatives phase tries."""
 
     @property
     def plan_key(self) -> tuple:
         """What the plan (and the statistics) depend on: everything but the fallback."""
         return (self.sampling_size, self.weight_granularity, self.activation_scheme, self.activation_algorithm,
-                self.weight_algorithm, self.recipe)
+                self.weight_algorithm, self.recipe, self.alternative)
+
+    def with_alternative(self, overrides: Mapping[str, Any]) -> "TrialConfig":
+        """This config with ``overrides`` laid over its alternative so far (nested objects merged)."""
+        merged = merge_params(json.loads(self.alternative) if self.alternative else {}, dict(overrides))
+        return replace(self, alternative=json.dumps(merged, sort_keys=True, separators=(",", ":")))
 
     def with_fallback(self, names: Iterable[str]) -> "TrialConfig":
         return replace(self, fallback=tuple(sorted(set(self.fallback) | set(names))))
@@ -92,17 +103,19 @@ class TrialConfig:
                            "algorithm": self.weight_algorithm},
                 "activation": {"granularity": "per_tensor", "scheme": self.activation_scheme, "dtype": "uint8",
                                "algorithm": self.activation_algorithm},
-                "fallback": list(self.fallback), **({"recipes": dict(self.recipe)} if self.recipe else {})}
+                "fallback": list(self.fallback), **({"recipes": dict(self.recipe)} if self.recipe else {}),
+                **({"alternative": json.loads(self.alternative)} if self.alternative else {})}
 
 
 def dq_overrides(config: TrialConfig) -> dict[str, Any]:
     """The DefaultQuantization params a config sets (laid over the base params; fallback is not a param)."""
-    return {"preset": SCHEMES[config.activation_scheme],
-            "stat_subset_size": int(config.sampling_size),
-            "weights": {"granularity": GRANULARITY[config.weight_granularity],
-                        "range_estimator": {"max": {"type": WEIGHT_ALGORITHMS[config.weight_algorithm]}}},
-            "activations": {"range_estimator": {"preset": RANGE_ALGORITHMS[config.activation_algorithm]}},
-            **recipe_overrides(dict(config.recipe))}
+    own = {"preset": SCHEMES[config.activation_scheme],
+           "stat_subset_size": int(config.sampling_size),
+           "weights": {"granularity": GRANULARITY[config.weight_granularity],
+                       "range_estimator": {"max": {"type": WEIGHT_ALGORITHMS[config.weight_algorithm]}}},
+           "activations": {"range_estimator": {"preset": RANGE_ALGORITHMS[config.activation_algorithm]}},
+           **recipe_overrides(dict(config.recipe))}
+    return merge_params(own, json.loads(config.alternative)) if config.alternative else own
 
 
 def recipe_overrides(recipe: Mapping[str, Any]) -> dict[str, Any]:
