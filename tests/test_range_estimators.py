@@ -163,17 +163,20 @@ def test_symmetric_ranges_use_256_levels_for_unsigned_and_128_for_signed_tensors
     assert config.activations.histogram_request("t", 0.0, 0.0) is None  # a constant tensor: nothing to clip
 
 
+def tiny_spec(range_estimator: dict) -> dict:
+    """The tiny sample quantized by DefaultQuantization with ``range_estimator``."""
+    return {"model": {"path": str(TINY / "model.onnx")},
+            "engine": {"dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"}, "labels": "y"},
+                       "metrics": [{"name": "top1", "type": "accuracy"}]},
+            "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {
+                "activations": {"range_estimator": range_estimator}}}]}}
+
+
 def test_a_histogram_estimator_refuses_min_max_statistics() -> None:
     with pytest.raises(ValueError, match="takes no max.type"):
         resolve_config("performance", {}, {"range_estimator": {"preset": "kl", "max": {"type": "abs_quantile"}}})
-    spec = {"model": {"path": str(TINY / "model.onnx")},
-            "engine": {"dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"},
-                                   "labels": "y"},
-                       "metrics": [{"name": "top1", "type": "accuracy"}]},
-            "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {
-                "activations": {"range_estimator": {"preset": "percentile", "min": {"aggregator": "mean"}}}}}]}}
     with pytest.raises(SpecError, match=r"range_estimator\.min\.aggregator: must be null with preset 'percentile'"):
-        Pipeline(spec)
+        Pipeline(tiny_spec({"preset": "percentile", "min": {"aggregator": "mean"}}))
 
 
 @pytest.mark.parametrize("activations", [{"range_estimator": {"preset": "kl"}},
@@ -261,14 +264,8 @@ def test_auto_keeps_the_candidate_whose_model_is_closer_to_float_and_builds_exac
 def test_auto_takes_no_min_max_statistics_and_compares_on_at_most_stat_subset_size_samples() -> None:
     with pytest.raises(ValueError, match="takes no max.aggregator"):
         resolve_config("performance", {}, {"range_estimator": {"preset": "auto", "max": {"aggregator": "mean"}}})
-    spec = {"model": {"path": str(TINY / "model.onnx")},
-            "engine": {"dataset": {"type": "npz", "path": str(TINY / "data.npz"), "inputs": {"x": "x"},
-                                   "labels": "y"},
-                       "metrics": [{"name": "top1", "type": "accuracy"}]},
-            "compression": {"algorithms": [{"name": "DefaultQuantization", "params": {
-                "activations": {"range_estimator": {"min": {"type": "quantile"}}}}}]}}
     with pytest.raises(SpecError, match=r"range_estimator\.min\.type: must be null with preset 'auto'"):
-        Pipeline(spec)
+        Pipeline(tiny_spec({"min": {"type": "quantile"}}))
     data = np.random.default_rng(5).normal(0, 1, (40, 1024)).astype(np.float32)
     _, algorithm = quantize(_gemm_1024(), data, stat_subset_size=24)
     assert algorithm.summary["range_choice"]["samples"] == 24
