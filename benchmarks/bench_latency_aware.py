@@ -16,12 +16,16 @@ For each real case (``ppocr_cls``, ``ppocr_rec``; ``realcases.py`` prepares them
   ratios against ORT (both models timed within the same round, so load on the
   machine weighs on both alike).
 
+* The case's own metric (``realcases_eval.evaluate_full``: cls top-1, rec character
+  accuracy) of every model on every evaluation sample (``--no-metrics`` skips it), so
+  that a faster model is not bought with accuracy unseen.
+
 Targets: measure <= 1.0x ORT's model, and measure <= off (the per-round ratio's
 median), on both cases. ``measure``'s own contest (each layout's ratio to all-int8
 on this machine, which it kept, the seconds it spent) is printed beside it, from the
 DefaultQuantization summary (report.json's ``latency_aware``).
 
-Usage:  python benchmarks/bench_latency_aware.py [--cases ppocr_cls ppocr_rec] [--rounds N]
+Usage:  python benchmarks/bench_latency_aware.py [--cases ppocr_cls ppocr_rec] [--rounds N] [--no-metrics]
 Writes benchmarks/out/bench_latency_aware.json and the models under benchmarks/out/bench_latency_aware/.
 """
 from __future__ import annotations
@@ -45,6 +49,7 @@ MODELS_OUT = OUT / "bench_latency_aware"
 BATCH = {"ppocr_cls": 16, "ppocr_rec": 8}
 ROUNDS = {"ppocr_cls": 40, "ppocr_rec": 15}
 MODES = ("off", "rules", "measure")
+SHARED = REPO.parent / "shared" / "realcases"
 
 
 def quantize_aaq(case: str, info: dict, calib: np.ndarray, mode: str) -> tuple[object, dict]:
@@ -107,16 +112,27 @@ def time_models(paths: dict[str, str], feed: dict, rounds: int) -> dict:
                                    for k, v in t.items()}}
 
 
+def evaluate(paths: dict[str, str], data_path: Path) -> dict[str, float]:
+    """Each model's metric on the whole evaluation set (realcases_eval's, the one every benchmark uses)."""
+    sys.path.insert(0, str(SHARED))
+    import realcases_eval
+
+    data = realcases_eval.load(str(data_path))
+    return {k: float(realcases_eval.evaluate_full(p, data)["metric"]) for k, p in paths.items()}
+
+
 def print_table(report: dict) -> None:
-    print("| case | batch | model | median ms | x float | x ORT (per-round median, quartiles) | x off |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | batch | model | median ms | x float | x ORT (per-round median, quartiles) | x off | metric |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case, r in report["cases"].items():
         lat = r["latency"]
         for k in ("float", "ort", "aaq_off", "aaq_rules", "aaq_measure"):
             q = lat["over_ort_quartiles"][k]
+            metric = r.get("metrics", {}).get(k)
             print(f"| {case} | {r['batch']} | {k} | {lat['median_ms'][k]:.1f} | "
                   f"{lat['median_ms'][k] / lat['median_ms']['float']:.2f} | {lat['over_ort'][k]:.3f} "
-                  f"({q[0]:.2f}-{q[1]:.2f}) | {lat['over_off'][k]:.3f} |")
+                  f"({q[0]:.2f}-{q[1]:.2f}) | {lat['over_off'][k]:.3f} | "
+                  f"{'-' if metric is None else f'{metric:.4f}'} |")
     print()
     print("| case | latency_aware | DQ seconds | measure's timing s | layers int8 | float for speed | "
           "measure's contest (x all-int8, kept) |")
@@ -141,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", default=["ppocr_cls", "ppocr_rec"], choices=["ppocr_cls", "ppocr_rec"])
     ap.add_argument("--rounds", type=int, default=None, help="latency rounds (default 40 cls / 15 rec)")
     ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--no-metrics", action="store_true", help="time only: no evaluation of the models")
     args = ap.parse_args(argv)
 
     import onnx
@@ -167,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             onnx.save(model, paths[f"aaq_{mode}"])
             print(f"  aaq {mode}: {r['aaq'][mode]['seconds']:.1f} s", flush=True)
         r["latency"] = time_models(paths, feed, args.rounds or ROUNDS[case])
+        if not args.no_metrics:
+            r["metrics"] = evaluate(paths, info["data"])
+            print(f"  metrics: {r['metrics']}", flush=True)
         r["targets"] = {"measure_le_ort": r["latency"]["over_ort"]["aaq_measure"] <= 1.0,
                         "measure_le_off": r["latency"]["over_off"]["aaq_measure"] <= 1.0}
         report["cases"][case] = r

@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from aaq.engine import layer_timing
-from aaq.quantization.latency_kinds import DEPTHWISE_LARGE, DEPTHWISE_SMALL, ONE_BY_ONE, RULES_FLOAT, latency_kinds
+from aaq.quantization.latency_kinds import (DEPTHWISE_LARGE, DEPTHWISE_SMALL, HARD_SWISH, ONE_BY_ONE, RULES_FLOAT,
+                                           latency_kinds)
 from aaq.quantization.prepare import prepare_model
 from helpers import FakeEngine, quantize
 from models import dw_hardswish_block, feature_maps
@@ -91,11 +92,18 @@ def test_measure_times_the_model_here_and_reports_each_decision(channels: int) -
     model, x = dw_hardswish_block(channels), feature_maps()
     state, algorithm = quantize(model, x, latency_aware="measure", latency_budget=2.0)
     record = algorithm.summary["latency_aware"]
-    (decision,) = record["decisions"]
+    decision, hardswish = record["decisions"]
     assert decision["layers"] == ["dw"] and decision["runs"] >= layer_timing.MIN_ROUNDS
     assert decision["int8_ms"] > 0 and decision["float_ms"] > 0 and record["seconds"] < 10
-    assert set(record["layouts"]) == {"off", "rules" if channels == 24 else f"float: {DEPTHWISE_LARGE}"}
-    assert record["kept"] == ("off" if not decision["kept_float"] else next(n for n in record["layouts"] if n != "off"))
+    assert hardswish["kind"] == HARD_SWISH and hardswish["layers"] == [u.name for u in state.plan.hardswish] != []
+    dw_kind = DEPTHWISE_SMALL if channels == 24 else DEPTHWISE_LARGE
+    assert set(record["layouts"]) == {"off", "rules" if channels == 24 else f"float: {dw_kind}",
+                                      f"float: {dw_kind} + {HARD_SWISH}"}
+    kept = {d["kind"] for d in record["decisions"] if d["kept_float"]}
+    assert set(record["layouts"][record["kept"]]["kinds"]) == kept
+    hardswish_int8 = HARD_SWISH not in kept and not decision["kept_float"]  # a float dw leaves it no quantizer
+    assert algorithm.summary["int8_hardswish"] == (hardswish["layers"] if hardswish_int8 else [])
+    assert ("HardSwish" in {n.op_type for n in state.model.graph.node}) == (not hardswish_int8)
     quantized = [layer.name for layer in state.plan.layers]
     assert ("dw" in quantized) == (not decision["kept_float"])
     assert ("dw" in record["float_layers"]) == decision["kept_float"]

@@ -9,7 +9,8 @@ biases (measured correction declares a second pass, on a twin of the plan, throu
 the same collector) and applies the plan. The histogram range estimators (``kl``,
 ``percentile``, and ``auto``, the default) declare the observed ranges and ask, in ``run``,
 for one more pass: a histogram of every quantizer's tensor over its range, all tensors at
-once; ``auto`` then keeps ``minmax`` or ``percentile`` by measuring both models' outputs.
+once; ``auto`` then keeps ``minmax`` or ``percentile`` by measuring both models' outputs
+(``auto_ranges``).
 
 Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
 times, on this machine, whole models side by side: all-int8, the rules' layout and the
@@ -28,10 +29,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx
 
-from aaq.accuracy.subsets import output_distance
+from aaq.algorithms.auto_ranges import output_errors
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.algorithms.preconditioning import equalized, searched_weights, smoothed
 from aaq.engine.kernels import u8s8_saturates
@@ -202,6 +202,8 @@ class DefaultQuantization(Algorithm):
                                     f"{self.summary['bias_corrections']} biases corrected; "
                                     f"{len(speed['float_layers'])} float for speed (latency_aware "
                                     f"{self.params.latency_aware})"
+                                    + (f"; {len(plan.int8_hardswish)} of {len(setup.layout.hardswish)} hard-swish "
+                                       f"in int8" if setup.layout.hardswish else "")
                                     + (f"; activation ranges {rewrites['range_choice']['chosen']} (auto)"
                                        if "range_choice" in rewrites else "")
                                     + ("; 7-bit weights (this CPU's int8 kernels saturate at 8)"
@@ -249,7 +251,8 @@ class DefaultQuantization(Algorithm):
             requests += fast_requests(layout, prepared.model)
         kinds: dict[str, list[str]] = {}
         if p.latency_aware == "measure":
-            kinds = latency_kinds(prepared.model, [layer.name for layer in layout.layers], prepared.shapes)
+            kinds = latency_kinds(prepared.model, [layer.name for layer in layout.layers]
+                                  + [unit.name for unit in layout.hardswish], prepared.shapes)
             # the sites of every layout the measurement times (all collected in the same one pass): the kept
             # model and the timed ones are built from real ranges, so they run the same kernels
             for chosen in layouts(list(kinds), RULES_FLOAT).values():
@@ -310,34 +313,17 @@ class DefaultQuantization(Algorithm):
     def _auto_ranges(self, state: PipelineState, engine: EngineLike, model: onnx.ModelProto,
                      digests: frozenset[str], layout: Layout, config: QuantConfig,
                      statistics: dict) -> tuple[QuantConfig, dict[str, Any]]:
-        """``auto``: the candidate whose full-INT8 model's outputs are closest to the float model's.
-
-        Which range wins depends on the model (``percentile`` clips rare spikes that cost
-        resolution everywhere else; some models need their peaks), so it is measured: each
-        candidate's model, biases corrected as configured, on the first calibration samples,
-        by the normalised output error ``output_distance``; no labels needed. Ties keep
-        the first candidate, the observed range.
-        """
+        """``auto``: the candidate whose full-INT8 model (biases corrected as configured) is closest to float."""
         auto = config.activations.auto
         indices = engine.calibration_indices(min(auto.samples, self.params.stat_subset_size))
-        names = [output.name for output in state.float_model.graph.output]
-        models = [state.float_model]
+        models = {}
         for name in auto.candidates:
             candidate = dataclasses.replace(config, activations=config.activations.candidate(name))
             plan = self._correct_biases(build_plan(model, digests, layout, candidate, statistics), statistics,
                                         state, engine)
-            models.append(apply_plan(state.float_model, plan))
-        # the float model and the candidates side by side, batch by batch: one batch of outputs each in memory
-        runs = [engine.run(m, indices, outputs=names, calibration=True, progress_desc="auto ranges")
-                for m in models]
-        distances: list[list[np.ndarray]] = [[] for _ in auto.candidates]
-        for (batch, reference), *candidates in zip(*runs):
-            for kept, (_, outputs) in zip(distances, candidates):
-                kept.append(output_distance(reference, outputs, samples=len(batch)))
-        errors = {name: float(np.mean(np.concatenate(kept))) for name, kept in zip(auto.candidates, distances)}
+            models[name] = apply_plan(state.float_model, plan)
+        errors = output_errors(engine, state.float_model, models, indices)
         chosen = min(errors, key=errors.__getitem__)
-        logger.info("activation ranges: %s (auto; output error %s, compared on %d samples)", chosen,
-                    ", ".join(f"{name} {error:.3g}" for name, error in errors.items()), len(indices))
         record = {"chosen": chosen, "output_error": errors, "samples": int(len(indices))}
         return dataclasses.replace(config, activations=config.activations.candidate(chosen)), record
 
@@ -347,14 +333,28 @@ class DefaultQuantization(Algorithm):
         saturating = p.weights.get("reduce_range", "auto") == "auto" and u8s8_saturates(tuple(engine.providers))
         return resolve_config(p.preset, p.weights, p.activations, saturating_kernels=saturating)
 
+    def histogram_needs(self, state: PipelineState, engine: EngineLike) -> tuple[StatisticsNeeds, ...]:
+        """The histogram pass ``run`` will ask for, once the first pass is in ``state``: Tuning collects the
+        histograms of every config on the same prepared model and samples in one pass."""
+        setup = self._setup(state.float_model)
+        if setup.smooth_targets or state.statistics.missing(setup.needs):  # SmoothQuant rewrites the model first
+            return ()
+        needs = self._histogram_needs(setup, setup.layout, self._config_for(engine, setup),
+                                      state.statistics.values(setup.needs))
+        return () if needs is None else (needs,)
+
+    def _histogram_needs(self, setup: _Setup, layout: Layout, config: QuantConfig,
+                         statistics: dict) -> StatisticsNeeds | None:
+        requests = histogram_requests(layout, config, statistics)
+        return None if not requests else StatisticsNeeds(setup.needs.model, setup.needs.model_digest,
+                                                         tuple(dict.fromkeys(requests)), self.params.stat_subset_size)
+
     def _histograms(self, setup: _Setup, layout: Layout, config: QuantConfig, statistics: dict,
                     state: PipelineState, engine: EngineLike) -> dict:
         """The second pass of a histogram estimator: every quantizer's histogram over its observed range."""
-        requests = histogram_requests(layout, config, statistics)
-        if not requests:
+        needs = self._histogram_needs(setup, layout, config, statistics)
+        if needs is None:
             return {}
-        needs = StatisticsNeeds(setup.needs.model, setup.needs.model_digest, tuple(dict.fromkeys(requests)),
-                                self.params.stat_subset_size)
         fill_statistics(state.statistics, engine, [needs], progress=engine.progress,
                         why=f"{config.activations.histogram.method} histograms")
         return state.statistics.values(needs)
@@ -387,6 +387,7 @@ class DefaultQuantization(Algorithm):
             "weights_reduce_range": config.weights.reduce_range,
             "bias_corrections": len(corrected),
             "bias_corrected_layers": corrected,
+            "int8_hardswish": [unit.name for unit in plan.int8_hardswish],
             "preparation": setup.prepared.summary(),
         }
 

@@ -16,8 +16,11 @@ from aaq.quantization.graph import GraphIndex
 DEPTHWISE_SMALL = "depthwise conv, under 64 channels or not a multiple of 16"
 DEPTHWISE_LARGE = "depthwise conv, 64+ channels in multiples of 16"
 ONE_BY_ONE = "conv on a 1x1 image"
-KINDS = (DEPTHWISE_SMALL, ONE_BY_ONE, DEPTHWISE_LARGE)
-"""In the order they are measured: the rules' slow kinds first. Not a kind: the first conv on a 3-channel
+HARD_SWISH = "hard-swish in int8 (QLinearAdd + QLinearMul)"
+KINDS = (DEPTHWISE_SMALL, ONE_BY_ONE, DEPTHWISE_LARGE, HARD_SWISH)
+"""In the order they are measured: the rules' slow kinds first. ``HARD_SWISH`` holds activation nodes, not
+layers (``quantization.hardswish``): in float, they run as ``HardSwish`` between a DequantizeLinear and a
+QuantizeLinear. Not a kind: the first conv on a 3-channel
 image (2.5-3.3x slower alone in int8, but no change to the whole model: see ``slower_in_int8``), which
 every CNN would pay a measurement for."""
 RULES_FLOAT = (DEPTHWISE_SMALL, ONE_BY_ONE)
@@ -25,7 +28,9 @@ RULES_FLOAT = (DEPTHWISE_SMALL, ONE_BY_ONE)
 
 
 def latency_kind(node: onnx.NodeProto, index: GraphIndex, shapes: Mapping[str, tuple]) -> str:
-    """The kind of a layer that may run slower in int8 (one of ``KINDS``), or ``""``."""
+    """The kind of a layer (or int8 hard-swish) that may run slower in int8 (one of ``KINDS``), or ``""``."""
+    if node.op_type in ("HardSwish", "HardSigmoid"):
+        return HARD_SWISH
     if node.op_type != "Conv":
         return ""
     weight = index.initializers.get(node.input[1]) if len(node.input) > 1 else None
@@ -42,7 +47,8 @@ def latency_kind(node: onnx.NodeProto, index: GraphIndex, shapes: Mapping[str, t
 
 
 def latency_kinds(model: onnx.ModelProto, layers: Sequence[str], shapes: Mapping[str, tuple]) -> dict[str, list[str]]:
-    """``layers`` (names) grouped by ``latency_kind``, kinds in ``KINDS`` order; layers of no kind are left out."""
+    """``layers`` (names of layers and of int8 hard-swishes) grouped by ``latency_kind``, kinds in ``KINDS``
+    order; layers of no kind are left out."""
     index = GraphIndex(model.graph)
     found: dict[str, list[str]] = {}
     for name in layers:

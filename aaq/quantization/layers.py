@@ -21,6 +21,8 @@ quantizers. Placement rules, all measured on ONNX Runtime's optimized graphs:
   one group (see ``plan.make_groups``);
 * an output quantizer whose readers are all flat outside a range (hard-swish below
   -3, HardSigmoid, Clip) covers only that range (``clamps.consumer_clamp``);
+* a hard-swish between two activation quantizers runs in int8, as ``QLinearAdd`` and
+  ``QLinearMul`` (``hardswish``): it gets no quantizer or group of its own;
 * latency-aware layouts leave in float the layers ORT runs slower in int8 (by the
   rules, ``latency_kinds.slower_in_int8``: small depthwise convs, convs on 1x1 images;
   or as measured on the machine, ``float_for_speed``) and keep their
@@ -44,6 +46,7 @@ from onnx import TensorProto, helper
 
 from aaq.quantization.clamps import readers_clamp
 from aaq.quantization.graph import GraphIndex
+from aaq.quantization.hardswish import Int8HardSwish, find_int8_hardswish
 from aaq.quantization.latency_kinds import slower_in_int8
 
 logger = logging.getLogger(__name__)
@@ -112,11 +115,15 @@ class QuantizerSite:
 
 @dataclass(frozen=True)
 class Layout:
-    """The layers of a model and their quantizer sites, in graph order; ``skipped``: name -> reason."""
+    """The layers of a model and their quantizer sites, in graph order; ``skipped``: name -> reason.
+
+    ``hardswish``: the hard-swishes between two of these quantizers, which run in int8 (``hardswish``).
+    """
 
     layers: tuple[Layer, ...]
     sites: tuple[QuantizerSite, ...]
     skipped: Mapping[str, str]
+    hardswish: tuple[Int8HardSwish, ...] = ()
 
     def sites_of(self, layer: str) -> tuple[str, ...]:
         """The tensors of the quantizers ``layer`` owns."""
@@ -136,6 +143,7 @@ def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_m
     kernel needs; and one that would sit between a DequantizeLinear and a
     QuantizeLinear all the same is quantized: ORT 1.32 would quantize its float
     weights itself (``WeightBiasQuantization``, per tensor) and run it in int8.
+    A hard-swish named in ``ignored`` or ``float_for_speed`` stays float (``Layout.hardswish``).
     """
     index = GraphIndex(model.graph)
     enabled, ignored, elem_types = set(op_types), dict(ignored or {}), dict(elem_types or {})
@@ -167,7 +175,9 @@ def find_layout(model: onnx.ModelProto, op_types: Iterable[str], *, activation_m
             del skipped[name]
         layers.sort(key=lambda layer: index.order[layer.name])
         sites = _place_quantizers(layers, index, ignored)
-    return Layout(tuple(layers), tuple(sites), skipped)
+    fed = {site.tensor: set(site.consumers) for site in sites}
+    hardswish = find_int8_hardswish(index, fed, set(ignored) | set(chosen))
+    return Layout(tuple(layers), tuple(sites), skipped, hardswish)
 
 
 def _between_qdq(name: str, sites: list["QuantizerSite"], index: GraphIndex) -> bool:

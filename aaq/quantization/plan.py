@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from aaq.quantization.graph import GraphIndex
+from aaq.quantization.hardswish import Int8HardSwish, product_quantizer
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
@@ -99,6 +100,7 @@ class Plan:
     groups: tuple[Group, ...]
     reverted: frozenset[int] = frozenset()
     skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    hardswish: tuple[Int8HardSwish, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantizers", MappingProxyType(dict(self.quantizers)))
@@ -107,7 +109,7 @@ class Plan:
     def __reduce__(self) -> tuple:
         """Pickled by its fields (an executor's worker rebuilds candidates from it); the read-only maps anew."""
         return Plan, (self.model, self.source_digests, self.layers, dict(self.quantizers), self.groups,
-                      self.reverted, dict(self.skipped))
+                      self.reverted, dict(self.skipped), self.hardswish)
 
     @cached_property
     def _layers_by_name(self) -> dict[str, LayerPlan]:
@@ -120,6 +122,12 @@ class Plan:
     @property
     def quantized_groups(self) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.id not in self.reverted)
+
+    @property
+    def int8_hardswish(self) -> tuple[Int8HardSwish, ...]:
+        """The hard-swishes in int8 in this plan's model: both their quantizers' groups are quantized."""
+        active = {tensor for group in self.quantized_groups for tensor in group.quantizers}
+        return tuple(u for u in self.hardswish if u.input in active and u.output in active)
 
     def layer(self, name: str) -> LayerPlan:
         try:
@@ -184,6 +192,8 @@ class Plan:
                              "clamp": None if q.site.clamp is None else [_finite(v) for v in q.site.clamp]}
                             for q in self.quantizers.values()],
             "float_layers": float_layers,
+            "hardswish": [{"nodes": list(u.nodes), "input": u.input, "output": u.output,
+                           "int8": u in self.int8_hardswish} for u in self.hardswish],
         }
 
     def _group_of_tensor(self, tensor: str) -> int | None:
@@ -292,5 +302,8 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
             axis = layer.weight_axis if config.weights.per_channel else None
             weight = quantize_weight(index.initializer_array(layer.weight), axis, config.weights)
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
+    hardswish = tuple(dataclasses.replace(u, product=product_quantizer(quantizers[u.output].low,
+                                                                       quantizers[u.output].high, u.shift))
+                      if u.shift else u for u in layout.hardswish)
     return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout),
-                skipped=layout.skipped)
+                skipped=layout.skipped, hardswish=hardswish)

@@ -1,0 +1,102 @@
+"""Hard-swish in int8 (``quantization.hardswish``): what ONNX Runtime runs, the numbers, and when it stays float."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from aaq.quantization.prepare import prepare_model
+from aaq.quantization.qdq import apply_plan
+from helpers import all_outputs, optimized_op_types, quantize, run
+from models import ModelBuilder, add_hardswish, conv_hardswish_conv, feature_maps
+
+INTEGER_PATH = ["QuantizeLinear", "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearConv", "DequantizeLinear"]
+
+
+def affine_hardswish(scale: float = 1.7, shift: float = 0.4) -> onnx.ModelProto:
+    """Conv -> hard-swish -> Mul(scale) -> Add(shift) -> padded 3x3 Conv (PP-LCNet's learnable affine, not folded)."""
+    mb = ModelBuilder(1)
+    x = mb.add_input("x", ["N", 16, 8, 8])
+    h = add_hardswish(mb, mb.add_conv(x, 16, 32, name="conv1"))
+    h = mb.add_node("Mul", [h, mb.add_initializer(np.array([scale], np.float32), "s")], "affine_scale")
+    h = mb.add_node("Add", [h, mb.add_initializer(np.array([shift], np.float32), "b")], "affine_shift")
+    mb.add_output(mb.add_conv(h, 32, 16, kernel=3, name="conv2"), ["N", 16, 8, 8])
+    return mb.build(13)
+
+
+def test_the_int8_hardswish_is_x_times_clip_x_plus_3_over_6_to_the_gates_rounding() -> None:
+    """The Clip is the gate quantizer's saturation and the /6 its dequantization scale: exact but for 1/255."""
+    model, x = conv_hardswish_conv(bias=-1.0), feature_maps()
+    state, algorithm = quantize(model, x)
+    (unit,) = state.plan.int8_hardswish
+    assert algorithm.summary["int8_hardswish"] == [unit.name]
+    mul = next(n for n in state.model.graph.node if n.op_type == "Mul")
+    dequantized, gate = mul.input
+    values = all_outputs(state.model, x, [dequantized, mul.output[0]])  # read out: no fusion, float semantics
+    xs, product = values[dequantized], values[mul.output[0]]
+    # the input quantizer's grid starts at -3 (hard-swish is 0 below): both ends of the clip are reached
+    assert xs.min() == pytest.approx(-3, abs=0.02) and (xs > 3).any() and ((xs > -3) & (xs < 3)).any()
+    exact = xs * np.clip(xs + 3, 0, 6) / 6
+    assert np.all(np.abs(product - exact) <= np.abs(xs) * 0.5 / 255 + 1e-5)
+    assert np.all(product[xs <= -3] == 0) and np.allclose(product[xs >= 3], xs[xs >= 3], rtol=1e-6)
+
+
+def test_a_scalar_affine_after_the_hardswish_runs_in_int8_too() -> None:
+    model, x = affine_hardswish(), feature_maps()
+    state, _ = quantize(model, x)
+    prepared = {n.name for n in prepare_model(model, 13).model.graph.node}
+    assert {"affine_scale", "affine_shift"} <= prepared  # the padded conv keeps the affine in the float model
+    (unit,) = state.plan.int8_hardswish
+    assert unit.nodes[1:] == ("affine_scale", "affine_shift") and unit.scale == pytest.approx(1.7)
+    assert unit.shift == pytest.approx(0.4) and unit.product is not None
+    assert optimized_op_types(state.model) == INTEGER_PATH[:4] + ["QLinearAdd"] + INTEGER_PATH[4:]
+    f, q = run(model, x), run(state.model, x)
+    assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
+    floated, _ = quantize(model, x, ignored={"scope": [unit.name]})
+    assert floated.plan.int8_hardswish == () and "HardSwish" in {n.op_type for n in floated.model.graph.node}
+    # the int8 form adds only the gate's and the product's rounding to the float-activation model
+    assert np.abs(q - run(floated.model, x)).max() < 0.02 * np.abs(f).max()
+
+
+@pytest.mark.parametrize("case", ["negative scale", "graph output"])
+def test_without_a_quantizer_feeding_every_reader_the_hardswish_stays_float(case: str) -> None:
+    if case == "negative scale":
+        model = affine_hardswish(scale=-0.5)
+    else:
+        model = conv_hardswish_conv()
+        model.graph.output.append(onnx.helper.make_tensor_value_info(model.graph.node[-2].output[0],
+                                                                     onnx.TensorProto.FLOAT, ["N", 32, 8, 8]))
+    state, algorithm = quantize(model, feature_maps())
+    assert state.plan.hardswish == () and algorithm.summary["int8_hardswish"] == []
+    assert "HardSwish" in {n.op_type for n in state.model.graph.node}
+    assert "hard-swish" not in algorithm.summary["headline"]
+
+
+def test_reverting_either_neighbour_puts_the_hardswish_back_in_float() -> None:
+    model, x = conv_hardswish_conv(), feature_maps()
+    state, _ = quantize(model, x)
+    plan = state.plan
+    for layer in ("conv1", "conv2"):
+        reverted = plan.with_reverted([plan.group_of(layer).id])
+        assert reverted.int8_hardswish == ()
+        unit = plan.hardswish[0]
+        assert reverted.describe()["hardswish"] == [{"nodes": [unit.name], "input": unit.input,
+                                                     "output": unit.output, "int8": False}]
+        qdq = apply_plan(model, reverted)
+        kinds = optimized_op_types(qdq)
+        assert "QLinearMul" not in kinds and "QLinearAdd" not in kinds
+        assert np.abs(run(qdq, x) - run(model, x)).max() < 0.05 * np.abs(run(model, x)).max()
+    assert plan.describe()["hardswish"][0]["int8"] is True
+
+
+def test_below_opset_14_hardsigmoid_times_x_runs_in_int8() -> None:
+    """Per-tensor weights keep opset 13: the hard-swish is x * HardSigmoid(x), rewritten the same way."""
+    model, x = conv_hardswish_conv(), feature_maps()
+    state, algorithm = quantize(model, x, weights={"granularity": "pertensor"})
+    assert algorithm.summary["preparation"]["opset"] == 13
+    (unit,) = state.plan.int8_hardswish
+    nodes = {n.name: n.op_type for n in state.plan.model.graph.node}
+    assert [nodes[name] for name in unit.nodes] == ["HardSigmoid", "Mul"]
+    assert optimized_op_types(state.model) == INTEGER_PATH
+    f, q = run(model, x), run(state.model, x)
+    assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
