@@ -271,14 +271,29 @@ def test_after_default_quantization_its_params_are_the_base_of_every_config() ->
     assert result.target_met and not any("bias_corrected" in i for n in result.model.graph.node for i in n.input)
 
 
-def test_kl_and_percentile_trials_run_with_one_histogram_pass_each() -> None:
+def test_histogram_trials_on_the_same_samples_share_one_pass(monkeypatch) -> None:
+    """kl and percentile, symmetric (|x| histograms) and not (x histograms): one pass over the calibration
+    samples serves all four configs."""
+    import aaq.statistics.collector as collector
+
+    passes = []
+    real = collector.collect_statistics
+
+    def counted(engine, model, requests, *args, **kwargs):
+        passes.append(sorted({r.reducer for r in requests}))
+        return real(engine, model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(collector, "collect_statistics", counted)
     params = {"strategy": {"name": "exhaustive"}, "accuracy_criterion": {"absolute": 1.0},
-              "tuning_space": {"model_wise": {"activation": {"algorithm": ["kl", "percentile"]},
+              "tuning_space": {"model_wise": {"activation": {"algorithm": ["kl", "percentile"],
+                                                             "scheme": ["sym", "asym"]},
                                               "weight": {"granularity": ["per_channel"]}}},
-              "exit_policy": {"timeout": 0, "max_trials": 10}}
+              "exit_policy": {"timeout": 600, "max_trials": 4}}
     result, summary = run(TINY, params)
-    algorithms = [t["config"]["activation"]["algorithm"] for t in summary["trials"]]
-    assert algorithms[:1] == ["kl"] and result.target_met
+    tried = {(t["config"]["activation"]["algorithm"], t["config"]["activation"]["scheme"]) for t in summary["trials"]}
+    assert tried == {(a, s) for a in ("kl", "percentile") for s in ("sym", "asym")} and result.target_met
+    histogram_passes = [p for p in passes if set(p) & set(collector.HISTOGRAM_REDUCERS)]
+    assert len(histogram_passes) == 1, passes
     ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 

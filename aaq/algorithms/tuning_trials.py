@@ -3,7 +3,8 @@
 Plans come from DefaultQuantization with the config's params laid over the base
 params; the statistics of every model-wise config are collected up front by the
 one collector (``prepare``): one pass per prepared model and sampling size, never
-per trial. A trial's model is the plan with the groups of its fallback layers
+per trial; a histogram estimator's second pass is made when the first config that needs
+it is built, for every config on the same pass at once. A trial's model is the plan with the groups of its fallback layers
 reverted (``CandidateModels``), evaluated on the full set in a seeded order with an
 exact early stop (``StopRule``) that also ends the evaluation at the deadline.
 """
@@ -101,12 +102,29 @@ class TrialRunner:
             algo, params = self._algos[key]
             for done in self._plans:  # latency_aware "measure" times the model once for all configs
                 algo.adopt_latency_decisions(self._algos[done][0])
+            self._shared_histograms(algo)
             plan = algo.run(self._scratch(), self.engine).plan  # statistics are in: no pass here
             if self.recipes.get("scale_propagation_concat", True):
                 plan, edited = share_concat_scales(plan)
                 self.concat_shared = sorted(set(self.concat_shared) | set(edited))
             self._plans[key] = PlanEntry(plan, CandidateModels(plan), params)
         return self._plans[key]
+
+    def _shared_histograms(self, algo: Any) -> None:
+        """``algo``'s histogram pass, with the histograms of every other config on the same pass (the same
+        prepared model and calibration samples): their plans then need no pass of their own."""
+        scratch = self._scratch()
+        mine = algo.histogram_needs(scratch, self.engine)
+        passes = {(need.model_digest, need.num_samples) for need in mine}
+        if not passes:
+            return
+        needs = list(mine)
+        for other, _ in self._algos.values():
+            if other is not algo:
+                needs += [n for n in other.histogram_needs(scratch, self.engine)
+                          if (n.model_digest, n.num_samples) in passes]
+        fill_statistics(self.state.statistics, self.engine, needs, progress=self.engine.progress,
+                        why=f"histograms of {len(needs)} model-wise configs")
 
     def groups(self, config: TrialConfig) -> frozenset:
         plan = self.entry(config).plan
