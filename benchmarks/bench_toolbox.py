@@ -11,8 +11,10 @@ transformer block whose first LayerNorm has one outlier channel), and two tables
 2. **DQ -> AAQ end result** (top-1 cases), ``maximal_drop`` 0.01 absolute: aaq with
    ``tune_hyperparams`` false and true (the whole-model alternatives before any
    revert), Quark's ``AutoSearch`` and AIMET's automatic mixed precision. Columns:
-   drop, met?, groups/layers not in int8, full evaluations, wall seconds, and
-   latency vs float (batch ``case.batch``, interleaved rounds, median, same run).
+   drop, met?, groups/layers not in int8 (aaq: its groups reverted; a peer: the
+   Conv/Gemm/MatMul layers of its model whose inputs are not both dequantized from
+   8 bits, ``precision_census``), full evaluations, wall seconds, and latency vs
+   float (batch ``case.batch``, interleaved rounds, median, same run).
 
 Peers run in their own virtual environments (``benchmarks/out/venv-quark``,
 ``venv-aimet``), created here from ``/work/shared/peers/requirements-*.txt`` when
@@ -163,6 +165,30 @@ def peer(mode: str, case: bds.Case, work: Path, limit: float = PEER_LIMIT) -> tu
     return out_model, record
 
 
+def precision_census(path: Path) -> dict[str, int]:
+    """Conv/Gemm/MatMul layers by the precision of their data and weight inputs (inputs 0, 1; biases are int32).
+
+    ``int8``: both come from a DequantizeLinear with an 8-bit zero point; ``16-bit``: one is dequantized from
+    16 bits (AIMET's mixed precision); ``float``: neither is dequantized; ``partly float``: the rest.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    zero_type = {i.name: i.data_type for i in graph.initializer}
+    bits16 = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+    counts = {"layers": 0, "int8": 0, "16-bit": 0, "float": 0, "partly float": 0}
+    for node in graph.node:
+        if node.op_type not in bench_accuracy_aware.LAYER_OPS:
+            continue
+        sources = [producer.get(i) for i in node.input[:2]]
+        dq = [n for n in sources if n is not None and n.op_type == "DequantizeLinear"]
+        wide = [n for n in dq if len(n.input) > 2 and zero_type.get(n.input[2]) in bits16]
+        kind = ("float" if not dq else "16-bit" if wide else "int8" if len(dq) == len(sources)
+                else "partly float")
+        counts["layers"] += 1
+        counts[kind] += 1
+    return counts
+
+
 class NoModel(Exception):
     """A peer ended without a model (none met the target); ``record`` is what it reported."""
 
@@ -249,6 +275,10 @@ def end_to_end(case: bds.Case, work: Path, names: list[str], limit: float) -> di
             value = bds.evaluate(path, case)
             record.update({"metric": value, "drop": floated - value, "met": floated - value <= MAX_DROP + 1e-12,
                            **latency_ratio(path, case.model, case)})
+            if "not_int8" not in record:  # a peer's model: its layers, counted the same way for every tool
+                record["census"] = census = precision_census(path)
+                record["not_int8"] = (f"{census['layers'] - census['int8']} of {census['layers']} layers"
+                                      + (f" ({census['16-bit']} 16-bit)" if census["16-bit"] else ""))
         except NoModel as none:
             record = {**none.record, "met": False, "no_model": True}
         except Exception as exc:  # noqa: BLE001  one way failing must not lose the others
