@@ -310,6 +310,15 @@ def print_e2e(report: dict) -> None:
                   f" | {r['wall']:.1f} | {r['speedup']:.2f}x{' (slower)' if r['speedup'] < 1 else ''} |")
 
 
+def print_tables(report: dict[str, Any]) -> None:
+    """Both tables, each only if the run (or the merged runs) measured some of its rows."""
+    if report["cases"]:
+        bds.print_table(report)
+        print()
+    if report["e2e"]:
+        print_e2e(report)
+
+
 def run_entry(argv: list[str], names: list[str], cases: list[str]) -> dict[str, Any]:
     """What the JSON's ``runs`` says of one run: which rows, when, at what load (main adds the end)."""
     return {"argv": argv, "rows": names, "cases": cases, "nice": os.nice(0),
@@ -345,10 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--print-json", type=Path, default=None, help="print the tables of an earlier run's JSON")
     args = ap.parse_args(argv)
     if args.print_json is not None:
-        report = json.loads(args.print_json.read_text())
-        bds.print_table(report)
-        print()
-        print_e2e(report)
+        print_tables(json.loads(args.print_json.read_text()))
         return 0
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
     rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
@@ -389,11 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                               load_average_end=os.getloadavg(), seconds=report["seconds"],
                               foreign_cores=round(foreign.cores, 2))
     report = _write(args, report)
-    if report["cases"]:
-        print()
-        bds.print_table(report)
     print()
-    print_e2e(report)
+    print_tables(report)
     print(f"\ntotal {report['runs'][-1]['seconds']:.0f} s; wrote {args.json}")
     return 0
 
