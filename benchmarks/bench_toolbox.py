@@ -11,22 +11,34 @@ transformer block whose first LayerNorm has one outlier channel), and two tables
 2. **DQ -> AAQ end result** (top-1 cases), ``maximal_drop`` 0.01 absolute: aaq with
    ``tune_hyperparams`` false and true (the whole-model alternatives before any
    revert), Quark's ``AutoSearch`` and AIMET's automatic mixed precision. Columns:
-   drop, met?, groups/layers not in int8, full evaluations, wall seconds, and
-   latency vs float (batch ``case.batch``, interleaved rounds, median, same run).
+   drop, met?, groups/layers not in int8 (aaq: its groups reverted; a peer: the
+   Conv/Gemm/MatMul layers of its model whose inputs are not both dequantized from
+   8 bits, ``precision_census``), full evaluations, wall seconds, and latency vs
+   float (batch ``case.batch``, interleaved rounds, median, same run).
 
 Peers run in their own virtual environments (``benchmarks/out/venv-quark``,
 ``venv-aimet``), created here from ``/work/shared/peers/requirements-*.txt`` when
 missing, through ``peers_side.py``. A peer that fails is an ``error`` cell with its
-message in the JSON, not a lost run.
+message in the JSON, not a lost run; one that runs past ``--peer-limit`` seconds (default
+2700) is stopped and recorded as "not finished within N s", with the full evaluations it
+had reported by then.
 
-Usage:  python benchmarks/bench_toolbox.py [--cases ...] [--skip-peers] [--quick] [--json PATH]
+``--rows`` runs only the named rows of either table (names as printed, e.g. ``"quark
+AutoSearch" "aimet AMP"``); ``--merge`` puts this run's rows into the existing ``--json``
+(other rows and cases kept), so a long peer run need not repeat the aaq rows. Every run
+appends an entry to the JSON's ``runs`` (argv, UTC start and end, rows, load average and
+other processes' cores, niceness), so a merged file says which run measured which row.
+
+Usage:  python benchmarks/bench_toolbox.py [--cases ...] [--rows ...] [--merge] [--skip-peers] [--quick] [--json PATH]
 Writes benchmarks/out/bench_toolbox.json and prints both tables (markdown).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,12 +51,15 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bench_accuracy_aware  # noqa: E402  (Foreign: other processes' cores)
 import bench_default_start as bds  # noqa: E402
 import synthetic_transformer  # noqa: E402
 
 OUT = HERE / "out"
 PEERS = Path("/work/shared/peers")
 MAX_DROP = 0.01
+PEER_LIMIT = 2700.0  # s of wall clock per peer run (--peer-limit)
+E2E_ROWS = ("aaq DQ->AAQ defaults", "aaq DQ->AAQ tune_hyperparams", "quark AutoSearch", "aimet AMP")
 TOP1_CASES = ("outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
 
 
@@ -117,24 +132,61 @@ def _eval_npz(case: bds.Case, work: Path) -> Path:
     return path
 
 
-def peer(mode: str, case: bds.Case, work: Path) -> tuple[Path, dict]:
+def peer(mode: str, case: bds.Case, work: Path, limit: float = PEER_LIMIT) -> tuple[Path, dict]:
     tool = mode.split("_")[0]
     python = ensure_venv(tool)
     out_model, out_json = work / f"{case.name}.{mode}.onnx", work / f"{case.name}.{mode}.json"
+    stderr = work / f"{case.name}.{mode}.stderr.txt"
+    for stale in (out_model, out_json):  # what an earlier run left must not pass for this one's
+        stale.unlink(missing_ok=True)
     # Quark refuses per-channel QDQ below opset 13 (ppocr_cls is opset 11): the converted copy, as for NNCF
     cmd = [str(python), str(HERE / "peers_side.py"), mode, "--model", str(bds._opset13(case, work)), "--calib",
            str(case.calib_npz(work)), "--eval", str(_eval_npz(case, work)), "--input", case.input_name,
            "--out-model", str(out_model), "--out-json", str(out_json), "--max-drop", str(MAX_DROP)]
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=str(work))
-    (work / f"{case.name}.{mode}.stderr.txt").write_text(done.stderr[-200000:])
-    if done.returncode != 0 or not out_json.exists():
-        raise RuntimeError(f"peers_side.py {mode} failed ({done.returncode}): {done.stderr[-1500:]}")
+    with open(stderr, "w") as err:  # its own session, so the limit stops the tool's workers too
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=str(work), start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log = stderr.read_text(errors="replace")
+            raise NoModel({"note": f"not finished within {limit:.0f} s", "wall": time.perf_counter() - started,
+                           "evaluations": log.count("[peers_side] full evaluation"),
+                           "subset_evaluations": log.count("[peers_side] subset evaluation"), "limit_s": limit})
+    if proc.returncode != 0 or not out_json.exists():
+        raise RuntimeError(f"peers_side.py {mode} failed ({proc.returncode}): "
+                           f"{stderr.read_text(errors='replace')[-1500:]}")
     record = json.loads(out_json.read_text())
     record["wall"] = time.perf_counter() - started
     if not out_model.exists():  # AutoSearch found no config within the tolerance: no model, not an error
         raise NoModel(record)
     return out_model, record
+
+
+def precision_census(path: Path) -> dict[str, int]:
+    """Conv/Gemm/MatMul layers by the precision of their data and weight inputs (inputs 0, 1; biases are int32).
+
+    ``int8``: both come from a DequantizeLinear with an 8-bit zero point; ``16-bit``: one is dequantized from
+    16 bits (AIMET's mixed precision); ``float``: neither is dequantized; ``partly float``: the rest.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    zero_type = {i.name: i.data_type for i in graph.initializer}
+    bits16 = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+    counts = {"layers": 0, "int8": 0, "16-bit": 0, "float": 0, "partly float": 0}
+    for node in graph.node:
+        if node.op_type not in bench_accuracy_aware.LAYER_OPS:
+            continue
+        sources = [producer.get(i) for i in node.input[:2]]
+        dq = [n for n in sources if n is not None and n.op_type == "DequantizeLinear"]
+        wide = [n for n in dq if len(n.input) > 2 and zero_type.get(n.input[2]) in bits16]
+        kind = ("float" if not dq else "16-bit" if wide else "int8" if len(dq) == len(sources)
+                else "partly float")
+        counts["layers"] += 1
+        counts[kind] += 1
+    return counts
 
 
 class NoModel(Exception):
@@ -208,20 +260,25 @@ def aaq_end_to_end(case: bds.Case, work: Path, tune: bool) -> tuple[Path, dict]:
                   "slow_fix": summary.get("slow_fix"), "headline": summary.get("headline")}
 
 
-def end_to_end(case: bds.Case, work: Path, skip_peers: bool) -> dict[str, Any]:
+def end_to_end(case: bds.Case, work: Path, names: list[str], limit: float) -> dict[str, Any]:
+    """The DQ -> AAQ rows in ``names`` (of ``E2E_ROWS``) on ``case``."""
     floated = bds.evaluate(case.model, case)
     ways = {"aaq DQ->AAQ defaults": lambda: aaq_end_to_end(case, work, False),
-            "aaq DQ->AAQ tune_hyperparams": lambda: aaq_end_to_end(case, work, True)}
-    if not skip_peers:
-        ways["quark AutoSearch"] = lambda: peer("quark_autosearch", case, work)
-        ways["aimet AMP"] = lambda: peer("aimet_amp", case, work)
+            "aaq DQ->AAQ tune_hyperparams": lambda: aaq_end_to_end(case, work, True),
+            "quark AutoSearch": lambda: peer("quark_autosearch", case, work, limit),
+            "aimet AMP": lambda: peer("aimet_amp", case, work, limit)}
     rows: dict[str, Any] = {}
-    for name, way in ways.items():
+    for name in names:
+        way = ways[name]
         try:
             path, record = way()
             value = bds.evaluate(path, case)
             record.update({"metric": value, "drop": floated - value, "met": floated - value <= MAX_DROP + 1e-12,
                            **latency_ratio(path, case.model, case)})
+            if "not_int8" not in record:  # a peer's model: its layers, counted the same way for every tool
+                record["census"] = census = precision_census(path)
+                record["not_int8"] = (f"{census['layers'] - census['int8']} of {census['layers']} layers"
+                                      + (f" ({census['16-bit']} 16-bit)" if census["16-bit"] else ""))
         except NoModel as none:
             record = {**none.record, "met": False, "no_model": True}
         except Exception as exc:  # noqa: BLE001  one way failing must not lose the others
@@ -253,10 +310,43 @@ def print_e2e(report: dict) -> None:
                   f" | {r['wall']:.1f} | {r['speedup']:.2f}x{' (slower)' if r['speedup'] < 1 else ''} |")
 
 
+def print_tables(report: dict[str, Any]) -> None:
+    """Both tables, each only if the run (or the merged runs) measured some of its rows."""
+    if report["cases"]:
+        bds.print_table(report)
+        print()
+    if report["e2e"]:
+        print_e2e(report)
+
+
+def run_entry(argv: list[str], names: list[str], cases: list[str]) -> dict[str, Any]:
+    """What the JSON's ``runs`` says of one run: which rows, when, at what load (main adds the end)."""
+    return {"argv": argv, "rows": names, "cases": cases, "nice": os.nice(0),
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_start": os.getloadavg()}
+
+
+def merged(old: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """``report``'s rows laid over an earlier run's JSON ``old`` (rows and cases this run did not measure kept)."""
+    out = {**old, **{k: v for k, v in report.items() if k not in ("rows", "row_descriptions", "cases", "e2e")}}
+    out["rows"] = old.get("rows", []) + [r for r in report["rows"] if r not in old.get("rows", [])]
+    out["row_descriptions"] = {**old.get("row_descriptions", {}), **report["row_descriptions"]}
+    out["runs"] = old.get("runs", []) + report["runs"]
+    for table in ("cases", "e2e"):
+        out[table] = dict(old.get(table, {}))
+        for case, entry in report[table].items():
+            before = out[table].get(case, {})
+            out[table][case] = {**before, **entry, "rows": {**before.get("rows", {}), **entry["rows"]}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls"],
                     choices=list(CASES))
+    ap.add_argument("--rows", nargs="+", default=None, help="run only these rows of either table (names as printed)")
+    ap.add_argument("--merge", action="store_true", help="merge this run's rows into the existing --json")
+    ap.add_argument("--peer-limit", type=float, default=PEER_LIMIT, help="wall-clock s per peer run")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--quick", action="store_true")
@@ -264,36 +354,57 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--print-json", type=Path, default=None, help="print the tables of an earlier run's JSON")
     args = ap.parse_args(argv)
     if args.print_json is not None:
-        report = json.loads(args.print_json.read_text())
-        bds.print_table(report)
-        print()
-        print_e2e(report)
+        print_tables(json.loads(args.print_json.read_text()))
         return 0
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
-    if not args.skip_peers:
-        rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
-                 _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)")]
+    rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
+             _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)")]
+    e2e = list(E2E_ROWS)
+    if args.skip_peers:
+        rows, e2e = [r for r in rows if r.tool == "aaq"], [n for n in e2e if n.startswith("aaq")]
+    if args.skip_e2e:
+        e2e = []
+    if args.rows is not None:
+        known = [r.name for r in rows] + e2e
+        unknown = [n for n in args.rows if n not in known]
+        if unknown:
+            ap.error(f"--rows: unknown {unknown}; the rows are {known}")
+        rows, e2e = [r for r in rows if r.name in args.rows], [n for n in e2e if n in args.rows]
     report: dict[str, Any] = {"rows": [r.name for r in rows], "row_descriptions": {r.name: r.describe for r in rows},
-                              "cases": {}, "e2e": {}, "onnxruntime": ort.__version__, "cpus": os.cpu_count()}
+                              "cases": {}, "e2e": {}, "onnxruntime": ort.__version__, "cpus": os.cpu_count(),
+                              "runs": [run_entry(sys.argv[1:] if argv is None else argv,
+                                                 [r.name for r in rows] + e2e, args.cases)]}
+    if args.merge and args.json.exists():
+        args.base = json.loads(args.json.read_text())  # read once: each write lays this run over the same base
     started = time.perf_counter()
-    for name in args.cases:
-        case = CASES[name](name)
-        if args.quick:
-            case.x, case.labels = case.x[:bds.QUICK_EVAL], case.labels[:bds.QUICK_EVAL]
-            case.calib = case.calib[:bds.QUICK_CALIB]
-        work = OUT / "bench_toolbox" / ("quick" if args.quick else "full")
-        work.mkdir(parents=True, exist_ok=True)
-        report["cases"][name] = bds.run_case(case, rows, work)
-        if not args.skip_e2e and name in TOP1_CASES:
-            report["e2e"][name] = end_to_end(case, work, args.skip_peers)
-        report["seconds"] = time.perf_counter() - started
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+    with bench_accuracy_aware.Foreign() as foreign:
+        for name in args.cases:
+            case = CASES[name](name)
+            if args.quick:
+                case.x, case.labels = case.x[:bds.QUICK_EVAL], case.labels[:bds.QUICK_EVAL]
+                case.calib = case.calib[:bds.QUICK_CALIB]
+            work = OUT / "bench_toolbox" / ("quick" if args.quick else "full")
+            work.mkdir(parents=True, exist_ok=True)
+            if rows:
+                report["cases"][name] = bds.run_case(case, rows, work)
+            if e2e and name in TOP1_CASES:
+                report["e2e"][name] = end_to_end(case, work, e2e, args.peer_limit)
+            report["seconds"] = time.perf_counter() - started
+            _write(args, report)
+    report["runs"][-1].update(ended_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              load_average_end=os.getloadavg(), seconds=report["seconds"],
+                              foreign_cores=round(foreign.cores, 2))
+    report = _write(args, report)
     print()
-    bds.print_table(report)
-    print()
-    print_e2e(report)
-    print(f"\ntotal {report['seconds']:.0f} s; wrote {args.json}")
+    print_tables(report)
+    print(f"\ntotal {report['runs'][-1]['seconds']:.0f} s; wrote {args.json}")
     return 0
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
+    written = merged(args.base, report) if getattr(args, "base", None) is not None else report
+    args.json.write_text(json.dumps(written, indent=2, default=str))
+    return written
 
 
 if __name__ == "__main__":

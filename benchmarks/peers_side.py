@@ -15,7 +15,9 @@ ones ``/work/shared/peers/README.md`` lists as measured. Modes:
   candidates (binary search), phase 1 and 2 scored by top-1 on the eval set.
 
 The metric is top-1 agreement with the labels in the eval npz (``x``, ``y``); every
-full-set evaluation the tool asks for is counted.
+full-set evaluation the tool asks for is counted, and each is a line on stderr as it
+ends (``[peers_side] full evaluation N: top-1``), so a run stopped at its time limit
+still says how far it got.
 """
 from __future__ import annotations
 
@@ -42,6 +44,14 @@ def _top1(model_path_or_session, x: np.ndarray, y: np.ndarray, name: str, batch:
         out = session.run(None, {name: x[start:start + batch]})[0]
         hits.append(out.argmax(axis=-1) == y[start:start + batch])
     return float(np.mean(np.concatenate(hits)))
+
+
+def _counted(count: dict, kind: str, value: float) -> float:
+    """Count one evaluation and say so on stderr at once (bench_toolbox reads it if the run is stopped)."""
+    key = "subset_evaluations" if kind == "subset" else "evaluations"
+    count[key] += 1
+    print(f"[peers_side] {kind} evaluation {count[key]}: {value:.4f}", file=sys.stderr, flush=True)
+    return value
 
 
 class _Reader:
@@ -80,8 +90,7 @@ def quark_autosearch(args, calib, x, y) -> dict:
     count = {"evaluations": 0}
 
     def evaluator(path: str) -> float:
-        count["evaluations"] += 1
-        return _top1(path, x, y, args.input)
+        return _counted(count, "full", _top1(path, x, y, args.input))
 
     cfg = QConfig.get_default_config("INT8_CNN_DEFAULT")
     cfg.global_quant_config.per_channel = True
@@ -157,12 +166,10 @@ def aimet_amp(args, calib, x, y) -> dict:
     sub = min(len(x), 200)
 
     def phase1(session, _=None) -> float:
-        count["subset_evaluations"] += 1
-        return _top1(session, x[:sub], y[:sub], args.input)
+        return _counted(count, "subset", _top1(session, x[:sub], y[:sub], args.input))
 
     def phase2(session, _=None) -> float:
-        count["evaluations"] += 1
-        return _top1(session, x, y, args.input)
+        return _counted(count, "full", _top1(session, x, y, args.input))
 
     integer, floating = QuantizationDataType.int, QuantizationDataType.float
     candidates = [((8, integer), (8, integer)), ((16, integer), (8, integer)), ((16, floating), (16, floating))]
