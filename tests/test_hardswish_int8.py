@@ -13,14 +13,16 @@ from models import ModelBuilder, add_hardswish, conv_hardswish_conv, feature_map
 INTEGER_PATH = ["QuantizeLinear", "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearConv", "DequantizeLinear"]
 
 
-def affine_hardswish(scale: float = 1.7, shift: float = 0.4) -> onnx.ModelProto:
-    """Conv -> hard-swish -> Mul(scale) -> Add(shift) -> padded 3x3 Conv (PP-LCNet's learnable affine, not folded)."""
+def affine_hardswish(scale: float = 1.7, shift: float | None = None) -> onnx.ModelProto:
+    """Conv -> hard-swish -> Mul(scale) [-> Add(shift)] -> Flatten -> Gemm: a scalar affine no conv folds."""
     mb = ModelBuilder(1)
     x = mb.add_input("x", ["N", 16, 8, 8])
-    h = add_hardswish(mb, mb.add_conv(x, 16, 32, name="conv1"))
+    h = add_hardswish(mb, mb.add_conv(x, 16, 8, name="conv1"))
     h = mb.add_node("Mul", [h, mb.add_initializer(np.array([scale], np.float32), "s")], "affine_scale")
-    h = mb.add_node("Add", [h, mb.add_initializer(np.array([shift], np.float32), "b")], "affine_shift")
-    mb.add_output(mb.add_conv(h, 32, 16, kernel=3, name="conv2"), ["N", 16, 8, 8])
+    if shift is not None:
+        h = mb.add_node("Add", [h, mb.add_initializer(np.array([shift], np.float32), "b")], "affine_shift")
+    h = mb.add_node("Flatten", [h], "flatten", axis=1)
+    mb.add_output(mb.add_gemm(h, 512, 10, name="fc"), ["N", 10])
     return mb.build(13)
 
 
@@ -41,32 +43,38 @@ def test_the_int8_hardswish_is_x_times_clip_x_plus_3_over_6_to_the_gates_roundin
     assert np.all(product[xs <= -3] == 0) and np.allclose(product[xs >= 3], xs[xs >= 3], rtol=1e-6)
 
 
-def test_a_scalar_affine_after_the_hardswish_runs_in_int8_too() -> None:
-    model, x = affine_hardswish(), feature_maps()
+def test_a_positive_scale_after_the_hardswish_goes_into_the_gate() -> None:
+    model, x = affine_hardswish(scale=1.7), feature_maps()
     state, _ = quantize(model, x)
-    prepared = {n.name for n in prepare_model(model, 13).model.graph.node}
-    assert {"affine_scale", "affine_shift"} <= prepared  # the padded conv keeps the affine in the float model
     (unit,) = state.plan.int8_hardswish
-    assert unit.nodes[1:] == ("affine_scale", "affine_shift") and unit.scale == pytest.approx(1.7)
-    assert unit.shift == pytest.approx(0.4) and unit.product is not None
-    assert optimized_op_types(state.model) == INTEGER_PATH[:4] + ["QLinearAdd"] + INTEGER_PATH[4:]
+    assert unit.nodes[1:] == ("affine_scale",) and unit.scale == pytest.approx(1.7)
+    assert "QLinearMul" in optimized_op_types(state.model) and "Mul" not in optimized_op_types(state.model)
+    mul = next(n for n in state.model.graph.node if n.op_type == "Mul")
+    values = all_outputs(state.model, x, [mul.input[0], mul.output[0]])
+    xs, product = values[mul.input[0]], values[mul.output[0]]
+    exact = 1.7 * xs * np.clip(xs + 3, 0, 6) / 6
+    assert np.all(np.abs(product - exact) <= 1.7 * np.abs(xs) * 0.5 / 255 + 1e-5)
     f, q = run(model, x), run(state.model, x)
     assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
-    floated, _ = quantize(model, x, ignored={"scope": [unit.name]})
-    assert floated.plan.int8_hardswish == () and "HardSwish" in {n.op_type for n in floated.model.graph.node}
-    # the int8 form adds only the gate's and the product's rounding to the float-activation model
-    assert np.abs(q - run(floated.model, x)).max() < 0.02 * np.abs(f).max()
+
+
+def test_a_shift_after_the_hardswish_keeps_it_float() -> None:
+    """``+ b`` in int8 would round twice on one step: the same error on every element (see ``hardswish``)."""
+    model, x = affine_hardswish(scale=1.7, shift=0.4), feature_maps()
+    state, algorithm = quantize(model, x)
+    assert state.plan.hardswish == () and algorithm.summary["int8_hardswish"] == []
+    assert "HardSwish" in {n.op_type for n in state.model.graph.node}
 
 
 @pytest.mark.parametrize("case", ["negative scale", "graph output"])
 def test_without_a_quantizer_feeding_every_reader_the_hardswish_stays_float(case: str) -> None:
     if case == "negative scale":
-        model = affine_hardswish(scale=-0.5)
+        model, x = affine_hardswish(scale=-0.5), feature_maps()
     else:
-        model = conv_hardswish_conv()
+        model, x = conv_hardswish_conv(), feature_maps()
         model.graph.output.append(onnx.helper.make_tensor_value_info(model.graph.node[-2].output[0],
                                                                      onnx.TensorProto.FLOAT, ["N", 32, 8, 8]))
-    state, algorithm = quantize(model, feature_maps())
+    state, algorithm = quantize(model, x)
     assert state.plan.hardswish == () and algorithm.summary["int8_hardswish"] == []
     assert "HardSwish" in {n.op_type for n in state.model.graph.node}
     assert "hard-swish" not in algorithm.summary["headline"]

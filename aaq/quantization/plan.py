@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from aaq.quantization.graph import GraphIndex
-from aaq.quantization.hardswish import Int8HardSwish, product_quantizer
+from aaq.quantization.hardswish import Int8HardSwish
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
@@ -302,8 +302,5 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
             axis = layer.weight_axis if config.weights.per_channel else None
             weight = quantize_weight(index.initializer_array(layer.weight), axis, config.weights)
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
-    hardswish = tuple(dataclasses.replace(u, product=product_quantizer(quantizers[u.output].low,
-                                                                       quantizers[u.output].high, u.shift))
-                      if u.shift else u for u in layout.hardswish)
     return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout),
-                skipped=layout.skipped, hardswish=hardswish)
+                skipped=layout.skipped, hardswish=layout.hardswish)
