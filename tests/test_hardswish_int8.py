@@ -58,11 +58,35 @@ def test_a_positive_scale_after_the_hardswish_goes_into_the_gate() -> None:
     assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
 
 
-def test_a_shift_after_the_hardswish_keeps_it_float() -> None:
-    """``+ b`` in int8 would round twice on one step: the same error on every element (see ``hardswish``)."""
+def test_a_shift_after_the_hardswish_is_whole_steps_of_the_output_grid_with_no_bias() -> None:
+    """``+ b`` moves the product quantizer's zero point by ``b`` in steps: no op, and no error common to every
+    element (what a second rounding on the same step would give)."""
     model, x = affine_hardswish(scale=1.7, shift=0.4), feature_maps()
+    state, _ = quantize(model, x)
+    (unit,) = state.plan.int8_hardswish
+    output = state.plan.quantizers[unit.output]
+    assert unit.nodes[1:] == ("affine_scale", "affine_shift") and unit.levels != 0
+    assert unit.levels * output.scale == pytest.approx(0.4, rel=1e-6)
+    assert "Add" not in optimized_op_types(state.model)[3:]  # only the +3 (QLinearAdd) before the QLinearMul
+    mul = next(n for n in state.model.graph.node if n.op_type == "Mul")
+    dequantize = next(n for n in state.model.graph.node
+                      if n.op_type == "DequantizeLinear" and n.input[0] in
+                      {q.output[0] for q in state.model.graph.node if q.input and q.input[0] == mul.output[0]})
+    values = all_outputs(state.model, x, [mul.input[0], dequantize.output[0]])
+    xs, got = values[mul.input[0]], values[dequantize.output[0]]
+    exact = 1.7 * xs * np.clip(xs + 3, 0, 6) / 6 + 0.4
+    on_grid = np.clip(np.round(exact / output.scale) + output.zero_point, 0, 255)
+    on_grid = (on_grid - output.zero_point) * output.scale
+    error = got - on_grid  # only the gate's rounding is left: at most one step, and no common offset
+    assert np.abs(error).max() <= output.scale + 1e-6 and abs(error.mean()) < 0.05 * output.scale
+    f, q = run(model, x), run(state.model, x)
+    assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
+
+
+def test_a_shift_under_half_a_step_keeps_the_hardswish_float() -> None:
+    model, x = affine_hardswish(scale=1.7, shift=1e-5), feature_maps()
     state, algorithm = quantize(model, x)
-    assert state.plan.hardswish == () and algorithm.summary["int8_hardswish"] == []
+    assert [u.name for u in state.plan.hardswish] == [] and algorithm.summary["int8_hardswish"] == []
     assert "HardSwish" in {n.op_type for n in state.model.graph.node}
 
 

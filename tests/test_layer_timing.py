@@ -104,6 +104,7 @@ def test_measure_times_the_model_here_and_reports_each_decision(channels: int) -
     hardswish_int8 = HARD_SWISH not in kept and not decision["kept_float"]  # a float dw leaves it no quantizer
     assert algorithm.summary["int8_hardswish"] == (hardswish["layers"] if hardswish_int8 else [])
     assert ("HardSwish" in {n.op_type for n in state.model.graph.node}) == (not hardswish_int8)
+    assert not set(hardswish["layers"]) & set(record["float_layers"])  # float_layers lists layers only
     quantized = [layer.name for layer in state.plan.layers]
     assert ("dw" in quantized) == (not decision["kept_float"])
     assert ("dw" in record["float_layers"]) == decision["kept_float"]

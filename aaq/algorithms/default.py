@@ -40,7 +40,7 @@ from aaq.engine.protocol import EngineLike
 from aaq.errors import ModelError, SpecError
 from aaq.quantization.bias import bias_twin, fast_corrections, fast_requests, measured_corrections
 from aaq.quantization.ignored import resolve_ignored
-from aaq.quantization.latency_kinds import RULES_FLOAT, latency_kinds
+from aaq.quantization.latency_kinds import HARD_SWISH, RULES_FLOAT, latency_kinds
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
@@ -305,8 +305,8 @@ class DefaultQuantization(Algorithm):
         decisions, info = measure_float_kinds(engine, build, setup.kinds, self.params.latency_budget, RULES_FLOAT)
         chosen = {name: f"latency (measured here): {d.kind}, {d.why}"
                   for d in decisions if d.kept_float for name in d.layers}
-        record = {"mode": "measure", **info, "decisions": [d.as_dict() for d in decisions],
-                  "float_layers": chosen}
+        record = {"mode": "measure", **info, "decisions": [d.as_dict() for d in decisions],  # layers, not activations
+                  "float_layers": {n: r for n, r in chosen.items() if n not in setup.kinds.get(HARD_SWISH, ())}}
         self._speed_cache = (digest, chosen, record)
         return chosen, record
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from aaq.quantization.graph import GraphIndex
-from aaq.quantization.hardswish import Int8HardSwish
+from aaq.quantization.hardswish import Int8HardSwish, shift_levels
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
@@ -302,5 +302,16 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
             axis = layer.weight_axis if config.weights.per_channel else None
             weight = quantize_weight(index.initializer_array(layer.weight), axis, config.weights)
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
+    hardswish = []
+    for unit in layout.hardswish:
+        if unit.shift:  # the output's step set so that the shift is whole steps (see ``hardswish``), or float
+            quantizer = quantizers[unit.output]
+            fit = shift_levels(unit.shift, quantizer.scale, quantizer.zero_point)
+            if fit is None:
+                continue
+            unit, step = dataclasses.replace(unit, levels=fit[0]), fit[1]
+            quantizers[unit.output] = dataclasses.replace(quantizer, scale=step, low=-quantizer.zero_point * step,
+                                                          high=(255 - quantizer.zero_point) * step)
+        hardswish.append(unit)
     return Plan(model, frozenset(source_digests), tuple(layers), quantizers, make_groups(layout),
-                skipped=layout.skipped, hardswish=layout.hardswish)
+                skipped=layout.skipped, hardswish=tuple(hardswish))

@@ -71,7 +71,9 @@ class _Rewriter:
         for unit in self.plan.int8_hardswish:
             dequantized = self.rewire[unit.nodes[0]][0]  # the activation reads its input's DequantizeLinear
             self.replaced.update(dict.fromkeys(unit.nodes, []))
-            self.replaced[unit.nodes[-1]] = int8_nodes(unit, dequantized, self._initializer, self._name)
+            self.replaced[unit.nodes[-1]] = nodes = int8_nodes(unit, dequantized, self._initializer, self._name)
+            if unit.shift:
+                self._shifted_quantizer(unit, nodes[-1].output[0])
         self._rebuild()
         drop_unused_initializers(self.graph)
         logger.debug("QDQ model: %d groups quantized, %d reverted", len(groups), len(self.plan.reverted))
@@ -98,6 +100,15 @@ class _Rewriter:
                 self.rewire.setdefault(node, {})[index] = dequantized
         for repeated, (node, index) in site.repeats:
             self.rewire.setdefault(node, {})[index] = self._qdq(repeated, scale, zero_point)
+
+    def _shifted_quantizer(self, unit, product: str) -> None:
+        """The output quantizer of a shifted hard-swish reads the product, its zero point moved by the shift's
+        ``levels``: the integers are those of ``product + shift`` on the output's grid, exactly."""
+        quantizer = self.plan.quantizers[unit.output]
+        node = next(n for n in self.after[unit.nodes[-1]] if n.op_type == "QuantizeLinear" and n.input[0] == unit.output)
+        node.input[0] = product
+        node.input[2] = self._initializer(np.array(quantizer.zero_point + unit.levels, dtype=np.uint8),
+                                          f"{unit.output}_shifted_zero_point")
 
     def _qdq(self, tensor: str, scale: str, zero_point: str, source: str | None = None,
              dequantized: str | None = None) -> str:
