@@ -1,6 +1,8 @@
 """Hard-swish in int8 (``quantization.hardswish``): what ONNX Runtime runs, the numbers, and when it stays float."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -81,6 +83,10 @@ def test_a_shift_after_the_hardswish_is_whole_steps_of_the_output_grid_with_no_b
     assert np.abs(error).max() <= output.scale + 1e-6 and abs(error.mean()) < 0.05 * output.scale
     f, q = run(model, x), run(state.model, x)
     assert np.abs(f - q).max() < 0.05 * np.abs(f).max()
+    # an edit of the output grid (a shared concat scale, say) breaks the whole steps: the activation goes float
+    edited = dataclasses.replace(state.plan, quantizers={**state.plan.quantizers, unit.output: dataclasses.replace(
+        output, scale=output.scale * 1.01)})
+    assert edited.int8_hardswish == () and "HardSwish" in {n.op_type for n in apply_plan(model, edited).graph.node}
 
 
 def test_a_shift_under_half_a_step_keeps_the_hardswish_float() -> None:

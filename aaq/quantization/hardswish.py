@@ -134,14 +134,15 @@ def int8_nodes(unit: Int8HardSwish, dequantized: str, add_initializer, new_name)
     base, name = unit.output, unit.name
     product = unit.output if not unit.shift else new_name(f"{base}_product")
     zero = add_initializer(np.array(0, dtype=np.uint8), f"{base}_hardswish_zero")
-    three, one = add_initializer(np.array(1, np.uint8), f"{base}_three_quantized"), new_name(f"{base}_three")
+    three_q, three = add_initializer(np.array(1, np.uint8), f"{base}_three_quantized"), new_name(f"{base}_three")
     shifted, gate_q, gate = new_name(f"{base}_plus3"), new_name(f"{base}_gate_quantized"), new_name(f"{base}_gate")
     gate_scale = add_initializer(np.array(GATE_SCALE, np.float32), f"{base}_gate_scale")
     gate_dq_scale = add_initializer(np.array(unit.scale / 255.0, np.float32), f"{base}_gate_dequantize_scale")
     return [  # 3 as an exact uint8 DequantizeLinear: QLinearAdd wants both operands quantized
-        helper.make_node("DequantizeLinear", [three, add_initializer(np.array(3.0, np.float32), f"{base}_three_scale"),
-                                              zero], [one], name=new_name(f"{name}_three_DequantizeLinear")),
-        helper.make_node("Add", [dequantized, one], [shifted], name=new_name(f"{name}_plus3")),
+        helper.make_node("DequantizeLinear", [three_q, add_initializer(np.array(3.0, np.float32),
+                                                                       f"{base}_three_scale"), zero],
+                         [three], name=new_name(f"{name}_three_DequantizeLinear")),
+        helper.make_node("Add", [dequantized, three], [shifted], name=new_name(f"{name}_plus3")),
         helper.make_node("QuantizeLinear", [shifted, gate_scale, zero], [gate_q],
                          name=new_name(f"{name}_gate_QuantizeLinear")),
         helper.make_node("DequantizeLinear", [gate_q, gate_dq_scale, zero], [gate],

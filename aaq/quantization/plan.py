@@ -125,9 +125,12 @@ class Plan:
 
     @property
     def int8_hardswish(self) -> tuple[Int8HardSwish, ...]:
-        """The hard-swishes in int8 in this plan's model: both their quantizers' groups are quantized."""
+        """The hard-swishes in int8 in this plan's model: both their quantizers' groups are quantized, and a
+        shift is still whole steps of the output quantizer (an edit of its scale, such as a shared concat
+        grid, leaves the activation float)."""
         active = {tensor for group in self.quantized_groups for tensor in group.quantizers}
-        return tuple(u for u in self.hardswish if u.input in active and u.output in active)
+        return tuple(u for u in self.hardswish if u.input in active and u.output in active
+                     and (not u.shift or np.isclose(u.levels * self.quantizers[u.output].scale, u.shift, rtol=1e-5)))
 
     def layer(self, name: str) -> LayerPlan:
         try:

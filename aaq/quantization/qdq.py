@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from aaq.errors import ModelError
 from aaq.quantization.graph import GraphIndex, drop_unused_initializers, unique_name
-from aaq.quantization.hardswish import int8_nodes
+from aaq.quantization.hardswish import Int8HardSwish, int8_nodes
 from aaq.quantization.plan import ActivationQuantizer, LayerPlan, Plan
 from aaq.state import model_digest
 
@@ -101,7 +101,7 @@ class _Rewriter:
         for repeated, (node, index) in site.repeats:
             self.rewire.setdefault(node, {})[index] = self._qdq(repeated, scale, zero_point)
 
-    def _shifted_quantizer(self, unit, product: str) -> None:
+    def _shifted_quantizer(self, unit: Int8HardSwish, product: str) -> None:
         """The output quantizer of a shifted hard-swish reads the product, its zero point moved by the shift's
         ``levels``: the integers are those of ``product + shift`` on the output's grid, exactly."""
         quantizer = self.plan.quantizers[unit.output]
