@@ -8,7 +8,8 @@ transformer block whose first LayerNorm has one outlier channel), and two tables
    other params at their defaults) with each algorithm off and on
    (``cross_layer_equalization``, ``smooth_quant``, ``weight_range_search``, all three),
    Quark's ``INT8_CNN_DEFAULT`` one-shot (MinMax + CLE) and AIMET's CLE + SeqMSE.
-2. **DQ -> AAQ end result** (top-1 cases), ``maximal_drop`` 0.01 absolute: aaq with
+2. **DQ -> AAQ end result** (top-1 cases; on ``ppocr_rec`` the peers' rows only, each tool searching on
+   the bench's character accuracy), ``maximal_drop`` 0.01 absolute: aaq with
    ``tune_hyperparams`` false and true (the whole-model alternatives before any
    revert), Quark's ``AutoSearch`` and AIMET's automatic mixed precision. Columns:
    drop, met?, groups/layers not in int8 (aaq: its groups reverted; a peer: the
@@ -61,6 +62,7 @@ MAX_DROP = 0.01
 PEER_LIMIT = 2700.0  # s of wall clock per peer run (--peer-limit)
 E2E_ROWS = ("aaq DQ->AAQ defaults", "aaq DQ->AAQ tune_hyperparams", "quark AutoSearch", "aimet AMP")
 TOP1_CASES = ("outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
+TEXT_CASES = ("ppocr_rec",)  # DQ -> AAQ: the peers' rows only (aaq_end_to_end's spec scores top-1)
 
 
 def _outlier_transformer(name: str) -> bds.Case:
@@ -126,9 +128,21 @@ def ensure_venv(tool: str) -> Path:
 
 
 def _eval_npz(case: bds.Case, work: Path) -> Path:
-    path = work / f"{case.name}.eval.npz"
+    """The eval set for ``peers_side.py``: ``x``, ``y`` (top-1), or ``x``, ``text``, ``charset``, ``mean_len``
+    (ppocr_rec: the case's scorer's mean text length, over the whole set even when ``--quick`` cut ``x``)."""
+    if case.name not in TEXT_CASES:
+        path = work / f"{case.name}.eval.npz"
+        if not path.exists():
+            np.savez(path, x=case.x, y=np.asarray(case.labels).reshape(-1))
+        return path
+    import realcases
+
+    path = work / f"{case.name}.eval_text.npz"
     if not path.exists():
-        np.savez(path, x=case.x, y=np.asarray(case.labels).reshape(-1))
+        with np.load(realcases.prepare(case.name)["data"]) as z:
+            charset = z["charset"]
+        np.savez(path, x=case.x, text=np.asarray(case.labels), charset=charset,
+                 mean_len=case.score.__self__.mean_len)  # case.score: that nncf_side.Scorer's bound method
     return path
 
 
@@ -197,9 +211,9 @@ class NoModel(Exception):
         self.record = record
 
 
-def _peer_row(mode: str, describe: str) -> bds.Row:
+def _peer_row(mode: str, describe: str, limit: float = PEER_LIMIT) -> bds.Row:
     return bds.Row(mode.replace("_", " "), mode.split("_")[0], describe,
-                   lambda case, work: peer(mode, case, work)[0])
+                   lambda case, work: peer(mode, case, work, limit)[0])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -357,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(json.loads(args.print_json.read_text()))
         return 0
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
-    rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)"),
-             _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)")]
+    rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)", args.peer_limit),
+             _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)", args.peer_limit)]
     e2e = list(E2E_ROWS)
     if args.skip_peers:
         rows, e2e = [r for r in rows if r.tool == "aaq"], [n for n in e2e if n.startswith("aaq")]
@@ -370,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--rows: unknown {unknown}; the rows are {known}")
         rows, e2e = [r for r in rows if r.name in args.rows], [n for n in e2e if n in args.rows]
+        text_cases = [c for c in args.cases if c in TEXT_CASES]
+        if text_cases and any(n.startswith("aaq DQ->AAQ") for n in args.rows):
+            ap.error(f"--rows: the aaq DQ->AAQ rows score top-1 and do not run on {text_cases} (the peers' do)")
     report: dict[str, Any] = {"rows": [r.name for r in rows], "row_descriptions": {r.name: r.describe for r in rows},
                               "cases": {}, "e2e": {}, "onnxruntime": ort.__version__, "cpus": os.cpu_count(),
                               "runs": [run_entry(sys.argv[1:] if argv is None else argv,
@@ -387,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir(parents=True, exist_ok=True)
             if rows:
                 report["cases"][name] = bds.run_case(case, rows, work)
-            if e2e and name in TOP1_CASES:
-                report["e2e"][name] = end_to_end(case, work, e2e, args.peer_limit)
+            ways = e2e if name in TOP1_CASES else [n for n in e2e if not n.startswith("aaq")] \
+                if name in TEXT_CASES else []
+            if ways:
+                report["e2e"][name] = end_to_end(case, work, ways, args.peer_limit)
             report["seconds"] = time.perf_counter() - started
             _write(args, report)
     report["runs"][-1].update(ended_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

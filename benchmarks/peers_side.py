@@ -8,15 +8,16 @@ ones ``/work/shared/peers/README.md`` lists as measured. Modes:
 * ``quark_autosearch``: v1 ``AutoSearch``, grid over include_cle x calibrate_method (MinMax, Percentile,
   LayerWisePercentile) x include_fast_ft x include_auto_mp (24 configs, first key slowest; include_fast_ft moved
   first so the 12 configs without AdaRound fine-tuning come first), stop at the first config within ``max_drop``
-  of the float metric by the user's evaluator (top-1 on the eval set); 1200 s time limit.
+  of the float metric by the user's evaluator (the eval set's metric, below); 1200 s time limit.
 * ``aimet_cle_seqmse``: ``equalize_model``, QuantSim int8/int8 min_max, ``compute_encodings``,
   ``apply_seq_mse(num_candidates=20)``, ``compute_encodings``, ``to_onnx_qdq``.
 * ``aimet_amp``: that QuantSim (CLE, no SeqMSE), then ``choose_mixed_precision`` over int8 / int16 / fp16
-  candidates (binary search), phase 1 and 2 scored by top-1 on the eval set.
+  candidates (binary search), phase 1 (first 200 samples) and 2 scored by the eval set's metric.
 
-The metric is top-1 agreement with the labels in the eval npz (``x``, ``y``); every
+The metric is top-1 agreement with the labels in the eval npz (``x``, ``y``), or for an npz
+with ``x``, ``text``, ``charset`` (and ``mean_len``; ppocr_rec) the bench's character accuracy (``_Labels``); every
 full-set evaluation the tool asks for is counted, and each is a line on stderr as it
-ends (``[peers_side] full evaluation N: top-1``), so a run stopped at its time limit
+ends (``[peers_side] full evaluation N: metric``), so a run stopped at its time limit
 still says how far it got.
 """
 from __future__ import annotations
@@ -33,16 +34,45 @@ import numpy as np
 import onnx
 
 
-def _top1(model_path_or_session, x: np.ndarray, y: np.ndarray, name: str, batch: int = 64) -> float:
+class _Labels:
+    """The eval npz's labels and each sample's score: top-1 against ``y``, or, when the npz has ``text`` and
+    ``charset`` (ppocr_rec), ``nncf_side.Scorer``'s character accuracy of CTC greedy decoding: the same
+    per-sample score bench_toolbox gives every tool's model, so a peer searches on the bench's own metric."""
+
+    def __init__(self, z) -> None:
+        self.scorer = None
+        if "text" in z.files:
+            import nncf_side  # numpy + realcases_eval only: importable in the peers' venvs
+
+            self.values = z["text"]
+            self.scorer = nncf_side.Scorer("ppocr_rec", {"charset": z["charset"], "text": self.values})
+            if "mean_len" in z.files:  # the bench's, when its eval set was cut (--quick)
+                self.scorer.mean_len = float(z["mean_len"])
+        else:
+            self.values = z["y"]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def scores(self, out: np.ndarray, start: int, stop: int) -> np.ndarray:
+        part = self.values[start:stop]
+        return out.argmax(axis=-1) == part if self.scorer is None else self.scorer.scores(out, part)
+
+
+def _metric(model_path_or_session, x: np.ndarray, y: _Labels, name: str, n: int | None = None,
+            batch: int = 64) -> float:
+    """The mean score of the first ``n`` (all) eval samples."""
     import onnxruntime as ort
 
     session = model_path_or_session
     if isinstance(session, (str, Path)):
         session = ort.InferenceSession(str(session), providers=["CPUExecutionProvider"])
+    n = len(x) if n is None else n
     hits = []
-    for start in range(0, len(x), batch):
-        out = session.run(None, {name: x[start:start + batch]})[0]
-        hits.append(out.argmax(axis=-1) == y[start:start + batch])
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        out = session.run(None, {name: x[start:stop]})[0]
+        hits.append(y.scores(out, start, stop))
     return float(np.mean(np.concatenate(hits)))
 
 
@@ -90,7 +120,7 @@ def quark_autosearch(args, calib, x, y) -> dict:
     count = {"evaluations": 0}
 
     def evaluator(path: str) -> float:
-        return _counted(count, "full", _top1(path, x, y, args.input))
+        return _counted(count, "full", _metric(path, x, y, args.input))
 
     cfg = QConfig.get_default_config("INT8_CNN_DEFAULT")
     cfg.global_quant_config.per_channel = True
@@ -166,10 +196,10 @@ def aimet_amp(args, calib, x, y) -> dict:
     sub = min(len(x), 200)
 
     def phase1(session, _=None) -> float:
-        return _counted(count, "subset", _top1(session, x[:sub], y[:sub], args.input))
+        return _counted(count, "subset", _metric(session, x, y, args.input, sub))
 
     def phase2(session, _=None) -> float:
-        return _counted(count, "full", _top1(session, x, y, args.input))
+        return _counted(count, "full", _metric(session, x, y, args.input))
 
     integer, floating = QuantizationDataType.int, QuantizationDataType.float
     candidates = [((8, integer), (8, integer)), ((16, integer), (8, integer)), ((16, floating), (16, floating))]
@@ -195,7 +225,7 @@ def main() -> int:
     with np.load(args.calib) as z:
         calib = z[args.input]
     with np.load(args.eval) as z:
-        x, y = z["x"], z["y"]
+        x, y = z["x"], _Labels(z)
     started = time.perf_counter()
     record = MODES[args.mode](args, calib, x, y)
     record["seconds"] = time.perf_counter() - started
