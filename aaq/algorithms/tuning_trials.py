@@ -4,9 +4,10 @@ Plans come from DefaultQuantization with the config's params laid over the base
 params; the statistics of every model-wise config are collected up front by the
 one collector (``prepare``): one pass per prepared model and sampling size, never
 per trial; a histogram estimator's second pass is made when the first config that needs
-it is built, for every config on the same pass at once. A trial's model is the plan with the groups of its fallback layers
-reverted (``CandidateModels``), evaluated on the full set in a seeded order with an
-exact early stop (``StopRule``) that also ends the evaluation at the deadline.
+it is built, for every config on the same pass at once. A trial's model is the plan with
+the groups of its fallback layers reverted (``CandidateModels``), evaluated on the full
+set in a seeded order with an exact early stop (``StopRule``) that also ends the
+evaluation at the deadline.
 """
 from __future__ import annotations
 

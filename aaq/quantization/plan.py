@@ -179,7 +179,7 @@ class Plan:
             return {"bits": layer.weight.bits, "axis": layer.weight.axis, "scales": int(scales.size),
                     "scale_range": [float(scales.min()), float(scales.max())]}
 
-        float_layers = dict(self.skipped)
+        float_layers, int8_hardswish = dict(self.skipped), self.int8_hardswish
         for g in self.groups:
             if g.id in self.reverted:
                 float_layers.update({name: why.get(g.id, "reverted") for name in g.layers})
@@ -196,7 +196,7 @@ class Plan:
                             for q in self.quantizers.values()],
             "float_layers": float_layers,
             "hardswish": [{"nodes": list(u.nodes), "input": u.input, "output": u.output,
-                           "int8": u in self.int8_hardswish} for u in self.hardswish],
+                           "int8": u in int8_hardswish} for u in self.hardswish],
         }
 
     def _group_of_tensor(self, tensor: str) -> int | None:

@@ -105,7 +105,8 @@ class _Rewriter:
         """The output quantizer of a shifted hard-swish reads the product, its zero point moved by the shift's
         ``levels``: the integers are those of ``product + shift`` on the output's grid, exactly."""
         quantizer = self.plan.quantizers[unit.output]
-        node = next(n for n in self.after[unit.nodes[-1]] if n.op_type == "QuantizeLinear" and n.input[0] == unit.output)
+        node = next(n for n in self.after[unit.nodes[-1]]
+                    if n.op_type == "QuantizeLinear" and n.input[0] == unit.output)
         node.input[0] = product
         node.input[2] = self._initializer(np.array(quantizer.zero_point + unit.levels, dtype=np.uint8),
                                           f"{unit.output}_shifted_zero_point")
