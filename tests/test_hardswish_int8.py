@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from aaq.quantization.hardswish import shift_levels
 from aaq.quantization.prepare import prepare_model
 from aaq.quantization.qdq import apply_plan
 from helpers import all_outputs, optimized_op_types, quantize, run
@@ -89,7 +90,17 @@ def test_a_shift_after_the_hardswish_is_whole_steps_of_the_output_grid_with_no_b
     assert edited.int8_hardswish == () and "HardSwish" in {n.op_type for n in apply_plan(model, edited).graph.node}
 
 
-def test_a_shift_under_half_a_step_keeps_the_hardswish_float() -> None:
+def test_a_shift_is_held_on_a_step_never_finer_than_the_observed_one() -> None:
+    """A finer step would clip the top of the observed range: 13.6 steps become 13 coarser ones, not 14."""
+    k, step = shift_levels(0.136, 0.01, 100)
+    assert k == 13 and step == pytest.approx(0.136 / 13) and step > 0.01
+    k, step = shift_levels(-0.136, 0.01, 100)
+    assert k == -13 and step == pytest.approx(0.136 / 13)
+    assert shift_levels(0.137, 0.01, 100) is None  # 13 steps would be 5.4 % coarser
+    assert shift_levels(0.009, 0.01, 100) is None and shift_levels(0.136, 0.01, 250) is None
+
+
+def test_a_shift_under_one_step_keeps_the_hardswish_float() -> None:
     model, x = affine_hardswish(scale=1.7, shift=1e-5), feature_maps()
     state, algorithm = quantize(model, x)
     assert [u.name for u in state.plan.hardswish] == [] and algorithm.summary["int8_hardswish"] == []
