@@ -73,7 +73,8 @@ class Pipeline:
         current.CopyFrom(float_model)
         state = PipelineState(float_model=float_model, model=current,
                               output_dir=None if output_dir is None else Path(output_dir),
-                              resume_from=None if resume_from is None else Path(resume_from))
+                              resume_from=None if resume_from is None else Path(resume_from),
+                              evaluate=self.evaluate)
         executor = executor_of(engine)
         executor.stats = ExecutorStats()
         try:  # the executor's workers (processes, a LocalCluster) end with the run, interrupted or not

@@ -62,6 +62,9 @@ class PipelineState:
     """Per metric, the drop intervals of ``model`` (by digest): ``{"model", "search", "held_out"}``."""
     executors: list[dict[str, Any]] = field(default_factory=list)
     """What each executor an algorithm started for itself cost (``Executor.describe``); the engine's is added last."""
+    evaluate: bool = True
+    """False in a quantize-only run (``aaq run --no-evaluate``): an algorithm that may skip the evaluation data
+    (DefaultQuantization's ``auto`` ranges) infers nothing beyond calibration."""
 
     @property
     def targets_met(self) -> bool:

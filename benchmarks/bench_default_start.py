@@ -11,7 +11,11 @@ they quantized:
   every calibration sample, ``latency_aware: "off"`` so every layer is int8 as in the
   peers' models, the other params at their defaults) with one activation
   ``range_estimator`` each (``ESTIMATORS``). Statistics are shared between the aaq
-  rows of a case (one collection per distinct statistic).
+  rows of a case (one collection per distinct statistic). The engine holds the case's
+  evaluation data and metric (``CaseMetric``) and its calibration data, as a user's
+  spec would: so ``auto`` (the default row) compares its candidates by that metric on
+  the evaluation set, the one this bench scores on; ``default by output`` is the same
+  with ``auto_eval_samples: 0``, the choice by output error alone (no labels).
 * ``nncf``: ``nncf.quantize`` with its defaults (NNCF 3.4.0, ONNX backend, in
   ``benchmarks/out/venv-nncf``, made by ``bench_accuracy_aware.ensure_nncf_venv``;
   ``nncf_side.py quantize``), ``subset_size`` = every calibration sample, on the
@@ -58,6 +62,8 @@ sys.path.insert(0, str(HERE))
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+
+from aaq import Metric  # noqa: E402
 
 OUT = HERE / "out"
 WORK = OUT / "bench_default_start"
@@ -196,6 +202,8 @@ _MIN = {"type": "min", "aggregator": "min"}
 ESTIMATORS: dict[str, tuple[str, dict]] = {
     # name: (what it is, DefaultQuantization's activations param; explicit, whatever the defaults are)
     "default": ("DefaultQuantization's defaults as they are in this tree", {}),
+    "default by output": ("the defaults, auto deciding by output error only (auto_eval_samples 0: no labels)",
+                          {"range_estimator": {"auto_eval_samples": 0}}),
     "minmax": ("min of per-sample min, max of per-sample abs max (ORT's MinMax; aaq's old default)",
                {"range_estimator": {"preset": "minmax", "min": _MIN,
                                     "max": {"type": "abs_max", "aggregator": "max"}}}),
@@ -230,18 +238,29 @@ MIXED: dict[str, tuple[str, dict]] = {
 _SHARED_STATS: dict[str, Any] = {}
 
 
+class CaseMetric(Metric):
+    """The case's own per-sample metric as an aaq metric, what a user's spec would name: ``auto`` decides by it."""
+
+    def __init__(self, case: Case) -> None:
+        self.name, self.case = case.name, case
+
+    def score(self, outputs: dict[str, np.ndarray], labels: Any) -> np.ndarray:
+        return np.asarray(self.case.score(next(iter(outputs.values())), labels), np.float64)
+
+
 def aaq_row(name: str, activations: dict, describe: str, **params: Any) -> Row:
     """An aaq DefaultQuantization row: ``activations`` and any other ``params`` over the bench's base."""
 
     def quantize(case: Case, work: Path) -> Path:
         from aaq.algorithms.base import run_algorithm
         from aaq.algorithms.default import DefaultQuantization
-        from aaq.engine import Agreement, ArrayDataset, Engine
+        from aaq.engine import ArrayDataset, Engine
         from aaq.state import PipelineState
         from aaq.statistics.requests import StatisticsCache
 
         model = onnx.load(str(case.model))
-        engine = Engine(ArrayDataset({case.input_name: case.calib}), [Agreement()], batch_size=case.batch,
+        engine = Engine(ArrayDataset({case.input_name: case.x}, case.labels), [CaseMetric(case)],
+                        calibration_dataset=ArrayDataset({case.input_name: case.calib}), batch_size=case.batch,
                         progress=False)
         engine.set_float_model(model)
         base = {"stat_subset_size": len(case.calib), "latency_aware": "off"}

@@ -37,6 +37,7 @@ class FakeEngine:
 
     providers = ("CPUExecutionProvider",)
     progress = False
+    metrics: list = []  # no metric: ``auto`` ranges decide by output error
 
     def __init__(self, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 4) -> None:
         self.inputs = inputs if isinstance(inputs, dict) else {"x": inputs}

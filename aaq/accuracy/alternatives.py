@@ -48,7 +48,8 @@ def tuning_stages(base_params: dict[str, Any], bias: bool = True) -> list[Stage]
     the sign, so only the upper bound's estimator is searched there. From a ``kl``,
     ``percentile`` or ``auto`` base the candidates go back to the ``minmax`` estimator the
     grid's entries modify (those estimators take no min / max statistics); from ``auto``,
-    which chose by output error, both of its candidates are tried by the metric.
+    which chose on at most ``auto_eval_samples`` samples (or by output error), both of its candidates are
+    tried here too.
     """
     mixed = base_params.get("preset") == "mixed"
     estimator = ((base_params.get("activations") or {}).get("range_estimator") or {}).get("preset")
@@ -61,7 +62,7 @@ def tuning_stages(base_params: dict[str, Any], bias: bool = True) -> list[Stage]
     ranges = [{"activations": {"range_estimator": {**reset, **{k: v for k, v in (("min", low), ("max", high)) if v}}}}
               for low in (options("quantile") if mixed else [None])
               for high in options("quantile" if mixed else "abs_quantile") if low or high]
-    if estimator == AUTO_ESTIMATOR:  # auto chose one of these two by output error; the metric may disagree
+    if estimator == AUTO_ESTIMATOR:  # auto chose one of these two on its own samples, or by output error
         ranges.append({"activations": {"range_estimator": {"preset": "minmax"}}})
     if estimator != "percentile":
         ranges.append({"activations": {"range_estimator": {"preset": "percentile", "min": {"type": None, "aggregator": None},

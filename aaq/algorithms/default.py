@@ -9,8 +9,8 @@ biases (measured correction declares a second pass, on a twin of the plan, throu
 the same collector) and applies the plan. The histogram range estimators (``kl``,
 ``percentile``, and ``auto``, the default) declare the observed ranges and ask, in ``run``,
 for one more pass: a histogram of every quantizer's tensor over its range, all tensors at
-once; ``auto`` then keeps ``minmax`` or ``percentile`` by measuring both models' outputs
-(``auto_ranges``).
+once; ``auto`` then keeps ``minmax`` or ``percentile`` by measuring both full-INT8 models
+(their metrics, else their outputs: ``auto_ranges``).
 
 Which layers stay float for speed (``latency_aware``): ``"measure"`` (the default)
 times, on this machine, whole models side by side: all-int8, the rules' layout and the
@@ -31,7 +31,7 @@ from typing import Any
 
 import onnx
 
-from aaq.algorithms.auto_ranges import output_errors
+from aaq.algorithms.auto_ranges import choose as choose_ranges, evaluation_indices
 from aaq.algorithms.base import Algorithm, register_algorithm
 from aaq.algorithms.preconditioning import equalized, searched_weights, smoothed
 from aaq.engine.kernels import u8s8_saturates
@@ -44,8 +44,8 @@ from aaq.quantization.latency_kinds import HARD_SWISH, RULES_FLOAT, latency_kind
 from aaq.quantization.layers import Layout, find_layout
 from aaq.quantization.plan import Plan, activation_requests, build_plan, histogram_requests
 from aaq.quantization.prepare import PER_CHANNEL_OPSET, PER_TENSOR_OPSET, PreparedModel, prepare_model
-from aaq.quantization.presets import (DEFAULT_AUTO_SAMPLES, DEFAULT_ESTIMATOR, OWN_STATISTICS, QuantConfig,
-                                      fixed_statistics, resolve_config)
+from aaq.quantization.presets import (DEFAULT_AUTO_EVAL_SAMPLES, DEFAULT_AUTO_SAMPLES, DEFAULT_ESTIMATOR,
+                                      OWN_STATISTICS, QuantConfig, fixed_statistics, resolve_config)
 from aaq.quantization.qdq import apply_plan
 from aaq.quantization.smooth import smooth_targets
 from aaq.schemas import load_schema
@@ -73,7 +73,8 @@ class DefaultQuantizationParams:
         "range_estimator": {"preset": DEFAULT_ESTIMATOR,
                             "min": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
                             "max": {"type": None, "aggregator": None, "outlier_prob": 0.0001},
-                            "percentile": 99.999, "histogram_bins": 2048, "auto_samples": DEFAULT_AUTO_SAMPLES}})
+                            "percentile": 99.999, "histogram_bins": 2048, "auto_samples": DEFAULT_AUTO_SAMPLES,
+                            "auto_eval_samples": DEFAULT_AUTO_EVAL_SAMPLES}})
     bias_correction: bool = True
     use_fast_bias: bool = True
     latency_aware: str = "measure"
@@ -313,7 +314,7 @@ class DefaultQuantization(Algorithm):
     def _auto_ranges(self, state: PipelineState, engine: EngineLike, model: onnx.ModelProto,
                      digests: frozenset[str], layout: Layout, config: QuantConfig,
                      statistics: dict) -> tuple[QuantConfig, dict[str, Any]]:
-        """``auto``: the candidate whose full-INT8 model (biases corrected as configured) is closest to float."""
+        """``auto``: the candidate whose full-INT8 model (biases corrected as configured) wins (``auto_ranges``)."""
         auto = config.activations.auto
         indices = engine.calibration_indices(min(auto.samples, self.params.stat_subset_size))
         models = {}
@@ -322,9 +323,8 @@ class DefaultQuantization(Algorithm):
             plan = self._correct_biases(build_plan(model, digests, layout, candidate, statistics), statistics,
                                         state, engine)
             models[name] = apply_plan(state.float_model, plan)
-        errors = output_errors(engine, state.float_model, models, indices)
-        chosen = min(errors, key=errors.__getitem__)
-        record = {"chosen": chosen, "output_error": errors, "samples": int(len(indices))}
+        chosen, record = choose_ranges(engine, state.float_model, models, indices,
+                                       evaluation_indices(engine, auto.eval_samples, state.evaluate))
         return dataclasses.replace(config, activations=config.activations.candidate(chosen)), record
 
     def _config_for(self, engine: EngineLike, setup: _Setup) -> QuantConfig:

@@ -60,6 +60,7 @@ DEFAULT_ESTIMATOR = AUTO_ESTIMATOR
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_HISTOGRAM_BINS = 2048
 DEFAULT_AUTO_SAMPLES = 64
+DEFAULT_AUTO_EVAL_SAMPLES = 1000
 
 _ACTIVATION_DEFAULTS = {
     (True, "minmax"): ({"type": "min", "aggregator": "min"}, {"type": "abs_max", "aggregator": "max"}),
@@ -101,11 +102,14 @@ class HistogramEstimator:
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """``auto``: the observed range or ``percentile``, whichever full-INT8 model's outputs are closer to the
-    float model's on the first ``samples`` calibration samples (``DefaultQuantization`` measures it)."""
+    """``auto``: the observed range or ``percentile``, whichever full-INT8 model scores better on the
+    engine's metrics over ``eval_samples`` evaluation samples, or (no metric, a quantize-only run, a tie,
+    ``eval_samples`` 0) has outputs closer to the float model's on the first ``samples`` calibration
+    samples (``DefaultQuantization`` measures it, ``algorithms.auto_ranges``)."""
 
     candidates: tuple[str, ...] = ("minmax", "percentile")
     samples: int = DEFAULT_AUTO_SAMPLES
+    eval_samples: int = DEFAULT_AUTO_EVAL_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,8 @@ def resolve_config(preset: str, weights: Mapping[str, Any], activations: Mapping
         if fixed:
             raise ValueError(f"range estimator {name!r} takes no {', '.join(fixed)}: its statistics are its own")
         if name == AUTO_ESTIMATOR:
-            auto = AutoChoice(samples=int(estimator.get("auto_samples", DEFAULT_AUTO_SAMPLES)))
+            auto = AutoChoice(samples=int(estimator.get("auto_samples", DEFAULT_AUTO_SAMPLES)),
+                              eval_samples=int(estimator.get("auto_eval_samples", DEFAULT_AUTO_EVAL_SAMPLES)))
         histogram = HistogramEstimator("percentile" if auto else name,
                                        int(estimator.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)),
                                        float(estimator.get("percentile", DEFAULT_PERCENTILE)))
