@@ -108,7 +108,11 @@ log = logging.getLogger("bench_accuracy_aware")
 
 
 class CaseMetric(Metric):
-    """``nncf_side.Scorer`` as an aaq metric: one score per sample, the value their mean."""
+    """``nncf_side.Scorer`` as an aaq metric: one score per sample, the value their mean.
+
+    ``data``: an npz with the case's ``charset`` and ``text`` (ppocr_rec), and optionally ``mean_len``
+    (bench_toolbox's eval npz: the mean text length of the set the bench's metric is defined on).
+    """
 
     higher_is_better = True
     per_sample = True
@@ -116,7 +120,8 @@ class CaseMetric(Metric):
     def __init__(self, case: str, data: str, steps: int | None = None) -> None:
         with np.load(data, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("charset", "text") if k in z.files}
-        self.scorer = nncf_side.Scorer(case, arrays, steps)
+            mean_len = float(z["mean_len"]) if "mean_len" in z.files else None
+        self.scorer = nncf_side.Scorer(case, arrays, steps, mean_len)
         self.bounds = self.scorer.bounds  # exact: every score lies in it and the value is their mean
 
     def score(self, outputs: dict[str, np.ndarray], labels: Any) -> np.ndarray:

@@ -53,16 +53,18 @@ class Scorer:
 
     ``data`` is the loaded npz (``realcases_eval.load``). ``steps`` (ppocr_rec) is the
     CTC output length, which bounds the decoded length and so the scores from below.
+    ``mean_len`` (ppocr_rec) replaces the mean length of ``data["text"]`` when those are
+    a cut of the set the metric is defined on (bench_toolbox ``--quick``).
     """
 
-    def __init__(self, case: str, data: dict, steps: int | None = None) -> None:
+    def __init__(self, case: str, data: dict, steps: int | None = None, mean_len: float | None = None) -> None:
         self.case = case
         if case == "ppocr_cls":
             self.bounds = (0.0, 1.0)
             return
         self.charset = [str(c) for c in data["charset"]]
         lengths = [len(_strip(t)) for t in data["text"]]
-        self.mean_len = float(np.mean(lengths))
+        self.mean_len = float(np.mean(lengths)) if mean_len is None else float(mean_len)
         steps = steps or max(lengths)
         low = min(n - max(n, steps) for n in lengths)
         self.bounds = (low / self.mean_len, max(lengths) / self.mean_len)

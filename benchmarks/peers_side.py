@@ -45,9 +45,9 @@ class _Labels:
             import nncf_side  # numpy + realcases_eval only: importable in the peers' venvs
 
             self.values = z["text"]
-            self.scorer = nncf_side.Scorer("ppocr_rec", {"charset": z["charset"], "text": self.values})
-            if "mean_len" in z.files:  # the bench's, when its eval set was cut (--quick)
-                self.scorer.mean_len = float(z["mean_len"])
+            # mean_len: the bench's, when its eval set was cut (--quick)
+            self.scorer = nncf_side.Scorer("ppocr_rec", {"charset": z["charset"], "text": self.values},
+                                           mean_len=float(z["mean_len"]) if "mean_len" in z.files else None)
         else:
             self.values = z["y"]
 
