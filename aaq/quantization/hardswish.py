@@ -54,6 +54,8 @@ from aaq.quantization.graph import GraphIndex
 
 GATE_SCALE = 6.0 / 255.0
 """The quantizer of ``x + 3``: uint8 on ``[0, 6]``, zero point 0, so that it saturates where Clip(0, 6) does."""
+HARDSWISH_MIN = -0.375
+"""The least value of ``x * clip(x + 3, 0, 6) / 6`` (at ``x = -1.5``)."""
 MAX_STEP_CHANGE = 0.05
 """How far (relative) the output quantizer's step may move to hold a shift as a whole number of steps."""
 
@@ -116,6 +118,18 @@ def find_int8_hardswish(index: GraphIndex, quantized: Mapping[str, set[tuple[str
             continue
         found.append(Int8HardSwish(tuple(nodes), x, tensor, scale, shift))
     return tuple(found)
+
+
+def output_grid(unit: Int8HardSwish, high: float) -> tuple[float, int]:
+    """``(scale, zero_point)`` of a uint8 grid over ``[lowest, high]``, ``lowest`` the least value the activation
+    (with its scalar affine) can take: ``shift + scale * HARDSWISH_MIN``, or 0.
+
+    A symmetric grid for a tensor that never goes below -0.375 spends its lower half on
+    nothing; this one has twice the resolution. The step leaves one level of headroom, so
+    the zero point rounded up still reaches ``high``."""
+    lowest = min(unit.shift + HARDSWISH_MIN * unit.scale, 0.0)
+    step = (high - lowest) / 254.0
+    return step, int(np.ceil(-lowest / step))
 
 
 def shift_levels(shift: float, scale: float, zero_point: int) -> tuple[int, float] | None:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from aaq.quantization.graph import GraphIndex
-from aaq.quantization.hardswish import Int8HardSwish, shift_levels
+from aaq.quantization.hardswish import Int8HardSwish, output_grid, shift_levels
 from aaq.quantization.layers import BiasSlot, Layer, Layout, QuantizerSite
 from aaq.quantization.presets import QuantConfig
 from aaq.quantization.ranges import QuantizedWeight, activation_params, quantize_weight
@@ -307,8 +307,13 @@ def build_plan(model: onnx.ModelProto, source_digests: frozenset[str], layout: L
         layers.append(LayerPlan(layer, weight, layout.sites_of(layer.name)))
     hardswish = []
     for unit in layout.hardswish:
+        quantizer = quantizers[unit.output]
+        if quantizer.symmetric and quantizer.low < 0:  # the activation's own lower bound, not -high
+            step, zero_point = output_grid(unit, quantizer.high)
+            quantizers[unit.output] = quantizer = dataclasses.replace(
+                quantizer, scale=step, zero_point=zero_point, low=-zero_point * step,
+                high=(255 - zero_point) * step, symmetric=False)
         if unit.shift:  # the output's step set so that the shift is whole steps (see ``hardswish``), or float
-            quantizer = quantizers[unit.output]
             fit = shift_levels(unit.shift, quantizer.scale, quantizer.zero_point)
             if fit is None:
                 continue
