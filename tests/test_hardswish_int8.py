@@ -10,7 +10,7 @@ import pytest
 from aaq.quantization.hardswish import shift_levels
 from aaq.quantization.prepare import prepare_model
 from aaq.quantization.qdq import apply_plan
-from helpers import all_outputs, optimized_op_types, quantize, run
+from helpers import MINMAX, all_outputs, optimized_op_types, quantize, run
 from models import ModelBuilder, add_hardswish, conv_hardswish_conv, feature_maps
 
 INTEGER_PATH = ["QuantizeLinear", "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearConv", "DequantizeLinear"]
@@ -44,6 +44,25 @@ def test_the_int8_hardswish_is_x_times_clip_x_plus_3_over_6_to_the_gates_roundin
     exact = xs * np.clip(xs + 3, 0, 6) / 6
     assert np.all(np.abs(product - exact) <= np.abs(xs) * 0.5 / 255 + 1e-5)
     assert np.all(product[xs <= -3] == 0) and np.allclose(product[xs >= 3], xs[xs >= 3], rtol=1e-6)
+
+
+def test_the_output_grid_spans_the_activations_own_range_with_twice_the_symmetric_resolution() -> None:
+    """Hard-swish never goes below -0.375: its output quantizer starts there (its own zero point), not at -high,
+    and the int8 model is closer to float than with the symmetric grid of the same high end."""
+    model, x = conv_hardswish_conv(bias=-1.0), feature_maps()
+    state, _ = quantize(model, x, activations=MINMAX)
+    (unit,) = state.plan.int8_hardswish
+    grid = state.plan.quantizers[unit.output]
+    assert not grid.symmetric and -0.375 - grid.scale < grid.low <= -0.375
+    product = all_outputs(model, x, [unit.output])[unit.output]  # the float activation, as the grid sees it
+    assert grid.high >= product.max() and grid.scale < 0.55 * product.max() / 127
+    symmetric = dataclasses.replace(grid, scale=grid.high / 127, zero_point=128, low=-128 * grid.high / 127,
+                                    high=grid.high, symmetric=True)
+    with_symmetric = dataclasses.replace(state.plan, quantizers={**state.plan.quantizers, unit.output: symmetric})
+    assert with_symmetric.int8_hardswish == (unit,)
+    f = run(model, x)
+    errors = [np.square(run(apply_plan(model, p), x) - f).mean() for p in (state.plan, with_symmetric)]
+    assert errors[0] < 0.9 * errors[1], errors
 
 
 def test_a_positive_scale_after_the_hardswish_goes_into_the_gate() -> None:
