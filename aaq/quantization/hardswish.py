@@ -23,6 +23,13 @@ whose step would grow by more than ``MAX_STEP_CHANGE`` (or that is under one ste
 moves the zero point off uint8) keeps its hard-swish float.
 The only new rounding is the gate's (1/255).
 
+The output quantizer spans ``[shift + scale * HARDSWISH_MIN, high]`` with its own zero
+point (``output_grid``): hard-swish never goes below -0.375, so a symmetric grid (the
+performance preset's, zero point 128) spent its lower half on values that never occur.
+On 100 calibration samples this brought the full-INT8 models closer to float by output
+error (PP-OCR cls 0.0057 -> 0.0006 with min/max ranges, text_recognition 0.084 -> 0.061,
+PP-OCR rec 0.057 -> 0.050), and with steps half as large, more shifts are whole steps.
+
 Measured on PP-OCRv4 rec (the text_recognition sample, 300 lines, 100 calibration
 samples), character accuracy: with min/max ranges, 0.9898 with the activations in
 float, 0.8953 with a second QLinearAdd for the shift, 0.9851 with the shift in the zero

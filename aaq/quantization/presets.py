@@ -32,12 +32,13 @@ DefaultQuantization's default estimator is ``auto``: ``minmax`` or ``percentile`
 whichever full-INT8 model scores better on the engine's metrics over ``auto_eval_samples``
 evaluation samples, else (no metric, a quantize-only run, a tie) whose outputs are closer
 to the float model's on the first ``auto_samples`` calibration samples
-(``algorithms.auto_ranges``). Neither fixed estimator is at least as good as
-``nncf.quantize``'s start on every case (``benchmarks/bench_default_start.py``; the table
-is in the README's "Benchmarks"): ``minmax`` loses on a CNN with one outlier activation
-channel, ``percentile`` on PP-OCR cls and the text_recognition sample, and which of the two
-suits PP-OCR rec flips with the calibration set. ``auto`` was above NNCF's start on all
-seven cases; by output error alone, below it on cls by one image of 1000.
+(``algorithms.auto_ranges``). Which fixed estimator is at least as good as
+``nncf.quantize``'s start moves with the model, its calibration set and aaq's own rewrites
+(``benchmarks/bench_default_start.py``; the tables are in the README's "Benchmarks"):
+``minmax`` loses on a CNN with one outlier activation channel and, in the last run, on
+PP-OCR cls; ``percentile`` lost on PP-OCR rec calibrated on 100 samples and, before int8
+hard-swish's output grid, on cls and the text_recognition sample. ``auto`` was at least as
+good as NNCF's start on all seven cases in each of the last two runs.
 Weights are symmetric in
 both presets. A user's ``min`` / ``max`` entries override the preset's field by
 field; ``null`` keeps the preset's value.
