@@ -10,8 +10,9 @@ builds the full-INT8 model under each candidate and this module measures them.
   metric cannot reach the best so far (per-sample scores with declared bounds). The
   metrics decide in the order the spec lists them. The output error alone is a poor
   guide to the metric: on PP-OCR cls it was a tenth for ``percentile`` while ``minmax``
-  scored four images of 1000 more; on the text_recognition sample the output error
-  kept the model that read fewer characters right.
+  scored four images of 1000 more; on the text_recognition sample, before int8
+  hard-swish's output grid, the output error kept the model that read fewer characters
+  right.
 * By the normalised output error ``output_distance`` (the one ranking uses) on the
   first calibration samples otherwise, and on ties: no labels needed. Ties keep the
   first candidate, the observed range.
