@@ -12,7 +12,7 @@ they quantized:
   peers' models, the other params at their defaults) with one activation
   ``range_estimator`` each (``ESTIMATORS``). Statistics are shared between the aaq
   rows of a case (one collection per distinct statistic). The engine holds the case's
-  evaluation data and metric (``CaseMetric``) and its calibration data, as a user's
+  evaluation data and metric (``CaseScore``) and its calibration data, as a user's
   spec would: so ``auto`` (the default row) compares its candidates by that metric on
   the evaluation set, the one this bench scores on; ``default by output`` is the same
   with ``auto_eval_samples: 0``, the choice by output error alone (no labels).
@@ -238,8 +238,9 @@ MIXED: dict[str, tuple[str, dict]] = {
 _SHARED_STATS: dict[str, Any] = {}
 
 
-class CaseMetric(Metric):
-    """The case's own per-sample metric as an aaq metric, what a user's spec would name: ``auto`` decides by it."""
+class CaseScore(Metric):
+    """``Case.score`` as an aaq metric, what a user's spec would name: ``auto`` decides by it (not
+    ``bench_accuracy_aware.CaseMetric``, which is ``nncf_side.Scorer`` on the real cases only)."""
 
     def __init__(self, case: Case) -> None:
         self.name, self.case = case.name, case
@@ -259,7 +260,7 @@ def aaq_row(name: str, activations: dict, describe: str, **params: Any) -> Row:
         from aaq.statistics.requests import StatisticsCache
 
         model = onnx.load(str(case.model))
-        engine = Engine(ArrayDataset({case.input_name: case.x}, case.labels), [CaseMetric(case)],
+        engine = Engine(ArrayDataset({case.input_name: case.x}, case.labels), [CaseScore(case)],
                         calibration_dataset=ArrayDataset({case.input_name: case.calib}), batch_size=case.batch,
                         progress=False)
         engine.set_float_model(model)
