@@ -27,7 +27,9 @@ they quantized:
 Cases: ``ppocr_cls`` and ``ppocr_rec`` (``realcases.py``), the samples whose data
 their prepare scripts make (``text_direction``, ``text_recognition``; prepared here
 when missing), the bundled ``tiny`` sample, ``outlier_cnn`` (``synthetic_cases.py``:
-a planted outlier activation channel) and ``gaussian_mlp`` (its opposite: few values
+a planted outlier activation channel, labels from the float model), ``deep_outlier_cnn``
+(``synthetic_deep_cnn.py``: eight layers, two planted channels, true labels: the network
+issue 19 measured the peers on) and ``gaussian_mlp`` (the opposite of both: few values
 per sample, no outliers).
 
 Extending: a case is a function ``name -> Case`` in ``CASES``; a row is a ``Row``
@@ -156,32 +158,25 @@ def _tiny(name: str) -> Case:
     return Case(name, folder / "model.onnx", "x", x[:128], x, y, _top1, 32, "top-1 accuracy (float's own labels)")
 
 
-def _outlier_cnn(name: str) -> Case:
+def _synthetic(name: str) -> Case:
+    """A case built in code (``synthetic_cases``, ``synthetic_deep_cnn``), saved under ``WORK``."""
     import synthetic_cases
+    import synthetic_deep_cnn
 
-    built = synthetic_cases.outlier_cnn()
+    build = {"outlier_cnn": synthetic_cases.outlier_cnn, "gaussian_mlp": synthetic_cases.gaussian_mlp,
+             "deep_outlier_cnn": synthetic_deep_cnn.deep_outlier_cnn}[name]
+    built = build()
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "outlier_cnn.onnx"
+    path = WORK / f"{name}.onnx"
     onnx.save(built.model, str(path))
     return Case(name, path, built.input_name, built.calib, built.x, built.y, _top1, 64, built.metric,
                 {"planted": built.planted})
 
 
-
-def _gaussian_mlp(name: str) -> Case:
-    import synthetic_cases
-
-    built = synthetic_cases.gaussian_mlp()
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "gaussian_mlp.onnx"
-    onnx.save(built.model, str(path))
-    return Case(name, path, built.input_name, built.calib, built.x, built.y, _top1, 64, built.metric, built.planted)
-
-
 CASES: dict[str, Callable[[str], Case]] = {
     "ppocr_cls": _realcase, "ppocr_rec": _realcase, "text_direction": _text_direction,
-    "text_recognition": _text_recognition, "tiny": _tiny, "outlier_cnn": _outlier_cnn,
-    "gaussian_mlp": _gaussian_mlp,
+    "text_recognition": _text_recognition, "tiny": _tiny, "outlier_cnn": _synthetic,
+    "deep_outlier_cnn": _synthetic, "gaussian_mlp": _synthetic,
 }
 
 

@@ -26,6 +26,10 @@ message in the JSON, not a lost run; one that runs past ``--peer-limit`` seconds
 2700) is stopped and recorded as "not finished within N s", with the full evaluations it
 had reported by then.
 
+Quark's fine-tuned one-shots (``"quark adaround"``, ``"quark adaquant"``: the one-shot plus AdaRound or
+AdaQuant at its presets' parameters) take minutes on the smallest case, so they run only when ``--rows``
+names them.
+
 ``--rows`` runs only the named rows of either table (names as printed, e.g. ``"quark
 AutoSearch" "aimet AMP"``); ``--merge`` puts this run's rows into the existing ``--json``
 (other rows and cases kept), so a long peer run need not repeat the aaq rows. Every run
@@ -63,7 +67,8 @@ PEERS = Path("/work/shared/peers")
 MAX_DROP = 0.01
 PEER_LIMIT = 2700.0  # s of wall clock per peer run (--peer-limit)
 E2E_ROWS = ("aaq DQ->AAQ defaults", "aaq DQ->AAQ tune_hyperparams", "quark AutoSearch", "aimet AMP")
-TOP1_CASES = ("outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
+TOP1_CASES = ("outlier_cnn", "deep_outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
+OPT_IN = ("quark adaround", "quark adaquant")  # fine-tuning takes minutes a case: only when --rows names them
 TEXT_CASES = ("ppocr_rec",)  # labels are text: every tool scores the bench's character accuracy
 
 
@@ -383,7 +388,7 @@ def merged(old: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=["outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls"],
+    ap.add_argument("--cases", nargs="+", default=list(TOP1_CASES),
                     choices=list(CASES))
     ap.add_argument("--rows", nargs="+", default=None, help="run only these rows of either table (names as printed)")
     ap.add_argument("--merge", action="store_true", help="merge this run's rows into the existing --json")
@@ -399,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
     rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)", args.peer_limit),
-             _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)", args.peer_limit)]
+             _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)", args.peer_limit),
+             _peer_row("quark_adaround", "Quark 0.13 INT8_CNN_DEFAULT + AdaRound (its preset's 1000 iterations a layer)",
+                       args.peer_limit),
+             _peer_row("quark_adaquant", "Quark 0.13 INT8_CNN_DEFAULT + AdaQuant (its preset's 1000 iterations a layer)",
+                       args.peer_limit)]
+    rows = [r for r in rows if r.name not in OPT_IN or r.name in (args.rows or [])]
     e2e = list(E2E_ROWS)
     if args.skip_peers:
         rows, e2e = [r for r in rows if r.tool == "aaq"], [n for n in e2e if n.startswith("aaq")]

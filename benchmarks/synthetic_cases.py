@@ -46,6 +46,14 @@ class SyntheticCase:
     planted: dict
 
 
+def finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
+    """The checked model of ``graph`` (IR 8, so every ONNX Runtime and peer here loads it)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="aaq-bench")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def _images(rng: np.random.Generator, templates: np.ndarray, count: int) -> np.ndarray:
     """Class templates with random contrast plus smooth noise: images a conv net sees as structure."""
     classes = rng.integers(0, len(templates), count)
@@ -80,9 +88,7 @@ def _graph(w: dict[str, np.ndarray], size: int, outputs: str = "logits") -> onnx
     graph = helper.make_graph(
         nodes, "outlier_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, size, size])],
         [helper.make_tensor_value_info(outputs, TensorProto.FLOAT, out_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aaq-bench")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = finish(graph)
     return model
 
 
@@ -156,9 +162,7 @@ def gaussian_mlp(seed: int = 0, n_calib: int = 200, n_eval: int = 1000, features
     graph = helper.make_graph(nodes, "gaussian_mlp",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, features])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, CLASSES])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aaq-bench")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = finish(graph)
     y = _run(model, x).argmax(axis=1).astype(np.int64)
     return SyntheticCase("gaussian_mlp", model, "x", calib, x, y, "top-1 agreement with the float model",
                          {"values_per_sample": {"x": features, "r1": hidden, "r2": hidden}})

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from synthetic_cases import SyntheticCase
+from synthetic_cases import SyntheticCase, finish
 
 OPSET = 17
 OUTLIER = 5
@@ -67,9 +67,7 @@ def transformer_block(seed: int = 0, tokens: int = 16, channels: int = 32, class
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, tokens, c])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, classes])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aaq-bench")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = finish(graph, OPSET)
 
     templates = rng.normal(0, 1, (classes, tokens, c)).astype(np.float32)
 
