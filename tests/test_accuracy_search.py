@@ -45,7 +45,9 @@ def test_greedy_reverts_the_right_groups_in_the_right_order() -> None:
                            fake.measure(frozenset(), None), fake.groups)
     assert result.met and result.reverted == ["A", "B"]
     assert result.measurement.point() == {"top1": pytest.approx(0.98)}
-    assert [s.group for s in result.steps] == ["A", "B"] and all(s.kept for s in result.steps)
+    # then A is tried back in INT8 (B alone does not meet the target): needed, stays in float
+    assert [(s.group, s.kept) for s in result.steps] == [("A", True), ("B", True), ("A", True)]
+    assert result.steps[-1].note == "needed" and not result.steps[-1].complete
     assert result.rankings == 1  # every kept revert lowered the drop: the ranking still predicts
     assert result.scores["A"] > result.scores["B"] > result.scores["C"]
 
@@ -57,9 +59,14 @@ def test_a_rolled_back_group_is_ranked_again_once_the_model_has_changed() -> Non
     fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0, "D": 0.5})
     targets = targets_for(fake, 0.005, reference={"top1": 1.0})
     result = run(greedy_search, fake, targets)
+    # D changed nothing, yet was kept (it did not raise the drop): once the target is met it goes back
+    # to INT8, least important first after C (B and A are needed), and the model ends with 3 groups in float
     assert [(s.group, s.kept) for s in result.steps] == [
-        ("X", False), ("D", True), ("X", False), ("A", True), ("B", True), ("C", True)]
-    assert result.met and result.reverted == ["D", "A", "B", "C"]
+        ("X", False), ("D", True), ("X", False), ("A", True), ("B", True), ("C", True),
+        ("B", True), ("A", True), ("D", False)]
+    assert result.met and result.reverted == ["A", "B", "C"]
+    assert result.steps[-1].note == "not needed: back to INT8"
+    assert result.measurement.point() == fake.values(frozenset({"A", "B", "C"}))
     assert len(fake.rank_calls) == 2
     assert "X" in fake.rank_calls[0][1] and "X" in fake.rank_calls[1][1]
     assert fake.rank_calls[1][0] == frozenset({"D"})
@@ -73,7 +80,7 @@ def test_a_group_rolled_back_before_another_revert_is_retried_and_meets_the_targ
     fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0}, harm_while={"X": {"A"}})
     targets = targets_for(fake, 0.0, reference={"top1": 1.0})
     result = run(greedy_search, fake, targets)
-    assert [(s.group, s.kept) for s in result.steps] == [("X", False), ("A", True), ("X", True)]
+    assert [(s.group, s.kept) for s in result.steps] == [("X", False), ("A", True), ("X", True), ("A", True)]
     assert result.met and result.reverted == ["A", "X"] and result.stop_reason == "target met"
 
 
@@ -94,7 +101,8 @@ def test_a_rolled_back_group_is_not_offered_again_while_the_model_is_unchanged()
     fake = FakeEvaluator(100, damage, harm={"X": set(range(50, 80))}, bias={"X": 1.0})
     targets = targets_for(fake, 0.005, reference={"top1": 1.0})
     result = run(greedy_search, fake, targets)
-    assert [(s.group, s.kept) for s in result.steps] == [("X", False), ("A", True), ("B", True), ("C", True)]
+    assert [(s.group, s.kept) for s in result.steps] == [
+        ("X", False), ("A", True), ("B", True), ("C", True), ("B", True), ("A", True)]
     assert result.met and result.reverted == ["A", "B", "C"]
     assert all("X" not in cands for _, cands, _ in fake.rank_calls[1:])
 

@@ -34,7 +34,9 @@ def test_run_writes_report_html_whose_tables_equal_report_json(tiny_run: Path) -
     assert float(table_values(metrics, 7)[0]) == aaq["metrics"]["top1"]["allowed_drop"]
     steps = page.one("table", "steps")
     assert [int(v) for v in table_values(steps, 1)] == [s["group"] for s in aaq["steps"]]
-    assert [float(v) for v in table_values(steps, 6)] == [s["drops"]["top1"] for s in aaq["steps"]]
+    # a step that stopped early (a group tried back in INT8 and needed) shows its drop's bounds
+    drops = [[float(x) for x in v.split(",")] if "," in v else float(v) for v in table_values(steps, 6)]
+    assert drops == [s["drops"]["top1"] for s in aaq["steps"]]
     model = page.one("table", "model")
     assert [int(v) for v in table_values(model, 4)] == [report["model"]["bytes"]]
     assert report["model"]["float_file_bytes"] == (ROOT / "samples" / "tiny" / "model.onnx").stat().st_size

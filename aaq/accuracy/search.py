@@ -156,6 +156,8 @@ class GreedySearch:
     and left out until the model changes: once a later revert is kept, the rolled-back
     groups are ranked again with the rest (POT did the same after a step back), so
     the search never ends with "no group left" while a group it never retried remains.
+    Once the target is met, the groups a later revert made unnecessary go back to INT8
+    (``_give_back``, as in the bisection): POT kept them.
     """
 
     name = "greedy"
@@ -223,6 +225,8 @@ class GreedySearch:
         if best is not current:
             logger.info("returning the best model seen (%d groups reverted), not the last one", len(best.reverted))
             order = [g for g in order if g in best.reverted]
+        elif reason == "target met":
+            order, best = _give_back(s, order, current)
         return s.result(order, best, reason)
 
 
@@ -286,16 +290,26 @@ def _bisection(evaluator: SearchEvaluator, targets: Targets, start: Measurement,
             high = mid
         else:
             low = mid
-    chosen = ranked[:high]
-    final = probes[high]
-    for group in reversed(ranked[:high - 1]):
+    chosen, final = _give_back(s, ranked[:high], probes[high])
+    return s.result(chosen, final, "target met")
+
+
+def _give_back(s: _Search, chosen: list[str], final: Measurement) -> tuple[list[str], Measurement]:
+    """Every chosen group but the last, least important first, back to INT8 if the target holds without it.
+
+    A search that adds groups one by one can need a group only until a later one is
+    reverted (the later one's layers covered what it fixed); this gives it back. The
+    last group is kept: without it the search had not met the target. Each try only
+    asks "is the target met?", so a needed group costs a few batches.
+    """
+    for group in list(reversed(chosen[:-1])):
         trial = s.measure(frozenset(chosen) - {group}, (0.0,))
         ok = s.passes(trial)
         s.record(group, not ok, trial, "not needed: back to INT8" if ok else "needed")
         if ok:
             chosen = [g for g in chosen if g != group]
             final = trial
-    return s.result(chosen, final, "target met")
+    return chosen, final
 
 
 def _fmt(drops: dict[str, float | None]) -> str:
