@@ -27,8 +27,9 @@ message in the JSON, not a lost run; one that runs past ``--peer-limit`` seconds
 had reported by then.
 
 Quark's fine-tuned one-shots (``"quark adaround"``, ``"quark adaquant"``: the one-shot plus AdaRound or
-AdaQuant at its presets' parameters) take minutes on the smallest case, so they run only when ``--rows``
-names them.
+AdaQuant at its presets' parameters; ``"quark adaround percentile"``: AdaRound after Percentile
+calibration) take tens of seconds on the smallest case and grow with every layer, so they run only when
+``--rows`` names them.
 
 ``--rows`` runs only the named rows of either table (names as printed, e.g. ``"quark
 AutoSearch" "aimet AMP"``); ``--merge`` puts this run's rows into the existing ``--json``
@@ -68,7 +69,7 @@ MAX_DROP = 0.01
 PEER_LIMIT = 2700.0  # s of wall clock per peer run (--peer-limit)
 E2E_ROWS = ("aaq DQ->AAQ defaults", "aaq DQ->AAQ tune_hyperparams", "quark AutoSearch", "aimet AMP")
 TOP1_CASES = ("outlier_cnn", "deep_outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
-OPT_IN = ("quark adaround", "quark adaquant")  # fine-tuning takes minutes a case: only when --rows names them
+OPT_IN = ("quark adaround", "quark adaquant", "quark adaround percentile")  # fine-tuning takes minutes a case: only when --rows names them
 TEXT_CASES = ("ppocr_rec",)  # labels are text: every tool scores the bench's character accuracy
 
 
@@ -408,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
              _peer_row("quark_adaround", "Quark 0.13 INT8_CNN_DEFAULT + AdaRound (its preset's 1000 iterations a layer)",
                        args.peer_limit),
              _peer_row("quark_adaquant", "Quark 0.13 INT8_CNN_DEFAULT + AdaQuant (its preset's 1000 iterations a layer)",
+                       args.peer_limit),
+             _peer_row("quark_adaround_percentile", "the AdaRound row with Percentile calibration instead of MinMax",
                        args.peer_limit)]
     rows = [r for r in rows if r.name not in OPT_IN or r.name in (args.rows or [])]
     e2e = list(E2E_ROWS)

@@ -6,7 +6,8 @@ ones ``/work/shared/peers/README.md`` lists as measured. Modes:
 
 * ``quark_oneshot``: ``INT8_CNN_DEFAULT`` (MinMax, QDQ, u8 activations / s8 weights, CLE), per-channel weights.
 * ``quark_adaround``, ``quark_adaquant``: that one-shot with Quark's fast fine-tuning (AdaRound or AdaQuant at
-  the parameters of its own ADAROUND / ADAQUANT presets: 1000 iterations a layer, batch 2, early stop).
+  the parameters of its own ADAROUND / ADAQUANT presets: 1000 iterations a layer, batch 2, early stop);
+  ``quark_adaround_percentile``: the same AdaRound after Percentile calibration (AdaRound on clipped ranges).
 * ``quark_autosearch``: v1 ``AutoSearch``, grid over include_cle x calibrate_method (MinMax, Percentile,
   LayerWisePercentile) x include_fast_ft x include_auto_mp (24 configs, first key slowest; include_fast_ft moved
   first so the 12 configs without AdaRound fine-tuning come first), stop at the first config within ``max_drop``
@@ -115,14 +116,17 @@ def quark_oneshot(args, calib, x, y) -> dict:
     return {"evaluations": 0}
 
 
-def _quark_finetuned(args, calib, algorithm: str) -> dict:
-    """``INT8_CNN_DEFAULT`` per-channel with Quark's fast fine-tuning at its preset's own parameters
-    (``DEFAULT_ADAROUND_PARAMS`` / ``DEFAULT_ADAQUANT_PARAMS``: 1000 iterations a layer, batch 2, early stop)."""
-    from quark.onnx import ModelQuantizer, QConfig
+def _quark_finetuned(args, calib, algorithm: str, percentile: bool = False) -> dict:
+    """``INT8_CNN_DEFAULT`` per-channel (with ``percentile``: Percentile calibration instead of MinMax) and
+    Quark's fast fine-tuning at its preset's own parameters (``DEFAULT_ADAROUND_PARAMS`` /
+    ``DEFAULT_ADAQUANT_PARAMS``: 1000 iterations a layer, batch 2, early stop)."""
+    from quark.onnx import CalibrationMethod, ModelQuantizer, QConfig
     from quark.onnx.quantization.config import custom_config
 
     cfg = QConfig.get_default_config("INT8_CNN_DEFAULT")
     cfg.global_quant_config.per_channel = True
+    if percentile:
+        cfg.global_quant_config.calibrate_method = CalibrationMethod.Percentile
     cfg.global_quant_config.include_fast_ft = True
     params = {"adaround": custom_config.DEFAULT_ADAROUND_PARAMS, "adaquant": custom_config.DEFAULT_ADAQUANT_PARAMS}
     cfg.global_quant_config.extra_options["FastFinetune"] = dict(params[algorithm])
@@ -136,6 +140,10 @@ def quark_adaround(args, calib, x, y) -> dict:
 
 def quark_adaquant(args, calib, x, y) -> dict:
     return _quark_finetuned(args, calib, "adaquant")
+
+
+def quark_adaround_percentile(args, calib, x, y) -> dict:
+    return _quark_finetuned(args, calib, "adaround", percentile=True)
 
 
 def quark_autosearch(args, calib, x, y) -> dict:
@@ -237,6 +245,7 @@ def aimet_amp(args, calib, x, y) -> dict:
 
 
 MODES = {"quark_oneshot": quark_oneshot, "quark_adaround": quark_adaround, "quark_adaquant": quark_adaquant,
+         "quark_adaround_percentile": quark_adaround_percentile,
          "quark_autosearch": quark_autosearch,
          "aimet_cle_seqmse": aimet_cle_seqmse, "aimet_amp": aimet_amp}
 
