@@ -54,13 +54,14 @@ def finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
-def _images(rng: np.random.Generator, templates: np.ndarray, count: int) -> np.ndarray:
-    """Class templates with random contrast plus smooth noise: images a conv net sees as structure."""
+def labeled_images(rng: np.random.Generator, templates: np.ndarray, count: int,
+                   noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Class templates with random contrast plus smooth noise (images a conv net sees as structure), and their classes."""
     classes = rng.integers(0, len(templates), count)
     contrast = rng.uniform(0.5, 1.5, (count, 1, 1, 1)).astype(np.float32)
-    noise = rng.standard_normal((count, *templates.shape[1:])).astype(np.float32)
-    noise = (noise + np.roll(noise, 1, axis=2) + np.roll(noise, 1, axis=3)) / 3.0
-    return (templates[classes] * contrast + 0.6 * noise).astype(np.float32)
+    grain = rng.standard_normal((count, *templates.shape[1:])).astype(np.float32)
+    grain = (grain + np.roll(grain, 1, axis=2) + np.roll(grain, 1, axis=3)) / 3.0
+    return (templates[classes] * contrast + noise * grain).astype(np.float32), classes.astype(np.int64)
 
 
 def _conv(name: str, x: str, w: np.ndarray, b: np.ndarray, stride: int) -> tuple[list, list]:
@@ -112,7 +113,7 @@ def outlier_cnn(seed: int = 0, n_calib: int = 200, n_eval: int = 1000, size: int
     """
     rng = np.random.default_rng(seed)
     templates = rng.standard_normal((CLASSES, 3, size, size)).astype(np.float32)
-    calib, x = _images(rng, templates, n_calib), _images(rng, templates, n_eval)
+    calib, x = labeled_images(rng, templates, n_calib)[0], labeled_images(rng, templates, n_eval)[0]
     w = {"conv1.w": rng.standard_normal((16, 3, 3, 3)) * 0.25, "conv1.b": rng.uniform(0.0, 0.2, 16),
          "conv2.w": rng.standard_normal((32, 16, 3, 3)) * 0.12, "conv2.b": rng.uniform(0.0, 0.2, 32),
          "conv3.w": rng.standard_normal((32, 32, 3, 3)) * 0.09, "conv3.b": rng.uniform(0.0, 0.2, 32),

@@ -19,21 +19,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from synthetic_cases import CLASSES, SyntheticCase, _conv, _run, finish
+from synthetic_cases import CLASSES, SyntheticCase, _conv, _run, finish, labeled_images
 
 # (name, output channels, stride); the input has 3 channels
 LAYERS = (("conv1", 16, 1), ("conv2", 16, 1), ("conv3", 32, 2), ("conv4", 32, 1), ("conv5", 32, 2),
           ("conv6", 48, 1), ("conv7", 48, 1))
 DETECTORS = {"conv1": 15, "conv4": 31}  # layer -> planted channel
-
-
-def _labeled_images(rng: np.random.Generator, templates: np.ndarray, count: int,
-                    noise: float) -> tuple[np.ndarray, np.ndarray]:
-    classes = rng.integers(0, len(templates), count)
-    contrast = rng.uniform(0.5, 1.5, (count, 1, 1, 1)).astype(np.float32)
-    grain = rng.standard_normal((count, *templates.shape[1:])).astype(np.float32)
-    grain = (grain + np.roll(grain, 1, axis=2) + np.roll(grain, 1, axis=3)) / 3.0
-    return (templates[classes] * contrast + noise * grain).astype(np.float32), classes.astype(np.int64)
 
 
 def _graph(w: dict[str, np.ndarray], size: int, upto: str | None = None) -> onnx.ModelProto:
@@ -63,9 +54,9 @@ def deep_outlier_cnn(seed: int = 0, n_calib: int = 200, n_eval: int = 1000, n_tr
     """The 8-layer CNN (see the module docstring) with its calibration, evaluation and (unreturned) training data."""
     rng = np.random.default_rng(seed)
     templates = rng.standard_normal((CLASSES, 3, size, size)).astype(np.float32)
-    calib, _ = _labeled_images(rng, templates, n_calib, noise)
-    x, y = _labeled_images(rng, templates, n_eval, noise)
-    train, train_y = _labeled_images(rng, templates, n_train, noise)
+    calib, _ = labeled_images(rng, templates, n_calib, noise)
+    x, y = labeled_images(rng, templates, n_eval, noise)
+    train, train_y = labeled_images(rng, templates, n_train, noise)
     w: dict[str, np.ndarray] = {}
     cin = 3
     for name, cout, _ in LAYERS:
