@@ -69,7 +69,8 @@ MAX_DROP = 0.01
 PEER_LIMIT = 2700.0  # s of wall clock per peer run (--peer-limit)
 E2E_ROWS = ("aaq DQ->AAQ defaults", "aaq DQ->AAQ tune_hyperparams", "quark AutoSearch", "aimet AMP")
 TOP1_CASES = ("outlier_cnn", "deep_outlier_cnn", "outlier_transformer", "tiny", "ppocr_cls")
-OPT_IN = ("quark adaround", "quark adaquant", "quark adaround percentile")  # fine-tuning takes minutes a case: only when --rows names them
+# fine-tuning takes tens of seconds to minutes a case: these rows run only when --rows names them
+OPT_IN = ("quark adaround", "quark adaquant", "quark adaround percentile")
 TEXT_CASES = ("ppocr_rec",)  # labels are text: every tool scores the bench's character accuracy
 
 
@@ -406,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_aaq_start_row(n, p) for n, p in ALGORITHMS.items()]
     rows += [_peer_row("quark_oneshot", "Quark 0.13 INT8_CNN_DEFAULT, per-channel (MinMax + CLE)", args.peer_limit),
              _peer_row("aimet_cle_seqmse", "AIMET-ONNX 2.42 CLE + QuantSim min_max + SeqMSE(20)", args.peer_limit),
-             _peer_row("quark_adaround", "Quark 0.13 INT8_CNN_DEFAULT + AdaRound (its preset's 1000 iterations a layer)",
+             _peer_row("quark_adaround", "Quark 0.13 INT8_CNN_DEFAULT + AdaRound (its preset: 1000 iterations a layer)",
                        args.peer_limit),
-             _peer_row("quark_adaquant", "Quark 0.13 INT8_CNN_DEFAULT + AdaQuant (its preset's 1000 iterations a layer)",
+             _peer_row("quark_adaquant", "Quark 0.13 INT8_CNN_DEFAULT + AdaQuant (its preset: 1000 iterations a layer)",
                        args.peer_limit),
              _peer_row("quark_adaround_percentile", "the AdaRound row with Percentile calibration instead of MinMax",
                        args.peer_limit)]

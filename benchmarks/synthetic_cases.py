@@ -56,7 +56,7 @@ def finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
 
 def labeled_images(rng: np.random.Generator, templates: np.ndarray, count: int,
                    noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
-    """Class templates with random contrast plus smooth noise (images a conv net sees as structure), and their classes."""
+    """Class templates with random contrast plus smooth noise (what a conv net sees as structure), and the classes."""
     classes = rng.integers(0, len(templates), count)
     contrast = rng.uniform(0.5, 1.5, (count, 1, 1, 1)).astype(np.float32)
     grain = rng.standard_normal((count, *templates.shape[1:])).astype(np.float32)
