@@ -107,19 +107,10 @@ class _Reader:
         self.i = 0
 
 
-def quark_oneshot(args, calib, x, y) -> dict:
-    from quark.onnx import ModelQuantizer, QConfig
-
-    cfg = QConfig.get_default_config("INT8_CNN_DEFAULT")
-    cfg.global_quant_config.per_channel = True
-    ModelQuantizer(cfg).quantize_model(args.model, args.out_model, _Reader(args.input, calib))
-    return {"evaluations": 0}
-
-
-def _quark_finetuned(args, calib, algorithm: str, percentile: bool = False) -> dict:
-    """``INT8_CNN_DEFAULT`` per-channel (with ``percentile``: Percentile calibration instead of MinMax) and
-    Quark's fast fine-tuning at its preset's own parameters (``DEFAULT_ADAROUND_PARAMS`` /
-    ``DEFAULT_ADAQUANT_PARAMS``: 1000 iterations a layer, batch 2, early stop)."""
+def _quark_int8(args, calib, finetune: str | None = None, percentile: bool = False) -> dict:
+    """``INT8_CNN_DEFAULT`` per-channel; with ``percentile``, Percentile calibration instead of MinMax; with
+    ``finetune`` ("adaround" / "adaquant"), Quark's fast fine-tuning at its preset's own parameters
+    (``DEFAULT_ADAROUND_PARAMS`` / ``DEFAULT_ADAQUANT_PARAMS``: 1000 iterations a layer, batch 2, early stop)."""
     from quark.onnx import CalibrationMethod, ModelQuantizer, QConfig
     from quark.onnx.quantization.config import custom_config
 
@@ -127,23 +118,31 @@ def _quark_finetuned(args, calib, algorithm: str, percentile: bool = False) -> d
     cfg.global_quant_config.per_channel = True
     if percentile:
         cfg.global_quant_config.calibrate_method = CalibrationMethod.Percentile
-    cfg.global_quant_config.include_fast_ft = True
-    params = {"adaround": custom_config.DEFAULT_ADAROUND_PARAMS, "adaquant": custom_config.DEFAULT_ADAQUANT_PARAMS}
-    cfg.global_quant_config.extra_options["FastFinetune"] = dict(params[algorithm])
+    record: dict = {"evaluations": 0}
+    if finetune is not None:
+        params = {"adaround": custom_config.DEFAULT_ADAROUND_PARAMS,
+                  "adaquant": custom_config.DEFAULT_ADAQUANT_PARAMS}[finetune]
+        cfg.global_quant_config.include_fast_ft = True
+        cfg.global_quant_config.extra_options["FastFinetune"] = dict(params)
+        record["fast_finetune"] = dict(params)
     ModelQuantizer(cfg).quantize_model(args.model, args.out_model, _Reader(args.input, calib))
-    return {"evaluations": 0, "fast_finetune": dict(params[algorithm])}
+    return record
+
+
+def quark_oneshot(args, calib, x, y) -> dict:
+    return _quark_int8(args, calib)
 
 
 def quark_adaround(args, calib, x, y) -> dict:
-    return _quark_finetuned(args, calib, "adaround")
+    return _quark_int8(args, calib, "adaround")
 
 
 def quark_adaquant(args, calib, x, y) -> dict:
-    return _quark_finetuned(args, calib, "adaquant")
+    return _quark_int8(args, calib, "adaquant")
 
 
 def quark_adaround_percentile(args, calib, x, y) -> dict:
-    return _quark_finetuned(args, calib, "adaround", percentile=True)
+    return _quark_int8(args, calib, "adaround", percentile=True)
 
 
 def quark_autosearch(args, calib, x, y) -> dict:
